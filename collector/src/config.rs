@@ -1,0 +1,428 @@
+//! Collector configuration: one TOML file, every key overridable from the environment.
+//!
+//! The `///` docs on each field are the user-facing reference (see `config/collector.toml`
+//! and `docs/configuration.md`). Values are typed so that bad ones cannot be represented:
+//! addresses are `SocketAddr`, durations humantime (`"30s"`), sizes byte sizes (`"1MiB"`).
+//!
+//! Loading is two steps: [`Config::load`] parses (file, then `TOLLGATE_*` environment
+//! variables), and [`Config::validate`] checks the relations between values and returns
+//! every problem at once, each naming its key.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of environment overrides: `TOLLGATE_SERVER__LISTEN` sets `server.listen`.
+pub const ENV_PREFIX: &str = "TOLLGATE_";
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub limits: LimitsConfig,
+    pub time: TimeConfig,
+    pub schemas: SchemasConfig,
+    pub log: LogConfig,
+    pub idempotency: IdempotencyConfig,
+    /// Platforms accepted in the native API's `platform` field.
+    pub platforms: Vec<String>,
+    /// Region stamped on records (per-region privacy policies refine this).
+    pub default_region: String,
+    /// Who may send events. A config file must declare at least one source.
+    pub sources: Vec<SourceConfig>,
+}
+
+/// The HTTP listeners and the request path around the handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the public ingest listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`); keep it private.
+    pub admin_listen: Option<SocketAddr>,
+    /// Longest a request may take, body upload included, before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests processed at once; beyond this the collector sheds load with 503.
+    pub max_concurrent_requests: NonZeroUsize,
+    /// On SIGTERM, how long in-flight requests may take to finish before the log is
+    /// flushed and the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+/// Size limits on what clients send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request body on the wire (compressed size when gzipped). Larger: 413.
+    pub max_body: ByteSize,
+    /// Largest body after gzip decompression. Larger: 413.
+    pub max_decompressed: ByteSize,
+    /// Largest decompressed/compressed ratio accepted (gzip bombs get 413).
+    pub max_gzip_ratio: NonZeroU32,
+    /// Largest single event (its JSON text). Larger: that event is rejected.
+    pub max_event: ByteSize,
+    /// Most events in one request. More: 413.
+    pub max_events_per_batch: NonZeroUsize,
+}
+
+/// How event time is judged against server time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeConfig {
+    /// Events whose skew-corrected time is older than this are stamped `arrival: late`.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// Events ahead of the server by more than this are stamped `arrival: future`.
+    #[serde(with = "humantime_serde")]
+    pub future_tolerance: Duration,
+}
+
+/// Where the versioned JSON Schemas live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchemasConfig {
+    /// Folder holding `<event_name>/v<N>.json`; relative paths are from the working
+    /// directory.
+    pub dir: PathBuf,
+}
+
+/// The local durable log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Data directory: accepted events go to `events/`, rejected ones to `quarantine/`.
+    pub data_dir: PathBuf,
+    /// A segment file is closed and a new one started past this size.
+    pub segment_max_bytes: ByteSize,
+    /// A segment file is closed and a new one started at the first write past this age.
+    #[serde(with = "humantime_serde")]
+    pub segment_max_age: Duration,
+    /// Requests waiting for the log writer; when full, requests get 503 + Retry-After.
+    pub queue_capacity: NonZeroUsize,
+    /// Most bytes one group commit (one fsync) covers.
+    pub max_group_bytes: ByteSize,
+}
+
+/// What happens when the idempotency store cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailurePolicy {
+    /// Accept the events, stamp them `dedupe: unchecked` and count them.
+    FailOpen,
+    /// Answer 503 with Retry-After; the client retries later.
+    FailClosed,
+}
+
+/// Which idempotency store backs the claim/commit protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyBackend {
+    /// In-process, bounded: right for one collector; replicas do not share it.
+    Memory,
+}
+
+/// Idempotency: `event_id`s seen within the window are answered `duplicate`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdempotencyConfig {
+    pub backend: IdempotencyBackend,
+    /// How long an accepted `event_id` is remembered.
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    /// How long a claim lives while its events are being written; bounds how long a
+    /// crashed writer blocks a retry.
+    #[serde(with = "humantime_serde")]
+    pub claim_ttl: Duration,
+    /// Memory backend: most keys kept (≈ 150 bytes each). Past it the least recently
+    /// used are forgotten early (counted in `tollgate_idempotency_evictions_total`).
+    pub max_keys: NonZeroU64,
+    /// What to do when the store cannot answer.
+    pub on_store_error: FailurePolicy,
+}
+
+/// A source: one app or service that sends events with its own write key(s).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Stamped on every record as `source` (the write key never is).
+    pub id: String,
+    /// Keys the SDKs send as the HTTP Basic user. Several allow rotation.
+    pub write_keys: Vec<String>,
+    /// Accept event names without a registered schema (checked against the base event
+    /// model only). For development sources.
+    #[serde(default)]
+    pub allow_unknown_events: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            request_timeout: Duration::from_secs(10),
+            max_concurrent_requests: NonZeroUsize::new(2048).unwrap(),
+            shutdown_timeout: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body: ByteSize::mib(1),
+            max_decompressed: ByteSize::mib(4),
+            max_gzip_ratio: NonZeroU32::new(200).unwrap(),
+            max_event: ByteSize::kib(32),
+            max_events_per_batch: NonZeroUsize::new(1000).unwrap(),
+        }
+    }
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            allowed_lateness: Duration::from_secs(24 * 3600),
+            future_tolerance: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            dir: PathBuf::from("config/schemas"),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            data_dir: PathBuf::from("data"),
+            segment_max_bytes: ByteSize::mib(128),
+            segment_max_age: Duration::from_secs(3600),
+            queue_capacity: NonZeroUsize::new(1024).unwrap(),
+            max_group_bytes: ByteSize::mib(8),
+        }
+    }
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        IdempotencyConfig {
+            backend: IdempotencyBackend::Memory,
+            dedupe_window: Duration::from_secs(24 * 3600),
+            claim_ttl: Duration::from_secs(60),
+            max_keys: NonZeroU64::new(2_000_000).unwrap(),
+            on_store_error: FailurePolicy::FailClosed,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            limits: LimitsConfig::default(),
+            time: TimeConfig::default(),
+            schemas: SchemasConfig::default(),
+            log: LogConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            platforms: ["ios", "android", "web", "server", "desktop", "tv"]
+                .map(String::from)
+                .to_vec(),
+            default_region: "default".into(),
+            sources: Vec::new(),
+        }
+    }
+}
+
+/// The configuration could not be read or is inconsistent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Parse(String),
+    #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// The embedded default: what `tollgate-collector` runs with when given no file. One
+    /// local-only source, `dev` (write key `dev`), that also accepts unregistered events.
+    pub fn embedded() -> Config {
+        Config {
+            sources: vec![SourceConfig {
+                id: "dev".into(),
+                write_keys: vec!["dev".into()],
+                allow_unknown_events: true,
+            }],
+            ..Config::default()
+        }
+    }
+
+    /// Reads `file` (or the embedded default when `None`), then applies `TOLLGATE_*`
+    /// environment overrides (`__` separates nesting: `TOLLGATE_LOG__DATA_DIR`).
+    ///
+    /// # Errors
+    /// The file is missing, is not TOML, has an unknown key or a value of the wrong type.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let figment = match file {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Missing(path.to_owned()));
+                }
+                Figment::new().merge(Toml::file_exact(path))
+            }
+            None => Figment::from(Serialized::defaults(Config::embedded())),
+        };
+        figment
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|e| {
+                ConfigError::Parse(e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+            })
+    }
+
+    /// Checks the relations between values and returns every problem, each with its key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] listing all problems found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |key: &str, msg: String| problems.push(format!("{key}: {msg}"));
+
+        if self.sources.is_empty() {
+            problem("sources", "declare at least one [[sources]] entry".into());
+        }
+        let mut ids = HashSet::new();
+        let mut keys = HashSet::new();
+        for (i, source) in self.sources.iter().enumerate() {
+            if !tollgate_event::event::is_snake_case(&source.id) {
+                problem(&format!("sources[{i}].id"), format!("{:?} must be snake_case", source.id));
+            }
+            if !ids.insert(&source.id) {
+                problem(&format!("sources[{i}].id"), format!("{:?} is declared twice", source.id));
+            }
+            if source.write_keys.is_empty() {
+                problem(&format!("sources[{i}].write_keys"), "give at least one key".into());
+            }
+            for key in &source.write_keys {
+                if key.is_empty() || key.contains(':') {
+                    problem(
+                        &format!("sources[{i}].write_keys"),
+                        "keys must be non-empty and contain no ':' (they travel as the HTTP Basic user)".into(),
+                    );
+                } else if !keys.insert(key) {
+                    problem(&format!("sources[{i}].write_keys"), "a write key is used by two sources".into());
+                }
+            }
+        }
+        if self.platforms.is_empty() {
+            problem("platforms", "list at least one platform".into());
+        }
+        for p in &self.platforms {
+            if !tollgate_event::event::is_snake_case(p) {
+                problem("platforms", format!("{p:?} must be snake_case"));
+            }
+        }
+        let l = &self.limits;
+        if l.max_event > l.max_decompressed {
+            problem("limits.max_event", "must not exceed limits.max_decompressed".into());
+        }
+        if l.max_body > l.max_decompressed {
+            problem("limits.max_body", "must not exceed limits.max_decompressed".into());
+        }
+        let i = &self.idempotency;
+        if i.claim_ttl >= i.dedupe_window {
+            problem("idempotency.claim_ttl", "must be shorter than idempotency.dedupe_window".into());
+        }
+        if i.claim_ttl <= self.server.request_timeout {
+            problem(
+                "idempotency.claim_ttl",
+                "must be longer than server.request_timeout, or claims expire while their events are written".into(),
+            );
+        }
+        if self.server.request_timeout.is_zero() {
+            problem("server.request_timeout", "must be more than 0s".into());
+        }
+        if self.log.segment_max_bytes < self.limits.max_decompressed {
+            problem("log.segment_max_bytes", "must be at least limits.max_decompressed".into());
+        }
+        if self.log.max_group_bytes < self.limits.max_decompressed {
+            problem("log.max_group_bytes", "must be at least limits.max_decompressed".into());
+        }
+        if self.default_region.is_empty() {
+            problem("default_region", "must not be empty".into());
+        }
+        if Some(self.server.listen) == self.server.admin_listen {
+            problem("server.admin_listen", "must differ from server.listen".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::embedded().validate().unwrap();
+    }
+
+    #[test]
+    fn shipped_example_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/collector.toml");
+        let config = Config::load(Some(&path)).unwrap();
+        config.validate().unwrap();
+        assert!(!config.sources.is_empty());
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_its_key() {
+        let mut c = Config::embedded();
+        c.sources.push(c.sources[0].clone());
+        c.idempotency.claim_ttl = Duration::from_secs(1);
+        c.limits.max_event = ByteSize::mib(64);
+        let Err(ConfigError::Invalid(problems)) = c.validate() else { panic!() };
+        let keys: Vec<_> = problems.iter().map(|p| p.split(':').next().unwrap()).collect();
+        assert!(keys.contains(&"sources[1].id"), "{problems:?}");
+        assert!(keys.contains(&"sources[1].write_keys"), "{problems:?}");
+        assert!(keys.contains(&"idempotency.claim_ttl"), "{problems:?}");
+        assert!(keys.contains(&"limits.max_event"), "{problems:?}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:1\"\nlsiten = 1\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("lsiten"), "{err}");
+        std::fs::write(&path, "[limits]\nmax_body = \"lots\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("max_body"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_sources_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "default_region = \"eu\"\n").unwrap();
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.default_region, "eu");
+        assert!(c.validate().unwrap_err().to_string().contains("sources"));
+    }
+}

@@ -1,0 +1,68 @@
+//! Idempotency: retries and double sends never inflate counts.
+//!
+//! Enters: the keys (`<source>:<event_id>`) of a request's valid events. Leaves: one
+//! [`ClaimOutcome`] per key. The protocol is claim → write → commit (or release when
+//! the write failed), so that a claimed event whose write failed is accepted on retry:
+//! 1. [`IdempotencyStore::claim`] marks every key `pending:<token>` unless it is
+//!    already there (`done` → duplicate, someone else's pending → retry);
+//! 2. the caller writes the claimed events to the log;
+//! 3. [`IdempotencyStore::commit`] marks them `done` for the dedupe window, or
+//!    [`IdempotencyStore::release`] deletes the claims that are still ours.
+//!
+//! Each call covers a whole request (one round trip for a remote store). A crash
+//! between write and commit leaves claims that expire after the claim TTL; a retry
+//! after that is logged again, so the log is at-least-once within that window.
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+use async_trait::async_trait;
+
+/// What a claim found for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// The key was free and is now ours: write the event.
+    Claimed,
+    /// The key was committed within the window: the event is a duplicate.
+    Duplicate,
+    /// Another request holds a live claim: it is being written right now; retry later.
+    InFlight,
+}
+
+/// The store could not answer; the failure policy decides what happens.
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency store {operation} failed: {message}")]
+pub struct StoreError {
+    pub operation: &'static str,
+    pub message: String,
+}
+
+/// A shared memory of which events were already logged.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// Claims every key for `token` (unique per request) in one call.
+    ///
+    /// # Errors
+    /// The store is unreachable or timed out.
+    async fn claim(&self, keys: &[String], token: &str) -> Result<Vec<ClaimOutcome>, StoreError>;
+
+    /// Marks written keys `done` for the dedupe window.
+    ///
+    /// # Errors
+    /// The store is unreachable; the events are logged regardless, and their claims
+    /// expire after the claim TTL.
+    async fn commit(&self, keys: &[String], token: &str) -> Result<(), StoreError>;
+
+    /// Deletes the claims still held by `token` (never someone else's).
+    ///
+    /// # Errors
+    /// The store is unreachable; the claims then expire after the claim TTL.
+    async fn release(&self, keys: &[String], token: &str) -> Result<(), StoreError>;
+
+    /// Whether the store answers right now (for `/readyz`).
+    async fn ready(&self) -> bool;
+
+    /// Short name for logs and `/readyz`.
+    fn name(&self) -> &'static str;
+}

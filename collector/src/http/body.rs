@@ -1,0 +1,180 @@
+//! Reading a request body safely: size limit on the wire, gzip with a cap on the
+//! decompressed size and on the compression ratio, and the media type.
+
+use std::io::Read;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::error::ApiError;
+
+/// Body limits (from `[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    pub max_body: u64,
+    pub max_decompressed: u64,
+    pub max_ratio: u64,
+}
+
+/// How the body's events are framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One JSON document (also `text/plain`, which browsers' `sendBeacon` sends).
+    Json,
+    /// One JSON event per line.
+    Ndjson,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+/// Reads `Content-Type`: JSON (or none, or `text/plain`) or NDJSON.
+///
+/// # Errors
+/// `unsupported_media_type` for anything else.
+pub fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
+    let Some(value) = headers.get(CONTENT_TYPE) else {
+        return Ok(Framing::Json);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let media = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    match media.as_str() {
+        "" | "application/json" | "text/plain" => Ok(Framing::Json),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+        | "application/x-jsonlines" => Ok(Framing::Ndjson),
+        _ => Err(ApiError::UnsupportedMediaType(text.to_owned())),
+    }
+}
+
+/// Reads `Content-Encoding`.
+///
+/// # Errors
+/// `unsupported_encoding` for anything but gzip or identity.
+pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
+    let Some(value) = headers.get(CONTENT_ENCODING) else {
+        return Ok(Encoding::Identity);
+    };
+    let text = value.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+    match text.as_str() {
+        "" | "identity" => Ok(Encoding::Identity),
+        "gzip" | "x-gzip" => Ok(Encoding::Gzip),
+        _ => Err(ApiError::UnsupportedEncoding(text)),
+    }
+}
+
+/// Reads the whole body, refusing more than `max_body` bytes on the wire.
+///
+/// # Errors
+/// `body_too_large` (also straight from `Content-Length`), `body_read_failed` when the
+/// client went away.
+pub async fn read(headers: &HeaderMap, body: Incoming, limits: BodyLimits) -> Result<Bytes, ApiError> {
+    let too_large = ApiError::BodyTooLarge {
+        limit: limits.max_body,
+    };
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body) {
+        return Err(too_large);
+    }
+    match Limited::new(body, limits.max_body as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large),
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+/// Undoes the content encoding, within the decompressed-size and ratio caps.
+///
+/// # Errors
+/// `invalid_gzip`, `decompressed_too_large`.
+pub fn decode(body: Bytes, encoding: Encoding, limits: BodyLimits) -> Result<Bytes, ApiError> {
+    match encoding {
+        Encoding::Identity => Ok(body),
+        Encoding::Gzip => {
+            let cap = limits
+                .max_decompressed
+                .min((body.len() as u64).saturating_mul(limits.max_ratio));
+            let mut out = Vec::with_capacity((body.len() * 4).min(cap as usize));
+            flate2::read::MultiGzDecoder::new(&body[..])
+                .take(cap + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ApiError::InvalidGzip(e.to_string()))?;
+            if out.len() as u64 > cap {
+                return Err(ApiError::DecompressedTooLarge { limit: cap });
+            }
+            Ok(Bytes::from(out))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const LIMITS: BodyLimits = BodyLimits {
+        max_body: 1 << 20,
+        max_decompressed: 1 << 16,
+        max_ratio: 100,
+    };
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(data).unwrap();
+        Bytes::from(enc.finish().unwrap())
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let text = br#"{"events":[]}"#;
+        assert_eq!(&decode(gzip(text), Encoding::Gzip, LIMITS).unwrap()[..], text);
+    }
+
+    #[test]
+    fn gzip_bombs_are_refused_by_size_and_by_ratio() {
+        let bomb = gzip(&vec![b' '; 1 << 20]);
+        assert!(matches!(
+            decode(bomb, Encoding::Gzip, LIMITS),
+            Err(ApiError::DecompressedTooLarge { .. })
+        ));
+        // Small enough in absolute terms, but compressed far beyond the ratio.
+        let dense = gzip(&vec![b' '; 60_000]);
+        assert!(dense.len() * 100 < 60_000);
+        assert!(matches!(
+            decode(dense, Encoding::Gzip, LIMITS),
+            Err(ApiError::DecompressedTooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_invalid_gzip() {
+        assert!(matches!(
+            decode(Bytes::from_static(b"not gzip at all"), Encoding::Gzip, LIMITS),
+            Err(ApiError::InvalidGzip(_))
+        ));
+    }
+
+    #[test]
+    fn media_types_and_encodings() {
+        let mut h = HeaderMap::new();
+        assert_eq!(framing(&h).unwrap(), Framing::Json);
+        h.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        assert_eq!(framing(&h).unwrap(), Framing::Json);
+        h.insert(CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
+        assert_eq!(framing(&h).unwrap(), Framing::Ndjson);
+        h.insert(CONTENT_TYPE, "application/xml".parse().unwrap());
+        assert!(framing(&h).is_err());
+        h.insert(CONTENT_ENCODING, "br".parse().unwrap());
+        assert!(matches!(encoding(&h), Err(ApiError::UnsupportedEncoding(_))));
+        h.insert(CONTENT_ENCODING, "GZIP".parse().unwrap());
+        assert_eq!(encoding(&h).unwrap(), Encoding::Gzip);
+    }
+}

@@ -1,0 +1,156 @@
+//! The HTTP edge: listeners, the tower stack around the handlers, and routing.
+//!
+//! Enters: TCP connections (HTTP/1.1 and h2c from one auto builder). Leaves: for ingest
+//! routes, the authenticated and decompressed body handed to [`crate::ingest`]; for the
+//! probes and `/metrics`, their answers.
+//!
+//! The public stack, outermost first:
+//! - tracing (a span per request);
+//! - error mapping (turns shed or timed-out requests into JSON 503s);
+//! - load shedding + a concurrency limit: past `max_concurrent_requests` the collector
+//!   answers 503 at once instead of queueing without bound;
+//! - a request timeout covering the body upload and the processing.
+
+pub mod body;
+mod routes;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_http::trace::TraceLayer;
+
+pub use routes::App;
+
+
+
+use crate::error::ApiError;
+
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Ingest routes and the probes.
+    Public,
+    /// `/metrics` and the probes; never exposed publicly.
+    Admin,
+}
+
+/// Serves `listener` until `shutdown` is cancelled, then lets open connections finish
+/// their requests for up to `grace`.
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<App>,
+    kind: Listener,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let handler = {
+        let app = app.clone();
+        tower::service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(app.handle(req, kind).await) }
+        })
+    };
+    let guarded = ServiceBuilder::new()
+        .load_shed()
+        .concurrency_limit(app.max_concurrent_requests)
+        .timeout(app.request_timeout)
+        .service(handler);
+    let service = ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .service(ErrorsAsResponses {
+            inner: guarded,
+            metrics: app.metrics.clone(),
+        });
+
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Typically EMFILE: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?grace, "connections still open after the shutdown grace period");
+    }
+}
+
+/// Turns the errors of the guard layers (shed, timed out) into JSON responses, so the
+/// service hyper sees never fails. It drives the inner service with `oneshot`, which
+/// polls readiness first: that is where the concurrency limit takes its permit and
+/// where load shedding decides.
+#[derive(Clone)]
+struct ErrorsAsResponses<S> {
+    inner: S,
+    metrics: Arc<crate::telemetry::Metrics>,
+}
+
+impl<S> tower::Service<Request<Incoming>> for ErrorsAsResponses<S>
+where
+    S: tower::Service<Request<Incoming>, Response = Response<Full<Bytes>>, Error = BoxError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            Ok(inner.oneshot(req).await.unwrap_or_else(|e| {
+                let error = if e.is::<tower::load_shed::error::Overloaded>() {
+                    ApiError::Overloaded
+                } else if e.is::<tower::timeout::error::Elapsed>() {
+                    ApiError::Timeout
+                } else {
+                    tracing::error!(error = %e, "unexpected service error");
+                    ApiError::Internal
+                };
+                metrics.request_error(error.code());
+                error.to_response()
+            }))
+        })
+    }
+}

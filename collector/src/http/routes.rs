@@ -1,0 +1,299 @@
+//! Routing and the handlers: authentication, body reading, and the hand-off to the
+//! ingest pipeline.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bytes::Bytes;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+use tollgate_event::Api;
+use tollgate_event::segment::CallType;
+
+use super::Listener;
+use super::body::{self, BodyLimits, Framing};
+use crate::clock::Clock;
+use crate::error::{ApiError, json_response};
+use crate::ingest::{DecodeLimits, Pipeline, Source, decode};
+use crate::telemetry::Metrics;
+
+/// Header carrying the client's send time for NDJSON bodies (JSON bodies use `sent_at`).
+pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
+
+/// Shared state of the HTTP handlers.
+pub struct App {
+    pub pipeline: Arc<Pipeline>,
+    /// Write key → source.
+    pub sources: HashMap<String, Arc<Source>>,
+    pub clock: Clock,
+    pub metrics: Arc<Metrics>,
+    pub platforms: tollgate_event::Platforms,
+    pub body_limits: BodyLimits,
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+    pub max_concurrent_requests: usize,
+    pub request_timeout: Duration,
+    /// Ingest work runs as tasks tracked here, so it finishes (and commits its claims)
+    /// even when the client goes away, and shutdown can wait for it.
+    pub tasks: TaskTracker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Healthz,
+    Readyz,
+    Metrics,
+    Native,
+    Segment(Option<CallType>),
+}
+
+impl Route {
+    fn label(route: Option<Route>) -> &'static str {
+        match route {
+            Some(Route::Healthz) => "healthz",
+            Some(Route::Readyz) => "readyz",
+            Some(Route::Metrics) => "metrics",
+            Some(Route::Native) => "native",
+            Some(Route::Segment(None)) => "segment_batch",
+            Some(Route::Segment(Some(call))) => match call {
+                CallType::Track => "segment_track",
+                CallType::Identify => "segment_identify",
+                CallType::Page => "segment_page",
+                CallType::Screen => "segment_screen",
+                CallType::Group => "segment_group",
+                CallType::Alias => "segment_alias",
+            },
+            None => "unknown",
+        }
+    }
+
+    fn find(path: &str, listener: Listener) -> Option<Route> {
+        let route = match path {
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            "/metrics" if listener == Listener::Admin => Route::Metrics,
+            "/v1/events" if listener == Listener::Public => Route::Native,
+            "/v1/batch" | "/v1/import" if listener == Listener::Public => Route::Segment(None),
+            _ if listener == Listener::Public => {
+                let call = path.strip_prefix("/v1/").and_then(CallType::from_name)?;
+                Route::Segment(Some(call))
+            }
+            _ => return None,
+        };
+        Some(route)
+    }
+
+    fn method(self) -> Method {
+        match self {
+            Route::Healthz | Route::Readyz | Route::Metrics => Method::GET,
+            Route::Native | Route::Segment(_) => Method::POST,
+        }
+    }
+}
+
+impl App {
+    /// Answers one request; never fails (errors become JSON responses).
+    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, listener: Listener) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let route = Route::find(req.uri().path(), listener);
+        let result = match route {
+            None => Err(ApiError::NotFound),
+            Some(r) if req.method() != r.method() && !(r.method() == Method::GET && req.method() == Method::HEAD) => {
+                Err(ApiError::MethodNotAllowed {
+                    allow: if r.method() == Method::GET { "GET" } else { "POST" },
+                })
+            }
+            Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Some(Route::Readyz) => Ok(self.readiness().await),
+            Some(Route::Metrics) => Ok(self.metrics_page()),
+            Some(Route::Native) => self.ingest(req, Api::Native, None).await,
+            Some(Route::Segment(call)) => self.ingest(req, Api::Segment, call).await,
+        };
+        let response = result.unwrap_or_else(|e| {
+            self.metrics.request_error(e.code());
+            tracing::debug!(code = e.code(), error = %e, "request refused");
+            e.to_response()
+        });
+        self.metrics
+            .observe_request(Route::label(route), response.status().as_u16(), started.elapsed());
+        response
+    }
+
+    async fn readiness(&self) -> Response<Full<Bytes>> {
+        let log = self.pipeline.log.ready();
+        let store = self.pipeline.store.ready().await;
+        let word = |ok: bool| if ok { "ok" } else { "unavailable" };
+        let status = if log && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        json_response(
+            status,
+            &json!({
+                "status": if log && store { "ready" } else { "not_ready" },
+                "checks": {
+                    "config": "ok",
+                    "log": word(log),
+                    "idempotency": {"store": self.pipeline.store.name(), "status": word(store)},
+                }
+            }),
+        )
+    }
+
+    fn metrics_page(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(Bytes::from(self.metrics.render())));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        response
+    }
+
+    fn source(&self, key: &str) -> Result<Arc<Source>, ApiError> {
+        self.sources.get(key).cloned().ok_or(ApiError::UnknownWriteKey)
+    }
+
+    async fn ingest(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        api: Api,
+        call: Option<CallType>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let received_at = self.clock.now();
+        let (parts, incoming) = req.into_parts();
+        // Refuse what we can before reading the body.
+        let header_source = write_key(&parts.headers).map(|k| self.source(&k)).transpose()?;
+        if header_source.is_none() && api == Api::Native {
+            return Err(ApiError::MissingWriteKey);
+        }
+        let framing = body::framing(&parts.headers)?;
+        if framing == Framing::Ndjson && api == Api::Segment {
+            return Err(ApiError::UnsupportedMediaType(
+                "NDJSON is accepted on /v1/events only".into(),
+            ));
+        }
+        let encoding = body::encoding(&parts.headers)?;
+        let raw = body::read(&parts.headers, incoming, self.body_limits).await?;
+        let sent_at_header = parts
+            .headers
+            .get(SENT_AT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+
+        // From here on the work runs to completion even if the client disconnects, so
+        // claims are always committed or released.
+        let app = self.clone();
+        let work = self.tasks.spawn(async move {
+            let bytes = body::decode(raw, encoding, app.body_limits)?;
+            let limits = DecodeLimits {
+                max_event_bytes: app.max_event_bytes,
+                max_events: app.max_events,
+                platforms: &app.platforms,
+            };
+            let decoded = match (api, framing) {
+                (Api::Native, Framing::Json) => decode::native_json(&bytes, &limits)?,
+                (Api::Native, Framing::Ndjson) => {
+                    decode::native_ndjson(&bytes, sent_at_header.as_deref(), &limits)?
+                }
+                (Api::Segment, _) => decode::segment(&bytes, call, received_at, &limits, &|name| {
+                    app.pipeline.schemas.latest_version(name)
+                })?,
+            };
+            let source = match (header_source, &decoded.body_write_key) {
+                (Some(source), _) => source,
+                (None, Some(key)) => app.source(key)?,
+                (None, None) => return Err(ApiError::MissingWriteKey),
+            };
+            let request_id = uuid::Uuid::now_v7().to_string();
+            let outcome = app
+                .pipeline
+                .process(&source, api, decoded, received_at, &request_id)
+                .await?;
+            let status = if outcome.retry > 0 {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::OK
+            };
+            let mut response = match api {
+                Api::Native => json_response(status, &outcome),
+                // Segment SDKs only look at the status; per-event outcomes are logged
+                // and counted.
+                Api::Segment if outcome.retry > 0 => json_response(
+                    status,
+                    &json!({"error": {"code": "retry", "message": "some events are being written by another request; resend the batch"}}),
+                ),
+                Api::Segment => json_response(status, &json!({"success": true})),
+            };
+            if outcome.retry > 0 {
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
+            }
+            response.headers_mut().insert(
+                "x-request-id",
+                http::HeaderValue::from_str(&request_id).expect("a uuid is a valid header"),
+            );
+            Ok(response)
+        });
+        work.await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "ingest task failed");
+            Err(ApiError::Internal)
+        })
+    }
+}
+
+/// The write key: the HTTP Basic user (as Segment SDKs send it), or a Bearer token.
+fn write_key(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, rest) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+        (!user.is_empty()).then(|| user.to_owned())
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        let token = rest.trim();
+        (!token.is_empty()).then(|| token.to_owned())
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, auth.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn write_keys_from_basic_and_bearer() {
+        // base64("wk_123:") as Segment SDKs send it.
+        assert_eq!(write_key(&headers("Basic d2tfMTIzOg==")).as_deref(), Some("wk_123"));
+        // base64("wk_123") without the colon.
+        assert_eq!(write_key(&headers("Basic d2tfMTIz")).as_deref(), Some("wk_123"));
+        assert_eq!(write_key(&headers("Bearer wk_9")).as_deref(), Some("wk_9"));
+        assert_eq!(write_key(&headers("Basic !!!")), None);
+        assert_eq!(write_key(&headers("Digest x")), None);
+        assert_eq!(write_key(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn routes_by_listener() {
+        assert_eq!(Route::find("/v1/events", Listener::Public), Some(Route::Native));
+        assert_eq!(Route::find("/v1/track", Listener::Public), Some(Route::Segment(Some(CallType::Track))));
+        assert_eq!(Route::find("/v1/batch", Listener::Public), Some(Route::Segment(None)));
+        assert_eq!(Route::find("/metrics", Listener::Public), None);
+        assert_eq!(Route::find("/metrics", Listener::Admin), Some(Route::Metrics));
+        assert_eq!(Route::find("/v1/events", Listener::Admin), None);
+        assert_eq!(Route::find("/v1/nope", Listener::Public), None);
+    }
+}

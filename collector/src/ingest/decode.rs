@@ -1,0 +1,271 @@
+//! From request bytes to events: the native envelope, NDJSON, and Segment bodies.
+//!
+//! A body that is not JSON, or not the right shape as a whole, fails the request (400).
+//! Inside a well-formed body every event stands alone: one that breaks a rule becomes an
+//! [`Item::Invalid`] with its reason, and the others go on.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use tollgate_event::event::parse_timestamp;
+use tollgate_event::segment::{BatchDefaults, CallType, map_message};
+use tollgate_event::{ErrorCode, Event, EventError, Platforms, parse_event};
+
+use crate::error::ApiError;
+
+/// One event of a request, parsed against the base event model.
+#[derive(Debug)]
+pub enum Item {
+    Event {
+        event: Event,
+        /// The client's send time for this event (envelope, header or Segment `sentAt`).
+        sent_at: Option<OffsetDateTime>,
+        /// False when the `event_id` was made by the server (Segment without
+        /// `messageId`): it cannot recognise a retry, so it is not deduplicated.
+        client_id: bool,
+        /// Server-owned fields the client sent, ignored.
+        ignored_fields: usize,
+    },
+    Invalid {
+        error: EventError,
+        /// The event as received, for the quarantine.
+        raw: Value,
+    },
+}
+
+/// A request's events, plus a write key carried in the body (Segment allows that).
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub items: Vec<Item>,
+    pub body_write_key: Option<String>,
+}
+
+/// What decoding needs to know.
+pub struct DecodeLimits<'a> {
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+    pub platforms: &'a Platforms,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Envelope<'a> {
+    #[serde(default, borrow)]
+    sent_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct SegmentBatch<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+    #[serde(default, rename = "sentAt", borrow)]
+    sent_at: Option<Cow<'a, str>>,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default, rename = "writeKey")]
+    write_key: Option<String>,
+}
+
+/// Decodes a native JSON envelope `{"sent_at": …, "events": […]}`.
+///
+/// # Errors
+/// Malformed JSON, a body that is not an envelope, a bad `sent_at`, too many events.
+pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, ApiError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(shape_error)?;
+    check_count(envelope.events.len(), limits)?;
+    let sent_at = envelope
+        .sent_at
+        .as_deref()
+        .map(|s| parse_timestamp(s, "/sent_at").map_err(|_| ApiError::InvalidSentAt))
+        .transpose()?;
+    let items = envelope
+        .events
+        .iter()
+        .map(|raw| native_event(raw.get().as_bytes(), sent_at, limits))
+        .collect();
+    Ok(Decoded {
+        items,
+        body_write_key: None,
+    })
+}
+
+/// Decodes NDJSON: one native event per line, `sent_at` from a header. A line that is
+/// not JSON rejects that event only.
+///
+/// # Errors
+/// A bad `sent_at` header, too many events.
+pub fn native_ndjson(
+    body: &[u8],
+    sent_at_header: Option<&str>,
+    limits: &DecodeLimits<'_>,
+) -> Result<Decoded, ApiError> {
+    let sent_at = sent_at_header
+        .map(|s| parse_timestamp(s.trim(), "sent_at").map_err(|_| ApiError::InvalidSentAt))
+        .transpose()?;
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.trim_ascii().is_empty())
+        .collect();
+    check_count(lines.len(), limits)?;
+    let items = lines
+        .into_iter()
+        .map(|line| native_event(line, sent_at, limits))
+        .collect();
+    Ok(Decoded {
+        items,
+        body_write_key: None,
+    })
+}
+
+fn native_event(text: &[u8], sent_at: Option<OffsetDateTime>, limits: &DecodeLimits<'_>) -> Item {
+    if text.len() > limits.max_event_bytes {
+        return too_large(text, limits.max_event_bytes);
+    }
+    match serde_json::from_slice::<Value>(text) {
+        Ok(value) => match parse_event(value, limits.platforms) {
+            Ok((event, ignored_fields)) => Item::Event {
+                event,
+                sent_at,
+                client_id: true,
+                ignored_fields,
+            },
+            // Parse again for the quarantine: only rejected events pay for it.
+            Err(error) => Item::Invalid {
+                error,
+                raw: serde_json::from_slice(text).unwrap_or(Value::Null),
+            },
+        },
+        Err(e) => Item::Invalid {
+            error: EventError::new(ErrorCode::InvalidEvent, "", format!("not valid JSON: {e}")),
+            raw: Value::String(String::from_utf8_lossy(text).into_owned()),
+        },
+    }
+}
+
+/// Decodes a Segment body: `/v1/batch` when `route` is `None`, else one call.
+///
+/// # Errors
+/// Malformed JSON, a body that is not a Segment batch or message, too many events.
+pub fn segment(
+    body: &[u8],
+    route: Option<CallType>,
+    received_at: OffsetDateTime,
+    limits: &DecodeLimits<'_>,
+    schema_version: &dyn Fn(&str) -> u32,
+) -> Result<Decoded, ApiError> {
+    let server_id = || uuid::Uuid::now_v7().to_string();
+    let map = |value: Value, defaults: BatchDefaults<'_>| {
+        match map_message(value, route, defaults, received_at, schema_version, &server_id) {
+            Ok(mapped) => Item::Event {
+                event: mapped.event,
+                sent_at: mapped.sent_at,
+                client_id: mapped.client_event_id,
+                ignored_fields: 0,
+            },
+            Err(error) => Item::Invalid {
+                error,
+                raw: Value::Null,
+            },
+        }
+    };
+    let with_raw = |item: Item, text: &[u8]| match item {
+        Item::Invalid { error, .. } => Item::Invalid {
+            error,
+            raw: serde_json::from_slice(text).unwrap_or(Value::Null),
+        },
+        ok => ok,
+    };
+    match route {
+        None => {
+            let batch: SegmentBatch<'_> = serde_json::from_slice(body).map_err(shape_error)?;
+            check_count(batch.batch.len(), limits)?;
+            let sent_at = batch
+                .sent_at
+                .as_deref()
+                .map(|s| parse_timestamp(s, "/sentAt").map_err(|_| ApiError::InvalidSentAt))
+                .transpose()?;
+            let defaults = BatchDefaults {
+                context: batch.context.as_ref(),
+                sent_at,
+            };
+            let items = batch
+                .batch
+                .iter()
+                .map(|raw| {
+                    let text = raw.get().as_bytes();
+                    if text.len() > limits.max_event_bytes {
+                        return too_large(text, limits.max_event_bytes);
+                    }
+                    match serde_json::from_slice::<Value>(text) {
+                        Ok(value) => with_raw(map(value, defaults), text),
+                        Err(e) => Item::Invalid {
+                            error: EventError::new(ErrorCode::InvalidEvent, "", e.to_string()),
+                            raw: Value::Null,
+                        },
+                    }
+                })
+                .collect();
+            Ok(Decoded {
+                items,
+                body_write_key: batch.write_key,
+            })
+        }
+        Some(_) => {
+            let mut value: Value = serde_json::from_slice(body).map_err(shape_error)?;
+            let Some(object) = value.as_object_mut() else {
+                return Err(ApiError::InvalidEnvelope(
+                    "a Segment call body must be a JSON object".into(),
+                ));
+            };
+            let body_write_key = match object.remove("writeKey") {
+                Some(Value::String(key)) => Some(key),
+                _ => None,
+            };
+            let item = if body.len() > limits.max_event_bytes {
+                too_large(body, limits.max_event_bytes)
+            } else {
+                with_raw(map(value, BatchDefaults::default()), body)
+            };
+            Ok(Decoded {
+                items: vec![item],
+                body_write_key,
+            })
+        }
+    }
+}
+
+fn too_large(text: &[u8], max: usize) -> Item {
+    Item::Invalid {
+        error: EventError::new(
+            ErrorCode::EventTooLarge,
+            "",
+            format!("the event is {} bytes; at most {max} are accepted", text.len()),
+        ),
+        raw: serde_json::from_slice(text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())),
+    }
+}
+
+fn check_count(count: usize, limits: &DecodeLimits<'_>) -> Result<(), ApiError> {
+    if count > limits.max_events {
+        Err(ApiError::TooManyEvents {
+            count,
+            max: limits.max_events,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// Syntax errors are `malformed_json`; valid JSON of the wrong shape is `invalid_envelope`.
+fn shape_error(e: serde_json::Error) -> ApiError {
+    match e.classify() {
+        serde_json::error::Category::Data => ApiError::InvalidEnvelope(e.to_string()),
+        _ => ApiError::MalformedJson(e.to_string()),
+    }
+}

@@ -1,0 +1,419 @@
+//! The ingest pipeline: from decoded events to a durable log and a per-event answer.
+//!
+//! Enters: a request's [`Decoded`] items, its source and its receive time. Leaves: an
+//! [`IngestOutcome`] (one status per event), returned only once the accepted events
+//! and the quarantined ones are durable; or an [`ApiError`] for the whole request, in
+//! which case nothing of it was acknowledged.
+//!
+//! Per request, in order: schema validation and server timing per event; duplicates
+//! inside the batch; one idempotency claim for all valid events; one log append
+//! (events and quarantine together, group-committed with other requests); one commit,
+//! or a release if the append failed.
+
+pub mod decode;
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tollgate_event::{Api, Arrival, Dedupe, Event, EventError, QuarantineRecord, Record, Timing};
+
+pub use decode::{DecodeLimits, Decoded, Item};
+
+use crate::config::FailurePolicy;
+use crate::dedupe::{ClaimOutcome, IdempotencyStore};
+use crate::error::ApiError;
+use crate::schema::{SchemaRegistry, UnknownEvents};
+use crate::sink::{AppendBatch, EventLog, LogError};
+use crate::telemetry::Metrics;
+
+/// The version stamped on every record.
+pub const COLLECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A configured source, resolved from a write key.
+#[derive(Debug)]
+pub struct Source {
+    pub id: String,
+    pub allow_unknown_events: bool,
+}
+
+/// The per-event answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Durably logged.
+    Accepted,
+    /// Already logged within the dedupe window (or earlier in this batch).
+    Duplicate,
+    /// Broke a rule; in the quarantine with its reason.
+    Rejected,
+    /// Being written by another request right now; resend the batch.
+    Retry,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Accepted => "accepted",
+            Status::Duplicate => "duplicate",
+            Status::Rejected => "rejected",
+            Status::Retry => "retry",
+        }
+    }
+}
+
+/// One event's answer in the response.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventResult {
+    pub event_id: Option<String>,
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+}
+
+/// The answer to a request whose events were all processed.
+#[derive(Debug, Default, Serialize)]
+pub struct IngestOutcome {
+    pub accepted: usize,
+    pub duplicate: usize,
+    pub rejected: usize,
+    pub retry: usize,
+    pub results: Vec<EventResult>,
+}
+
+/// Everything the pipeline needs, shared by all requests.
+pub struct Pipeline {
+    pub schemas: SchemaRegistry,
+    pub store: Arc<dyn IdempotencyStore>,
+    pub log: Arc<dyn EventLog>,
+    pub policy: FailurePolicy,
+    pub allowed_lateness: Duration,
+    pub future_tolerance: Duration,
+    pub region: String,
+    pub metrics: Arc<Metrics>,
+}
+
+/// One event on its way through the pipeline.
+enum Slot {
+    Valid {
+        event: Event,
+        sent_at: Option<OffsetDateTime>,
+        timing: Timing,
+        dedupe: Dedupe,
+        /// Index into the request's claim keys, when the event was claimed.
+        claim: Option<usize>,
+        check: bool,
+    },
+    Rejected {
+        error: EventError,
+        raw: serde_json::Value,
+    },
+    Duplicate(String),
+    Retry(String),
+}
+
+impl Pipeline {
+    /// Processes one request's events; see the module docs for the steps.
+    ///
+    /// # Errors
+    /// `idempotency_unavailable` (store down under `fail_closed`), `log_queue_full`,
+    /// `log_unavailable`: in each case nothing of the request was acknowledged and the
+    /// claims it took were released.
+    pub async fn process(
+        &self,
+        source: &Source,
+        api: Api,
+        decoded: Decoded,
+        received_at: OffsetDateTime,
+        request_id: &str,
+    ) -> Result<IngestOutcome, ApiError> {
+        let unknown = if source.allow_unknown_events {
+            UnknownEvents::Allow
+        } else {
+            UnknownEvents::Reject
+        };
+        let mut ignored_fields = 0;
+        let mut slots: Vec<Slot> = decoded
+            .items
+            .into_iter()
+            .map(|item| match item {
+                Item::Invalid { error, raw } => Slot::Rejected { error, raw },
+                Item::Event {
+                    mut event,
+                    sent_at,
+                    client_id,
+                    ignored_fields: ignored,
+                } => {
+                    ignored_fields += ignored;
+                    let version = event.schema_version;
+                    match self
+                        .schemas
+                        .validate_map(&event.event_name, version, &mut event.properties, unknown)
+                    {
+                        Ok(()) => Slot::Valid {
+                            timing: Timing::compute(
+                                event.timestamp_event,
+                                sent_at,
+                                received_at,
+                                self.allowed_lateness,
+                                self.future_tolerance,
+                            ),
+                            event,
+                            sent_at,
+                            dedupe: if client_id { Dedupe::Checked } else { Dedupe::Unchecked },
+                            claim: None,
+                            check: client_id,
+                        },
+                        Err(error) => Slot::Rejected {
+                            raw: serde_json::to_value(&event).unwrap_or_default(),
+                            error,
+                        },
+                    }
+                }
+            })
+            .collect();
+        if ignored_fields > 0 {
+            self.metrics.client_server_fields.add(ignored_fields as u64, &[]);
+        }
+
+        // A repeated event_id inside one batch is a duplicate of its first occurrence.
+        let mut seen = HashSet::with_capacity(slots.len());
+        for slot in &mut slots {
+            if let Slot::Valid { event, check: true, .. } = slot {
+                if !seen.insert(event.event_id.clone()) {
+                    *slot = Slot::Duplicate(event.event_id.clone());
+                }
+            }
+        }
+
+        // One claim for every event we can check.
+        let mut keys = Vec::new();
+        for slot in &mut slots {
+            if let Slot::Valid { event, check: true, claim, .. } = slot {
+                *claim = Some(keys.len());
+                keys.push(format!("{}:{}", source.id, event.event_id));
+            }
+        }
+        let mut claimed = Vec::with_capacity(keys.len());
+        if !keys.is_empty() {
+            match self.store.claim(&keys, request_id).await {
+                Ok(outcomes) => {
+                    for slot in &mut slots {
+                        let Slot::Valid { event, claim: Some(i), .. } = slot else { continue };
+                        match outcomes[*i] {
+                            ClaimOutcome::Claimed => claimed.push(keys[*i].clone()),
+                            ClaimOutcome::Duplicate => {
+                                *slot = Slot::Duplicate(std::mem::take(&mut event.event_id))
+                            }
+                            ClaimOutcome::InFlight => {
+                                *slot = Slot::Retry(std::mem::take(&mut event.event_id))
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.metrics
+                        .idempotency_errors
+                        .add(1, &[KeyValue::new("operation", "claim")]);
+                    match self.policy {
+                        FailurePolicy::FailClosed => {
+                            tracing::warn!(error = %e, "idempotency store unavailable; answering 503 (fail_closed)");
+                            return Err(ApiError::IdempotencyUnavailable);
+                        }
+                        FailurePolicy::FailOpen => {
+                            tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
+                            for slot in &mut slots {
+                                if let Slot::Valid { dedupe, claim, .. } = slot {
+                                    if claim.take().is_some() {
+                                        *dedupe = Dedupe::Unchecked;
+                                        self.metrics.unchecked.add(
+                                            1,
+                                            &[KeyValue::new("reason", "store_unavailable")],
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        let batch = self.serialize(&slots, source, api, received_at, request_id);
+        if !batch.is_empty() {
+            if let Err(e) = self.log.append(batch).await {
+                if !claimed.is_empty() {
+                    if let Err(release) = self.store.release(&claimed, request_id).await {
+                        self.metrics
+                            .idempotency_errors
+                            .add(1, &[KeyValue::new("operation", "release")]);
+                        tracing::warn!(error = %release, "releasing claims failed; they expire after the claim TTL");
+                    }
+                }
+                return Err(match e {
+                    LogError::QueueFull => ApiError::LogQueueFull,
+                    LogError::Closed => ApiError::ShuttingDown,
+                    LogError::Io(_) => ApiError::LogUnavailable,
+                });
+            }
+        }
+        if !claimed.is_empty() {
+            if let Err(e) = self.store.commit(&claimed, request_id).await {
+                // The events are durable, so they stay accepted; only a retry within the
+                // claim TTL could now log them twice.
+                self.metrics
+                    .idempotency_errors
+                    .add(1, &[KeyValue::new("operation", "commit")]);
+                tracing::warn!(error = %e, "committing claims failed after a durable write");
+            }
+        }
+        Ok(self.outcome(slots, source, api))
+    }
+
+    /// Serialises accepted records and quarantine records as NDJSON.
+    fn serialize(
+        &self,
+        slots: &[Slot],
+        source: &Source,
+        api: Api,
+        received_at: OffsetDateTime,
+        request_id: &str,
+    ) -> AppendBatch {
+        let mut batch = AppendBatch::default();
+        for (index, slot) in slots.iter().enumerate() {
+            match slot {
+                Slot::Valid {
+                    event,
+                    sent_at,
+                    timing,
+                    dedupe,
+                    ..
+                } => {
+                    let record = Record {
+                        event: Cow::Borrowed(event),
+                        timestamp_server: received_at,
+                        sent_at: *sent_at,
+                        clock_skew_ms: timing.clock_skew_ms,
+                        timestamp_derived: timing.timestamp_derived,
+                        lateness_ms: timing.lateness_ms,
+                        arrival: timing.arrival,
+                        source: Cow::Borrowed(&source.id),
+                        region: Cow::Borrowed(&self.region),
+                        privacy_policy: None,
+                        dedupe: *dedupe,
+                        api,
+                        request_id: Cow::Borrowed(request_id),
+                        collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                    };
+                    serde_json::to_writer(&mut batch.events, &record)
+                        .expect("records serialize into a Vec");
+                    batch.events.push(b'\n');
+                }
+                Slot::Rejected { error, raw } => {
+                    let record = QuarantineRecord {
+                        timestamp_server: received_at,
+                        source: Cow::Borrowed(&source.id),
+                        api,
+                        request_id: Cow::Borrowed(request_id),
+                        index,
+                        error: error.clone(),
+                        event: Cow::Borrowed(raw),
+                        collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                    };
+                    serde_json::to_writer(&mut batch.quarantine, &record)
+                        .expect("records serialize into a Vec");
+                    batch.quarantine.push(b'\n');
+                }
+                Slot::Duplicate(_) | Slot::Retry(_) => {}
+            }
+        }
+        batch
+    }
+
+    /// Builds the per-event answer and counts it.
+    fn outcome(&self, slots: Vec<Slot>, source: &Source, api: Api) -> IngestOutcome {
+        let mut outcome = IngestOutcome {
+            results: Vec::with_capacity(slots.len()),
+            ..IngestOutcome::default()
+        };
+        let mut arrivals = [0u64; 3];
+        for slot in slots {
+            let result = match slot {
+                Slot::Valid { event, timing, .. } => {
+                    outcome.accepted += 1;
+                    arrivals[timing.arrival as usize] += 1;
+                    EventResult {
+                        event_id: Some(event.event_id),
+                        status: Status::Accepted,
+                        error: None,
+                    }
+                }
+                Slot::Rejected { error, raw } => {
+                    outcome.rejected += 1;
+                    self.metrics
+                        .rejections
+                        .add(1, &[KeyValue::new("code", error.code.as_str())]);
+                    EventResult {
+                        event_id: raw
+                            .get("event_id")
+                            .or_else(|| raw.get("messageId"))
+                            .and_then(|v| v.as_str())
+                            .map(str::to_owned),
+                        status: Status::Rejected,
+                        error: Some(error),
+                    }
+                }
+                Slot::Duplicate(id) => {
+                    outcome.duplicate += 1;
+                    EventResult {
+                        event_id: Some(id),
+                        status: Status::Duplicate,
+                        error: None,
+                    }
+                }
+                Slot::Retry(id) => {
+                    outcome.retry += 1;
+                    EventResult {
+                        event_id: Some(id),
+                        status: Status::Retry,
+                        error: None,
+                    }
+                }
+            };
+            outcome.results.push(result);
+        }
+        let source_label = KeyValue::new("source", source.id.clone());
+        for (status, count) in [
+            (Status::Accepted, outcome.accepted),
+            (Status::Duplicate, outcome.duplicate),
+            (Status::Rejected, outcome.rejected),
+            (Status::Retry, outcome.retry),
+        ] {
+            if count > 0 {
+                self.metrics.events.add(
+                    count as u64,
+                    &[
+                        KeyValue::new("outcome", status.as_str()),
+                        KeyValue::new("api", api.as_str()),
+                        source_label.clone(),
+                    ],
+                );
+            }
+        }
+        for (arrival, count) in [Arrival::OnTime, Arrival::Late, Arrival::Future]
+            .into_iter()
+            .zip(arrivals)
+        {
+            if count > 0 {
+                self.metrics
+                    .arrivals
+                    .add(count, &[KeyValue::new("arrival", arrival.as_str())]);
+            }
+        }
+        outcome
+    }
+}

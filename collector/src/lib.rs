@@ -1,0 +1,223 @@
+//! Tollgate's collector: an HTTP gateway that validates, deduplicates and durably logs
+//! behavioural events, and acknowledges only what is durable.
+//!
+//! # Layout
+//! The folders follow a request from the socket to the disk:
+//! - [`http`]: listeners, the tower stack, routing, auth, body limits and gzip;
+//! - [`ingest`]: decoding (native, NDJSON, Segment), then the pipeline: schema
+//!   validation, server timing, idempotency claim, log append, commit;
+//! - [`schema`]: versioned JSON Schemas, compiled once;
+//! - [`dedupe`]: the [`dedupe::IdempotencyStore`] trait and its stores;
+//! - [`sink`]: the [`sink::EventLog`] trait and the local segment-file log;
+//! - [`telemetry`]: metrics;
+//! - [`config`], [`clock`], [`error`]: configuration, the injectable clock, and the one
+//!   mapping of request errors to HTTP.
+//!
+//! [`Collector::build`] validates everything before anything listens; [`Collector::run`]
+//! takes already-bound listeners and a shutdown future, so tests bind `127.0.0.1:0`.
+
+pub mod clock;
+pub mod config;
+pub mod dedupe;
+pub mod error;
+pub mod http;
+pub mod ingest;
+pub mod schema;
+pub mod sink;
+pub mod telemetry;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::{Config, ConfigError, IdempotencyBackend};
+use crate::dedupe::{IdempotencyStore, MemoryStore};
+use crate::http::body::BodyLimits;
+use crate::http::{App, Listener};
+use crate::ingest::{Pipeline, Source};
+use crate::schema::SchemaRegistry;
+use crate::sink::{EventLog, FileLog, FileLogOptions};
+use crate::telemetry::Metrics;
+
+/// A collector that failed to start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("schemas:\n  - {}", .0.join("\n  - "))]
+    Schemas(Vec<String>),
+    #[error("opening the log in {dir}: {source}")]
+    Log {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parts that tests (and later sinks and stores) replace.
+#[derive(Default)]
+pub struct Overrides {
+    pub clock: Option<Clock>,
+    pub log: Option<Arc<dyn EventLog>>,
+    pub store: Option<Arc<dyn IdempotencyStore>>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+/// A configured collector, ready to serve.
+pub struct Collector {
+    app: Arc<App>,
+    config: Config,
+}
+
+impl Collector {
+    /// Validates the configuration, compiles the schemas and opens the log.
+    ///
+    /// # Errors
+    /// Every configuration problem, every bad schema, or a log directory that cannot be
+    /// used.
+    pub fn build(config: Config) -> Result<Collector, BuildError> {
+        Self::build_with(config, Overrides::default())
+    }
+
+    /// [`build`](Self::build) with some parts supplied by the caller.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build).
+    pub fn build_with(config: Config, overrides: Overrides) -> Result<Collector, BuildError> {
+        config.validate()?;
+        let schemas = load_schemas(&config)?;
+        let metrics = overrides.metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
+        let log = match overrides.log {
+            Some(log) => log,
+            None => Arc::new(
+                FileLog::open(
+                    FileLogOptions {
+                        data_dir: config.log.data_dir.clone(),
+                        segment_max_bytes: config.log.segment_max_bytes.as_u64(),
+                        segment_max_age: config.log.segment_max_age,
+                        queue_capacity: config.log.queue_capacity.get(),
+                        max_group_bytes: config.log.max_group_bytes.as_u64() as usize,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(|source| BuildError::Log {
+                    dir: config.log.data_dir.clone(),
+                    source,
+                })?,
+            ),
+        };
+        let idem = &config.idempotency;
+        let store = overrides.store.unwrap_or_else(|| match idem.backend {
+            IdempotencyBackend::Memory => Arc::new(MemoryStore::new(
+                idem.max_keys.get(),
+                idem.claim_ttl,
+                idem.dedupe_window,
+                metrics.clone(),
+            )),
+        });
+        let mut sources = HashMap::new();
+        for s in &config.sources {
+            let source = Arc::new(Source {
+                id: s.id.clone(),
+                allow_unknown_events: s.allow_unknown_events,
+            });
+            for key in &s.write_keys {
+                sources.insert(key.clone(), source.clone());
+            }
+        }
+        let pipeline = Arc::new(Pipeline {
+            schemas,
+            store,
+            log,
+            policy: idem.on_store_error,
+            allowed_lateness: config.time.allowed_lateness,
+            future_tolerance: config.time.future_tolerance,
+            region: config.default_region.clone(),
+            metrics: metrics.clone(),
+        });
+        let limits = &config.limits;
+        let app = Arc::new(App {
+            pipeline,
+            sources,
+            clock: overrides.clock.unwrap_or_else(Clock::system),
+            metrics,
+            platforms: tollgate_event::Platforms::new(config.platforms.iter().cloned()),
+            body_limits: BodyLimits {
+                max_body: limits.max_body.as_u64(),
+                max_decompressed: limits.max_decompressed.as_u64(),
+                max_ratio: u64::from(limits.max_gzip_ratio.get()),
+            },
+            max_event_bytes: limits.max_event.as_u64() as usize,
+            max_events: limits.max_events_per_batch.get(),
+            max_concurrent_requests: config.server.max_concurrent_requests.get(),
+            request_timeout: config.server.request_timeout,
+            tasks: TaskTracker::new(),
+        });
+        Ok(Collector { app, config })
+    }
+
+    /// The configuration this collector was built from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The metrics of this collector (for tests and embedding).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.app.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains: stops accepting, lets in-flight
+    /// requests finish (up to `server.shutdown_timeout`), waits for their log writes,
+    /// and closes the log.
+    pub async fn run(
+        self,
+        public: TcpListener,
+        admin: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let token = CancellationToken::new();
+        let grace = self.config.server.shutdown_timeout;
+        let mut servers = vec![tokio::spawn(http::serve(
+            public,
+            self.app.clone(),
+            Listener::Public,
+            token.clone(),
+            grace,
+        ))];
+        if let Some(admin) = admin {
+            servers.push(tokio::spawn(http::serve(
+                admin,
+                self.app.clone(),
+                Listener::Admin,
+                token.clone(),
+                grace,
+            )));
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight requests");
+        token.cancel();
+        for server in servers {
+            let _ = server.await;
+        }
+        self.app.tasks.close();
+        self.app.tasks.wait().await;
+        self.app.pipeline.log.close().await;
+        tracing::info!("log flushed; bye");
+    }
+}
+
+fn load_schemas(config: &Config) -> Result<SchemaRegistry, BuildError> {
+    let dir = &config.schemas.dir;
+    if !dir.exists() && *dir == config::SchemasConfig::default().dir {
+        tracing::warn!(dir = %dir.display(), "schema folder not found; running with no registered schemas");
+        return Ok(SchemaRegistry::default());
+    }
+    let schemas = SchemaRegistry::load(dir).map_err(BuildError::Schemas)?;
+    tracing::info!(dir = %dir.display(), schemas = schemas.len(), "schemas loaded");
+    Ok(schemas)
+}

@@ -1,0 +1,133 @@
+//! `tollgate-collector`: parses arguments, installs logging and runs the collector.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate_collector::Collector;
+use tollgate_collector::config::Config;
+
+/// Collects behavioural events: validates them against versioned schemas, drops
+/// duplicates, stamps server time, and acknowledges only what is durably logged.
+///
+/// Without --config it runs on the embedded defaults: listen 127.0.0.1:8080, admin
+/// 127.0.0.1:9090, data in ./data, in-memory idempotency, schemas from config/schemas,
+/// and a local-only source with write key `dev`.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate-collector", version)]
+struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// TOML configuration file (see config/collector.toml). Every key can also be set
+    /// with an environment variable: TOLLGATE_<SECTION>__<KEY>, e.g.
+    /// TOLLGATE_SERVER__LISTEN=0.0.0.0:8080.
+    #[arg(long, global = true, env = "TOLLGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Public listen address (overrides server.listen).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Admin listen address for /metrics and probes (overrides server.admin_listen).
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
+    /// Data directory of the local log (overrides log.data_dir).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a configuration (and its schemas) and report every problem.
+    CheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    install_tracing(args.log_format);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tollgate-collector: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.server.listen = listen;
+    }
+    if let Some(admin) = args.admin_listen {
+        config.server.admin_listen = Some(admin);
+    }
+    if let Some(dir) = args.data_dir {
+        config.log.data_dir = dir;
+    }
+    if let Some(Command::CheckConfig) = args.command {
+        config.validate()?;
+        let schemas = tollgate_collector::schema::SchemaRegistry::load(&config.schemas.dir)
+            .map_err(|problems| anyhow::anyhow!("schemas:\n  - {}", problems.join("\n  - ")))?;
+        println!(
+            "configuration OK: {} source(s), {} schema(s)",
+            config.sources.len(),
+            schemas.len()
+        );
+        return Ok(());
+    }
+
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let collector = Collector::build(config)?;
+        let server = &collector.config().server;
+        let public = tokio::net::TcpListener::bind(server.listen)
+            .await
+            .with_context(|| format!("binding {}", server.listen))?;
+        let admin = match server.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin listener {addr}"))?,
+            ),
+            None => None,
+        };
+        tracing::info!(
+            listen = %public.local_addr()?,
+            admin = ?admin.as_ref().map(|a| a.local_addr()).transpose()?,
+            data_dir = %collector.config().log.data_dir.display(),
+            "tollgate-collector ready"
+        );
+        collector.run(public, admin, shutdown_signal()).await;
+        anyhow::Ok(())
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn install_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

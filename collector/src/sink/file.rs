@@ -1,0 +1,448 @@
+//! The local log: append-only NDJSON segment files with group commit.
+//!
+//! # Layout on disk
+//! ```text
+//! <data_dir>/LOCK                       held while a collector uses the directory
+//! <data_dir>/events/<utc-time>-<n>.ndjson      accepted records
+//! <data_dir>/quarantine/<utc-time>-<n>.ndjson  rejected records with their reason
+//! ```
+//! Segment names sort in creation order. A restart always opens new segments, and first
+//! cuts any torn last line (bytes of a write that was never acknowledged) so readers
+//! only ever see whole lines.
+//!
+//! # Group commit
+//! One writer thread owns the files. Requests queue their bytes; the writer takes every
+//! request waiting at that moment, writes them with one `write` per stream and one
+//! `fdatasync` per stream, then answers them all. While it syncs, the next group forms,
+//! so throughput is not capped by fsync latency.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use opentelemetry::KeyValue;
+use time::OffsetDateTime;
+use time::macros::format_description;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{AppendBatch, EventLog, LogError};
+use crate::telemetry::Metrics;
+
+/// Settings of the local log (from `[log]`).
+#[derive(Debug, Clone)]
+pub struct FileLogOptions {
+    pub data_dir: PathBuf,
+    pub segment_max_bytes: u64,
+    pub segment_max_age: Duration,
+    pub queue_capacity: usize,
+    pub max_group_bytes: usize,
+}
+
+enum Message {
+    Append {
+        batch: AppendBatch,
+        done: oneshot::Sender<Result<(), LogError>>,
+    },
+    Close(oneshot::Sender<()>),
+}
+
+/// The local durable log.
+pub struct FileLog {
+    queue: mpsc::Sender<Message>,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl FileLog {
+    /// Opens (creating) the data directory, takes its lock, repairs torn tails and
+    /// starts the writer thread.
+    ///
+    /// # Errors
+    /// The directory cannot be created or written, or another collector holds it.
+    pub fn open(options: FileLogOptions, metrics: Arc<Metrics>) -> io::Result<FileLog> {
+        std::fs::create_dir_all(&options.data_dir)?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(options.data_dir.join("LOCK"))?;
+        lock.try_lock().map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another collector",
+                    options.data_dir.display()
+                ),
+            )
+        })?;
+        let events = Stream::open(options.data_dir.join("events"), &options)?;
+        let quarantine = Stream::open(options.data_dir.join("quarantine"), &options)?;
+        let (queue, rx) = mpsc::channel(options.queue_capacity);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            events,
+            quarantine,
+            max_group_bytes: options.max_group_bytes,
+            healthy: healthy.clone(),
+            metrics: metrics.clone(),
+            _lock: lock,
+        };
+        std::thread::Builder::new()
+            .name("tollgate-log".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(FileLog {
+            queue,
+            healthy,
+            metrics,
+        })
+    }
+}
+
+#[async_trait]
+impl EventLog for FileLog {
+    async fn append(&self, batch: AppendBatch) -> Result<(), LogError> {
+        let started = Instant::now();
+        let (done, answer) = oneshot::channel();
+        let result = match self.queue.try_send(Message::Append { batch, done }) {
+            Ok(()) => answer.await.unwrap_or(Err(LogError::Closed)),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::QueueFull),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(LogError::Closed),
+        };
+        match &result {
+            Ok(()) => self
+                .metrics
+                .log_append_duration
+                .record(started.elapsed().as_secs_f64(), &[]),
+            Err(e) => self
+                .metrics
+                .log_errors
+                .add(1, &[KeyValue::new("kind", e.kind())]),
+        }
+        result
+    }
+
+    fn ready(&self) -> bool {
+        !self.queue.is_closed() && self.healthy.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        let (done, closed) = oneshot::channel();
+        if self.queue.send(Message::Close(done)).await.is_ok() {
+            let _ = closed.await;
+        }
+    }
+}
+
+struct Writer {
+    events: Stream,
+    quarantine: Stream,
+    max_group_bytes: usize,
+    healthy: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+    /// Held for the writer's life: the directory lock.
+    _lock: File,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Message>) {
+        let mut group = Vec::new();
+        let mut closing = None;
+        while closing.is_none() {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut bytes = 0;
+            let mut next = Some(first);
+            while let Some(message) = next.take() {
+                match message {
+                    Message::Append { batch, done } => {
+                        bytes += batch.len();
+                        group.push((batch, done));
+                    }
+                    Message::Close(done) => {
+                        closing = Some(done);
+                        break;
+                    }
+                }
+                if bytes < self.max_group_bytes {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !group.is_empty() {
+                self.commit(&mut group);
+            }
+        }
+        // Appends queued behind a close (none in an orderly shutdown) are refused.
+        rx.close();
+        while let Ok(message) = rx.try_recv() {
+            if let Message::Append { done, .. } = message {
+                let _ = done.send(Err(LogError::Closed));
+            }
+        }
+        // Release the files and the directory lock before saying we are closed.
+        drop(self);
+        if let Some(done) = closing {
+            let _ = done.send(());
+        }
+    }
+
+    /// Writes and syncs one group, then answers every request in it.
+    fn commit(&mut self, group: &mut Vec<(AppendBatch, oneshot::Sender<Result<(), LogError>>)>) {
+        // Quarantine first: if the events write then fails, the retry re-quarantines a
+        // rejected event (harmless), whereas the other order could log accepted events
+        // twice.
+        let result = self
+            .quarantine
+            .append(group.iter().map(|(b, _)| b.quarantine.as_slice()), &self.metrics)
+            .and_then(|()| {
+                self.events
+                    .append(group.iter().map(|(b, _)| b.events.as_slice()), &self.metrics)
+            });
+        let result = result.map_err(|e| LogError::Io(Arc::new(e)));
+        self.healthy.store(result.is_ok(), Ordering::Relaxed);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, requests = group.len(), "log write failed; the requests get 503");
+        } else {
+            self.metrics.log_group_requests.record(group.len() as u64, &[]);
+        }
+        for (_, done) in group.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// One stream of segment files (events or quarantine).
+struct Stream {
+    dir: PathBuf,
+    label: &'static str,
+    current: Option<Segment>,
+    max_bytes: u64,
+    max_age: Duration,
+    /// Reused between groups so that a group costs one `write` and no allocation.
+    buffer: Vec<u8>,
+}
+
+struct Segment {
+    file: File,
+    len: u64,
+    opened: Instant,
+}
+
+impl Stream {
+    fn open(dir: PathBuf, options: &FileLogOptions) -> io::Result<Stream> {
+        std::fs::create_dir_all(&dir)?;
+        for segment in segments(&dir)? {
+            repair_torn_tail(&segment)?;
+        }
+        let label = if dir.ends_with("events") { "events" } else { "quarantine" };
+        Ok(Stream {
+            dir,
+            label,
+            current: None,
+            max_bytes: options.segment_max_bytes,
+            max_age: options.segment_max_age,
+            buffer: Vec::new(),
+        })
+    }
+
+    /// Appends the chunks as one write and syncs. On error the segment is cut back to
+    /// its length before the write and abandoned, so no partial line is ever left.
+    fn append<'a>(&mut self, chunks: impl Iterator<Item = &'a [u8]>, metrics: &Metrics) -> io::Result<()> {
+        self.buffer.clear();
+        for chunk in chunks {
+            self.buffer.extend_from_slice(chunk);
+        }
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let rotate = self
+            .current
+            .as_ref()
+            .is_some_and(|s| s.len >= self.max_bytes || s.opened.elapsed() >= self.max_age);
+        if rotate || self.current.is_none() {
+            self.current = Some(self.new_segment()?);
+        }
+        let segment = self.current.as_mut().expect("opened above");
+        let before = segment.len;
+        let written = segment.file.write_all(&self.buffer).and_then(|()| {
+            let started = Instant::now();
+            segment.file.sync_data()?;
+            metrics
+                .log_fsync_duration
+                .record(started.elapsed().as_secs_f64(), &[]);
+            Ok(())
+        });
+        match written {
+            Ok(()) => {
+                segment.len += self.buffer.len() as u64;
+                metrics.log_bytes.add(
+                    self.buffer.len() as u64,
+                    &[KeyValue::new("stream", self.label)],
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Undo what may have reached the file, then start afresh next time.
+                let undo = segment
+                    .file
+                    .set_len(before)
+                    .and_then(|()| segment.file.sync_all());
+                if let Err(undo) = undo {
+                    tracing::error!(error = %undo, "could not cut a failed write from the segment; it is repaired at the next start");
+                }
+                self.current = None;
+                Err(e)
+            }
+        }
+    }
+
+    fn new_segment(&self) -> io::Result<Segment> {
+        let stamp = OffsetDateTime::now_utc()
+            .format(format_description!(
+                "[year][month][day]T[hour][minute][second].[subsecond digits:6]Z"
+            ))
+            .map_err(io::Error::other)?;
+        for n in 0.. {
+            let path = self.dir.join(format!("{stamp}-{n:04}.ndjson"));
+            match OpenOptions::new().append(true).create_new(true).open(&path) {
+                Ok(file) => {
+                    // The new name must survive a crash as well as the data in it.
+                    File::open(&self.dir)?.sync_all()?;
+                    return Ok(Segment {
+                        file,
+                        len: 0,
+                        opened: Instant::now(),
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("an unbounded range always yields a free name")
+    }
+}
+
+/// The segment files of a stream directory, oldest first.
+pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Cuts a segment back to its last complete line. Bytes after it belong to a write
+/// that was never synced, hence never acknowledged.
+fn repair_torn_tail(path: &Path) -> io::Result<()> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut end = len;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let start = end.saturating_sub(chunk.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut chunk[..n])?;
+        if let Some(pos) = chunk[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + pos as u64 + 1;
+            if keep != len {
+                tracing::warn!(file = %path.display(), cut = len - keep, "cutting a torn last line left by a crash");
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            return Ok(());
+        }
+        if start == 0 {
+            tracing::warn!(file = %path.display(), "segment holds no complete line; emptying it");
+            file.set_len(0)?;
+            return file.sync_all();
+        }
+        end = start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(dir: &Path) -> FileLogOptions {
+        FileLogOptions {
+            data_dir: dir.to_owned(),
+            segment_max_bytes: 64,
+            segment_max_age: Duration::from_secs(3600),
+            queue_capacity: 16,
+            max_group_bytes: 1 << 20,
+        }
+    }
+
+    fn read_stream(dir: &Path) -> String {
+        segments(dir)
+            .unwrap()
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn appends_are_durable_rotated_and_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let log = FileLog::open(options(dir.path()), metrics.clone()).unwrap();
+        for i in 0..5 {
+            let batch = AppendBatch {
+                events: format!("{{\"n\":{i},\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}\n").into_bytes(),
+                quarantine: if i == 2 { b"{\"q\":1}\n".to_vec() } else { Vec::new() },
+            };
+            log.append(batch).await.unwrap();
+        }
+        log.close().await;
+        assert!(log.append(AppendBatch::default()).await.is_err());
+        let events_dir = dir.path().join("events");
+        assert!(segments(&events_dir).unwrap().len() >= 2, "64-byte segments must rotate");
+        let lines: Vec<String> = read_stream(&events_dir).lines().map(String::from).collect();
+        assert_eq!(lines.len(), 5);
+        assert!(lines[4].starts_with("{\"n\":4"));
+        assert_eq!(read_stream(&dir.path().join("quarantine")), "{\"q\":1}\n");
+
+        // Restart on the same directory: old segments stay, new lines follow them.
+        let log = FileLog::open(options(dir.path()), metrics).unwrap();
+        log.append(AppendBatch { events: b"{\"n\":5}\n".to_vec(), quarantine: Vec::new() })
+            .await
+            .unwrap();
+        log.close().await;
+        let text = read_stream(&events_dir);
+        assert_eq!(text.lines().count(), 6);
+        assert!(text.ends_with("{\"n\":5}\n"));
+    }
+
+    #[tokio::test]
+    async fn a_second_collector_cannot_take_the_same_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let log = FileLog::open(options(dir.path()), metrics.clone()).unwrap();
+        let err = FileLog::open(options(dir.path()), metrics.clone()).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        log.close().await;
+        // The writer thread dropped the lock on close.
+        FileLog::open(options(dir.path()), metrics).unwrap();
+    }
+
+    #[test]
+    fn torn_tails_are_cut_at_the_last_whole_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.ndjson");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n{\"a\":2}\n");
+        std::fs::write(&path, "no newline at all").unwrap();
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+}

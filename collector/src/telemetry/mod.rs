@@ -1,0 +1,167 @@
+//! Metrics: OpenTelemetry instruments exported in Prometheus text format on the admin
+//! listener's `/metrics`.
+//!
+//! Every outcome and failure mode of the request path has its instrument here; labels
+//! are bounded (routes, codes and outcomes are fixed sets, sources come from config).
+//! `docs/metrics.md` documents each one.
+
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use prometheus::{Encoder, TextEncoder};
+
+/// All instruments of one collector instance.
+pub struct Metrics {
+    registry: prometheus::Registry,
+    /// Kept alive: dropping the provider stops collection.
+    _provider: SdkMeterProvider,
+    /// HTTP requests by route and status.
+    pub requests: Counter<u64>,
+    /// Whole-request errors by stable code (the `error.code` of the JSON body).
+    pub request_errors: Counter<u64>,
+    /// Request handling time by route.
+    pub request_duration: Histogram<f64>,
+    /// Events by outcome (accepted, duplicate, rejected, retry), API and source.
+    pub events: Counter<u64>,
+    /// Rejected events by code.
+    pub rejections: Counter<u64>,
+    /// Events logged with `dedupe: unchecked`, by reason.
+    pub unchecked: Counter<u64>,
+    /// Server-owned fields that clients sent and that were ignored.
+    pub client_server_fields: Counter<u64>,
+    /// Events by arrival class (on_time, late, future).
+    pub arrivals: Counter<u64>,
+    /// Time from handing a batch to the log until it is durable.
+    pub log_append_duration: Histogram<f64>,
+    /// fsync time of one group commit.
+    pub log_fsync_duration: Histogram<f64>,
+    /// Requests covered by one group commit.
+    pub log_group_requests: Histogram<u64>,
+    /// Bytes appended to the log, by stream (events, quarantine).
+    pub log_bytes: Counter<u64>,
+    /// Failed log appends, by kind (queue_full, io, closed).
+    pub log_errors: Counter<u64>,
+    /// Idempotency store errors, by operation.
+    pub idempotency_errors: Counter<u64>,
+    /// Keys the memory store forgot before their window ended (capacity too small).
+    pub idempotency_evictions: Counter<u64>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = prometheus::Registry::new();
+        let exporter = opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .without_target_info()
+            .scope_info_enabled(false)
+            .build()
+            .expect("a fresh registry accepts the exporter");
+        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let meter = provider.meter("tollgate");
+        let counter = |name: &'static str, help: &'static str| {
+            meter.u64_counter(name).with_description(help).build()
+        };
+        let seconds = |name: &'static str, help: &'static str, bounds: Vec<f64>| {
+            meter
+                .f64_histogram(name)
+                .with_unit("s")
+                .with_description(help)
+                .with_boundaries(bounds)
+                .build()
+        };
+        let latency = vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+            2.5, 5.0, 10.0,
+        ];
+        Metrics {
+            requests: counter("tollgate_http_requests", "HTTP requests by route and status"),
+            request_errors: counter(
+                "tollgate_request_errors",
+                "Whole-request errors by code",
+            ),
+            request_duration: seconds(
+                "tollgate_http_request_duration",
+                "Request handling time by route",
+                latency.clone(),
+            ),
+            events: counter("tollgate_events", "Events by outcome, api and source"),
+            rejections: counter("tollgate_events_rejected", "Rejected events by code"),
+            unchecked: counter(
+                "tollgate_events_unchecked",
+                "Events logged without an idempotency check, by reason",
+            ),
+            client_server_fields: counter(
+                "tollgate_client_server_fields_ignored",
+                "Server-owned fields sent by clients and ignored",
+            ),
+            arrivals: counter("tollgate_event_arrivals", "Accepted events by arrival class"),
+            log_append_duration: seconds(
+                "tollgate_log_append_duration",
+                "Time from handing a batch to the log until it is durable",
+                latency.clone(),
+            ),
+            log_fsync_duration: seconds(
+                "tollgate_log_fsync_duration",
+                "fsync time of one group commit",
+                latency,
+            ),
+            log_group_requests: meter
+                .u64_histogram("tollgate_log_group_requests")
+                .with_description("Requests covered by one group commit")
+                .with_boundaries(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])
+                .build(),
+            log_bytes: counter("tollgate_log_bytes", "Bytes appended to the log by stream"),
+            log_errors: counter("tollgate_log_errors", "Failed log appends by kind"),
+            idempotency_errors: counter(
+                "tollgate_idempotency_errors",
+                "Idempotency store errors by operation",
+            ),
+            idempotency_evictions: counter(
+                "tollgate_idempotency_evictions",
+                "Keys forgotten before their dedupe window ended (memory store full)",
+            ),
+            registry,
+            _provider: provider,
+        }
+    }
+
+    /// Prometheus text exposition of every instrument.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding into a Vec cannot fail");
+        String::from_utf8(out).expect("the Prometheus text format is UTF-8")
+    }
+
+    /// Counts one whole-request error by its stable code.
+    pub fn request_error(&self, code: &'static str) {
+        self.request_errors.add(1, &[KeyValue::new("code", code)]);
+    }
+
+    pub fn observe_request(&self, route: &'static str, status: u16, elapsed: Duration) {
+        self.requests.add(
+            1,
+            &[
+                KeyValue::new("route", route),
+                KeyValue::new("status", i64::from(status)),
+            ],
+        );
+        self.request_duration
+            .record(elapsed.as_secs_f64(), &[KeyValue::new("route", route)]);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}

@@ -1,0 +1,424 @@
+//! The native event and its parser.
+//!
+//! The parser takes an already-parsed `serde_json::Value` and moves its parts into an
+//! [`Event`] without copying `context` or `properties`. It is deliberately hand-written
+//! rather than derived: every rejection must name the exact field (a JSON pointer) and a
+//! stable code, which serde's derive errors do not give.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::{ErrorCode, EventError};
+
+/// Fields the collector computes itself. A client that sends them is ignored, never
+/// trusted (a client clock cannot vouch for server time).
+pub const SERVER_FIELDS: &[&str] = &[
+    "timestamp_server",
+    "sent_at",
+    "clock_skew_ms",
+    "timestamp_derived",
+    "lateness_ms",
+    "arrival",
+    "source",
+    "region",
+    "privacy_policy",
+    "dedupe",
+    "collector_version",
+    "request_id",
+    "api",
+];
+
+/// Longest accepted `event_id`, `user_id`, `device_id`, `session_id` (bytes).
+const MAX_ID_LEN: usize = 128;
+const MIN_EVENT_ID_LEN: usize = 8;
+const MAX_NAME_LEN: usize = 128;
+
+/// One behavioural event, as validated against the base event model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// The idempotency key: retries of the same event carry the same id.
+    pub event_id: String,
+    /// snake_case name; selects the schema.
+    pub event_name: String,
+    /// Version of the event's schema the client logged against.
+    pub schema_version: u32,
+    /// Logged-in user, `None` for logged-out traffic.
+    pub user_id: Option<String>,
+    /// Device or anonymous id; required when `user_id` is `None`.
+    pub device_id: Option<String>,
+    pub session_id: Option<String>,
+    /// Client clock at the moment the event happened (normalised to UTC).
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp_event: OffsetDateTime,
+    /// Where in the product the event fired (e.g. `reels_viewer`).
+    pub surface: Option<String>,
+    pub app_version: Option<String>,
+    pub platform: String,
+    #[serde(default)]
+    pub experiment_ids: Vec<String>,
+    /// Consent category → granted.
+    #[serde(default)]
+    pub consent: BTreeMap<String, bool>,
+    /// Client context: ip, user agent, locale, country, … (PII lives here).
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    /// Event-specific attributes, validated by the event's JSON Schema.
+    #[serde(default)]
+    pub properties: Map<String, Value>,
+}
+
+/// The platforms a deployment accepts (`ios`, `android`, `web`, `server`, …).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platforms(Vec<String>);
+
+impl Platforms {
+    pub fn new(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Platforms(names.into_iter().map(Into::into).collect())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.iter().any(|p| p == name)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl Default for Platforms {
+    fn default() -> Self {
+        Platforms::new(["ios", "android", "web", "server", "desktop", "tv"])
+    }
+}
+
+/// Parses one native event.
+///
+/// Server-owned fields ([`SERVER_FIELDS`]) are dropped; the returned count says how many
+/// were present so the caller can count clients that try to set them.
+///
+/// # Errors
+/// The first rule the event breaks, with the field's JSON pointer.
+pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize), EventError> {
+    let Value::Object(mut map) = value else {
+        return Err(EventError::new(
+            ErrorCode::InvalidEvent,
+            "",
+            "an event must be a JSON object",
+        ));
+    };
+    let mut ignored = 0;
+    for field in SERVER_FIELDS {
+        if map.remove(*field).is_some() {
+            ignored += 1;
+        }
+    }
+
+    let event_id = required_string(&mut map, "event_id")?;
+    check_id("event_id", &event_id, MIN_EVENT_ID_LEN)?;
+    let event_name = required_string(&mut map, "event_name")?;
+    if !is_snake_case(&event_name) {
+        return Err(EventError::new(
+            ErrorCode::InvalidValue,
+            "/event_name",
+            "`event_name` must be snake_case ([a-z][a-z0-9_]*, at most 128 bytes)",
+        ));
+    }
+    let schema_version = match map.remove("schema_version") {
+        None | Some(Value::Null) => return Err(EventError::missing("schema_version")),
+        Some(Value::Number(n)) => match n.as_u64() {
+            Some(v @ 1..=0xFFFF_FFFF) => v as u32,
+            _ => {
+                return Err(EventError::new(
+                    ErrorCode::InvalidValue,
+                    "/schema_version",
+                    "`schema_version` must be an integer >= 1",
+                ));
+            }
+        },
+        Some(_) => return Err(EventError::wrong_type("/schema_version", "an integer")),
+    };
+    let user_id = optional_string(&mut map, "user_id")?;
+    if let Some(id) = &user_id {
+        check_id("user_id", id, 1)?;
+    }
+    let device_id = optional_string(&mut map, "device_id")?;
+    match &device_id {
+        Some(id) => check_id("device_id", id, 1)?,
+        None if user_id.is_none() => {
+            return Err(EventError::new(
+                ErrorCode::MissingField,
+                "/device_id",
+                "`device_id` is required when `user_id` is null",
+            ));
+        }
+        None => {}
+    }
+    let session_id = optional_string(&mut map, "session_id")?;
+    if let Some(id) = &session_id {
+        check_id("session_id", id, 1)?;
+    }
+    let timestamp_event = match map.remove("timestamp_event") {
+        None | Some(Value::Null) => return Err(EventError::missing("timestamp_event")),
+        Some(Value::String(s)) => parse_timestamp(&s, "/timestamp_event")?,
+        Some(_) => {
+            return Err(EventError::wrong_type(
+                "/timestamp_event",
+                "an RFC 3339 string",
+            ));
+        }
+    };
+    let surface = optional_string(&mut map, "surface")?;
+    let app_version = optional_string(&mut map, "app_version")?;
+    let platform = required_string(&mut map, "platform")?;
+    if !platforms.contains(&platform) {
+        return Err(EventError::new(
+            ErrorCode::UnknownPlatform,
+            "/platform",
+            format!(
+                "`platform` must be one of: {}",
+                platforms.names().join(", ")
+            ),
+        ));
+    }
+    let experiment_ids = match map.remove("experiment_ids") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s),
+                _ => Err(EventError::wrong_type(
+                    format!("/experiment_ids/{i}"),
+                    "a string",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(EventError::wrong_type(
+                "/experiment_ids",
+                "an array of strings",
+            ));
+        }
+    };
+    let consent = match map.remove("consent") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(obj)) => obj
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::Bool(b) => Ok((k, b)),
+                _ => Err(EventError::wrong_type(
+                    format!("/consent/{}", escape_pointer(&k)),
+                    "a boolean",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(EventError::wrong_type(
+                "/consent",
+                "an object of category -> boolean",
+            ));
+        }
+    };
+    let context = optional_object(&mut map, "context")?;
+    let properties = optional_object(&mut map, "properties")?;
+
+    if let Some(unknown) = map.keys().next() {
+        return Err(EventError::new(
+            ErrorCode::UnknownField,
+            format!("/{}", escape_pointer(unknown)),
+            format!("`{unknown}` is not a field of the event model; put it in `properties`"),
+        ));
+    }
+
+    Ok((
+        Event {
+            event_id,
+            event_name,
+            schema_version,
+            user_id,
+            device_id,
+            session_id,
+            timestamp_event,
+            surface,
+            app_version,
+            platform,
+            experiment_ids,
+            consent,
+            context,
+            properties,
+        },
+        ignored,
+    ))
+}
+
+/// Parses an RFC 3339 timestamp and normalises it to UTC.
+///
+/// # Errors
+/// `invalid_value` at `path` when the text is not RFC 3339.
+pub fn parse_timestamp(text: &str, path: &str) -> Result<OffsetDateTime, EventError> {
+    OffsetDateTime::parse(text, &Rfc3339)
+        .map(|t| t.to_offset(time::UtcOffset::UTC))
+        .map_err(|_| {
+            EventError::new(
+                ErrorCode::InvalidValue,
+                path,
+                format!("`{path}` must be an RFC 3339 timestamp such as 2026-01-31T12:00:00.000Z"),
+            )
+        })
+}
+
+/// True for `[a-z][a-z0-9_]*` of at most 128 bytes.
+pub fn is_snake_case(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'_')
+}
+
+/// Escapes a key for use as one JSON pointer segment (RFC 6901).
+pub fn escape_pointer(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn required_string(map: &mut Map<String, Value>, field: &str) -> Result<String, EventError> {
+    optional_string(map, field)?.ok_or_else(|| EventError::missing(field))
+}
+
+fn optional_string(map: &mut Map<String, Value>, field: &str) -> Result<Option<String>, EventError> {
+    match map.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(EventError::wrong_type(format!("/{field}"), "a string")),
+    }
+}
+
+fn optional_object(
+    map: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Map<String, Value>, EventError> {
+    match map.remove(field) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(obj)) => Ok(obj),
+        Some(_) => Err(EventError::wrong_type(format!("/{field}"), "an object")),
+    }
+}
+
+fn check_id(field: &str, id: &str, min_len: usize) -> Result<(), EventError> {
+    let ok = id.len() >= min_len
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_graphic());
+    if ok {
+        Ok(())
+    } else {
+        Err(EventError::new(
+            ErrorCode::InvalidValue,
+            format!("/{field}"),
+            format!(
+                "`{field}` must be {min_len} to {MAX_ID_LEN} printable ASCII characters without spaces"
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn valid() -> Value {
+        json!({
+            "event_id": "0b7e5f3c-6c1d-4b8e-9a52-1f7c2d3e4a5b",
+            "event_name": "item_view",
+            "schema_version": 1,
+            "user_id": null,
+            "device_id": "dev-1",
+            "timestamp_event": "2026-11-29T10:00:00.250+01:00",
+            "platform": "ios",
+            "experiment_ids": ["exp_1"],
+            "consent": {"analytics": true},
+            "context": {"locale": "en-GB"},
+            "properties": {"item_id": "i1"}
+        })
+    }
+
+    fn err_of(mut patch: impl FnMut(&mut Map<String, Value>)) -> EventError {
+        let mut v = valid();
+        patch(v.as_object_mut().unwrap());
+        parse_event(v, &Platforms::default()).unwrap_err()
+    }
+
+    #[test]
+    fn parses_a_valid_event_and_normalises_time_to_utc() {
+        let (event, ignored) = parse_event(valid(), &Platforms::default()).unwrap();
+        assert_eq!(ignored, 0);
+        assert_eq!(event.event_name, "item_view");
+        assert_eq!(event.timestamp_event.offset(), time::UtcOffset::UTC);
+        assert_eq!(event.timestamp_event.hour(), 9);
+        assert_eq!(event.properties["item_id"], "i1");
+        assert_eq!(event.consent.get("analytics"), Some(&true));
+    }
+
+    #[test]
+    fn drops_server_fields_sent_by_the_client() {
+        let mut v = valid();
+        v["timestamp_server"] = json!("1999-01-01T00:00:00Z");
+        v["dedupe"] = json!("checked");
+        let (_, ignored) = parse_event(v, &Platforms::default()).unwrap();
+        assert_eq!(ignored, 2);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let cases: Vec<(Box<dyn FnMut(&mut Map<String, Value>)>, ErrorCode, &str)> = vec![
+            (Box::new(|m| { m.remove("event_id"); }), ErrorCode::MissingField, "/event_id"),
+            (Box::new(|m| { m.insert("event_id".into(), json!(5)); }), ErrorCode::InvalidType, "/event_id"),
+            (Box::new(|m| { m.insert("event_id".into(), json!("short")); }), ErrorCode::InvalidValue, "/event_id"),
+            (Box::new(|m| { m.insert("event_name".into(), json!("ItemView")); }), ErrorCode::InvalidValue, "/event_name"),
+            (Box::new(|m| { m.insert("schema_version".into(), json!(0)); }), ErrorCode::InvalidValue, "/schema_version"),
+            (Box::new(|m| { m.insert("schema_version".into(), json!("1")); }), ErrorCode::InvalidType, "/schema_version"),
+            (Box::new(|m| { m.remove("device_id"); }), ErrorCode::MissingField, "/device_id"),
+            (Box::new(|m| { m.insert("timestamp_event".into(), json!("yesterday")); }), ErrorCode::InvalidValue, "/timestamp_event"),
+            (Box::new(|m| { m.insert("platform".into(), json!("palm")); }), ErrorCode::UnknownPlatform, "/platform"),
+            (Box::new(|m| { m.insert("experiment_ids".into(), json!(["a", 2])); }), ErrorCode::InvalidType, "/experiment_ids/1"),
+            (Box::new(|m| { m.insert("consent".into(), json!({"ads": "yes"})); }), ErrorCode::InvalidType, "/consent/ads"),
+            (Box::new(|m| { m.insert("properties".into(), json!([1])); }), ErrorCode::InvalidType, "/properties"),
+            (Box::new(|m| { m.insert("colour".into(), json!("red")); }), ErrorCode::UnknownField, "/colour"),
+        ];
+        for (patch, code, path) in cases {
+            let err = err_of(patch);
+            assert_eq!((err.code, err.path.as_str()), (code, path), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_logged_in_user_needs_no_device_id() {
+        let mut v = valid();
+        v["user_id"] = json!("u1");
+        v.as_object_mut().unwrap().remove("device_id");
+        assert!(parse_event(v, &Platforms::default()).is_ok());
+    }
+
+    #[test]
+    fn non_objects_are_invalid_events() {
+        let err = parse_event(json!([1, 2]), &Platforms::default()).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidEvent);
+    }
+
+    #[test]
+    fn snake_case_rule() {
+        assert!(is_snake_case("a"));
+        assert!(is_snake_case("share_submit_v2"));
+        assert!(!is_snake_case(""));
+        assert!(!is_snake_case("_x"));
+        assert!(!is_snake_case("9lives"));
+        assert!(!is_snake_case("Order Completed"));
+        assert!(!is_snake_case(&"a".repeat(129)));
+    }
+}

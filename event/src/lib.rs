@@ -1,0 +1,20 @@
+//! Tollgate's event model, shared by the collector, the shadow proxy and the load tester.
+//!
+//! # Layout
+//! - [`event`]: the native event and its strict parser (`Value` in, [`Event`] or
+//!   [`EventError`] out, with a JSON pointer to the offending field).
+//! - [`segment`]: maps Segment HTTP Tracking API messages onto [`Event`].
+//! - [`record`]: what the collector writes to its log ([`Record`]) and its quarantine
+//!   ([`QuarantineRecord`]), plus the server-side timing fields ([`Timing`]).
+//!
+//! Nothing here does I/O: it is parsing and shaping only, so every binary (and the
+//! benchmarks) can use the very same code the collector runs.
+
+pub mod error;
+pub mod event;
+pub mod record;
+pub mod segment;
+
+pub use error::{ErrorCode, EventError};
+pub use event::{Event, Platforms, parse_event};
+pub use record::{Api, Arrival, Dedupe, QuarantineRecord, Record, Timing};

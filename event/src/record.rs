@@ -1,0 +1,198 @@
+//! What the collector writes: the accepted [`Record`] and the [`QuarantineRecord`].
+//!
+//! Both are one JSON object per line (NDJSON). The record is the event exactly as
+//! validated, flattened, followed by the fields only the server can vouch for.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::error::EventError;
+use crate::event::Event;
+
+/// When an event arrived relative to when it happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arrival {
+    /// Within the allowed lateness.
+    OnTime,
+    /// Older than the allowed lateness (offline devices, stuck queues).
+    Late,
+    /// Ahead of the server clock by more than the tolerance, even after skew correction.
+    Future,
+}
+
+impl Arrival {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Arrival::OnTime => "on_time",
+            Arrival::Late => "late",
+            Arrival::Future => "future",
+        }
+    }
+}
+
+/// Whether the idempotency store vouched for this record being the first copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dedupe {
+    /// Claimed in the idempotency store: the first copy within the dedupe window.
+    Checked,
+    /// Not checked (store unavailable under `fail_open`, or no client id to check).
+    Unchecked,
+}
+
+/// Which API the event came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    Native,
+    Segment,
+}
+
+impl Api {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Api::Native => "native",
+            Api::Segment => "segment",
+        }
+    }
+}
+
+/// The server-side timing of one event (see the reference: skew correction as Segment
+/// and Snowplow apply it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// `timestamp_server - sent_at`, when the client sent `sent_at`.
+    pub clock_skew_ms: Option<i64>,
+    /// `timestamp_event` corrected by the clock skew.
+    pub timestamp_derived: OffsetDateTime,
+    /// `timestamp_server - timestamp_derived`.
+    pub lateness_ms: i64,
+    pub arrival: Arrival,
+}
+
+impl Timing {
+    /// Computes the timing of an event received at `server`.
+    pub fn compute(
+        timestamp_event: OffsetDateTime,
+        sent_at: Option<OffsetDateTime>,
+        server: OffsetDateTime,
+        allowed_lateness: Duration,
+        future_tolerance: Duration,
+    ) -> Timing {
+        let skew = sent_at.map(|sent| server - sent);
+        let timestamp_derived = match skew {
+            Some(skew) => timestamp_event + skew,
+            None => timestamp_event,
+        };
+        let lateness = server - timestamp_derived;
+        let arrival = if -lateness > future_tolerance {
+            Arrival::Future
+        } else if lateness > allowed_lateness {
+            Arrival::Late
+        } else {
+            Arrival::OnTime
+        };
+        Timing {
+            clock_skew_ms: skew.map(|d| d.whole_milliseconds() as i64),
+            timestamp_derived,
+            lateness_ms: lateness.whole_milliseconds() as i64,
+            arrival,
+        }
+    }
+}
+
+/// One accepted event as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record<'a> {
+    #[serde(flatten)]
+    pub event: Cow<'a, Event>,
+    /// When the collector received the request (server clock, µs precision).
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp_server: OffsetDateTime,
+    /// The client's own send time, as the client claimed it.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    pub clock_skew_ms: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp_derived: OffsetDateTime,
+    pub lateness_ms: i64,
+    pub arrival: Arrival,
+    /// The source's id (never its write key).
+    pub source: Cow<'a, str>,
+    pub region: Cow<'a, str>,
+    /// `id@version` of the privacy policy applied, if any.
+    pub privacy_policy: Option<Cow<'a, str>>,
+    pub dedupe: Dedupe,
+    pub api: Api,
+    /// Server-generated id of the HTTP request, shared by all events of one batch.
+    pub request_id: Cow<'a, str>,
+    pub collector_version: Cow<'a, str>,
+}
+
+/// One rejected event as written to the quarantine log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuarantineRecord<'a> {
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp_server: OffsetDateTime,
+    pub source: Cow<'a, str>,
+    pub api: Api,
+    pub request_id: Cow<'a, str>,
+    /// Position of the event in its request.
+    pub index: usize,
+    pub error: EventError,
+    /// The event as received (raw JSON text when it was not valid JSON).
+    pub event: Cow<'a, Value>,
+    pub collector_version: Cow<'a, str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn skew_correction_moves_the_event_by_the_client_clock_error() {
+        // The device clock is 10 minutes behind: it says it sent at 11:50, the server
+        // received at 12:00. The event happened 1 minute before sending.
+        let t = Timing::compute(
+            datetime!(2026-11-29 11:49 UTC),
+            Some(datetime!(2026-11-29 11:50 UTC)),
+            datetime!(2026-11-29 12:00 UTC),
+            HOUR,
+            MINUTE,
+        );
+        assert_eq!(t.clock_skew_ms, Some(600_000));
+        assert_eq!(t.timestamp_derived, datetime!(2026-11-29 11:59 UTC));
+        assert_eq!(t.lateness_ms, 60_000);
+        assert_eq!(t.arrival, Arrival::OnTime);
+    }
+
+    #[test]
+    fn arrival_classes() {
+        let server = datetime!(2026-11-29 12:00 UTC);
+        let late = Timing::compute(datetime!(2026-11-29 10:00 UTC), None, server, HOUR, MINUTE);
+        assert_eq!((late.arrival, late.lateness_ms), (Arrival::Late, 7_200_000));
+        let future = Timing::compute(datetime!(2026-11-29 12:05 UTC), None, server, HOUR, MINUTE);
+        assert_eq!(future.arrival, Arrival::Future);
+        let edge = Timing::compute(datetime!(2026-11-29 12:01 UTC), None, server, HOUR, MINUTE);
+        assert_eq!(edge.arrival, Arrival::OnTime);
+        // A clock far ahead is corrected by sent_at and is then on time.
+        let corrected = Timing::compute(
+            datetime!(2026-11-30 12:00 UTC),
+            Some(datetime!(2026-11-30 12:00 UTC)),
+            server,
+            HOUR,
+            MINUTE,
+        );
+        assert_eq!(corrected.arrival, Arrival::OnTime);
+        assert_eq!(corrected.clock_skew_ms, Some(-86_400_000));
+    }
+}

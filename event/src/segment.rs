@@ -1,0 +1,426 @@
+//! Segment HTTP Tracking API messages mapped onto the native [`Event`].
+//!
+//! Unmodified Segment and RudderStack SDKs post here, so the mapping never rejects a
+//! message for a field Segment itself does not require: a missing `messageId` gets a
+//! server id (and the record is marked `dedupe: unchecked`), a missing `timestamp`
+//! takes the server time, an unknown platform becomes `unknown`.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::error::{ErrorCode, EventError};
+use crate::event::{Event, parse_timestamp};
+
+/// The Segment call types, one per route (`/v1/track`, …) or per `type` in a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallType {
+    Track,
+    Identify,
+    Page,
+    Screen,
+    Group,
+    Alias,
+}
+
+impl CallType {
+    pub fn from_name(name: &str) -> Option<CallType> {
+        Some(match name {
+            "track" => CallType::Track,
+            "identify" => CallType::Identify,
+            "page" => CallType::Page,
+            "screen" => CallType::Screen,
+            "group" => CallType::Group,
+            "alias" => CallType::Alias,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallType::Track => "track",
+            CallType::Identify => "identify",
+            CallType::Page => "page",
+            CallType::Screen => "screen",
+            CallType::Group => "group",
+            CallType::Alias => "alias",
+        }
+    }
+}
+
+/// A mapped Segment message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mapped {
+    pub event: Event,
+    /// False when the message had no `messageId`: the id is the server's and cannot be
+    /// used to recognise a retry.
+    pub client_event_id: bool,
+    /// The message's own `sentAt`, else the batch's.
+    pub sent_at: Option<OffsetDateTime>,
+}
+
+/// What a batch shares with each of its messages.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BatchDefaults<'a> {
+    /// `context` of the batch object, merged under each message's own context.
+    pub context: Option<&'a Map<String, Value>>,
+    pub sent_at: Option<OffsetDateTime>,
+}
+
+/// Maps one Segment message.
+///
+/// `route_type` is the call type of a single-call route; in a batch it is `None` and
+/// the message's `type` decides. `schema_version` picks the version to validate against
+/// for an event name (Segment messages carry none). `server_id` supplies an id when the
+/// message has no `messageId`.
+///
+/// # Errors
+/// Only for what Segment itself requires: a JSON object, a known `type`, `event` on a
+/// track call, a `userId` or `anonymousId`, and well-formed timestamps.
+pub fn map_message(
+    value: Value,
+    route_type: Option<CallType>,
+    defaults: BatchDefaults<'_>,
+    received_at: OffsetDateTime,
+    schema_version: &dyn Fn(&str) -> u32,
+    server_id: &dyn Fn() -> String,
+) -> Result<Mapped, EventError> {
+    let Value::Object(mut msg) = value else {
+        return Err(EventError::new(
+            ErrorCode::InvalidEvent,
+            "",
+            "a Segment message must be a JSON object",
+        ));
+    };
+    let call = match (route_type, msg.get("type")) {
+        (Some(call), _) => call,
+        (None, Some(Value::String(t))) => CallType::from_name(t).ok_or_else(|| {
+            EventError::new(
+                ErrorCode::InvalidValue,
+                "/type",
+                "`type` must be one of track, identify, page, screen, group, alias",
+            )
+        })?,
+        (None, Some(_)) => return Err(EventError::wrong_type("/type", "a string")),
+        (None, None) => return Err(EventError::missing("type")),
+    };
+
+    let event_name = match call {
+        CallType::Track => match msg.remove("event") {
+            Some(Value::String(name)) => {
+                let name = snake_case(&name);
+                if name.is_empty() {
+                    return Err(EventError::new(
+                        ErrorCode::InvalidValue,
+                        "/event",
+                        "`event` must contain a letter or digit",
+                    ));
+                }
+                name
+            }
+            None | Some(Value::Null) => return Err(EventError::missing("event")),
+            Some(_) => return Err(EventError::wrong_type("/event", "a string")),
+        },
+        other => other.as_str().to_owned(),
+    };
+
+    let user_id = id_field(&mut msg, "userId")?;
+    let device_id = id_field(&mut msg, "anonymousId")?;
+    if user_id.is_none() && device_id.is_none() {
+        return Err(EventError::new(
+            ErrorCode::MissingField,
+            "/userId",
+            "a Segment message needs `userId` or `anonymousId`",
+        ));
+    }
+    let (event_id, client_event_id) = match msg.remove("messageId") {
+        Some(Value::String(id)) if !id.is_empty() => (id, true),
+        None | Some(Value::Null) => (server_id(), false),
+        Some(Value::String(_)) => (server_id(), false),
+        Some(_) => return Err(EventError::wrong_type("/messageId", "a string")),
+    };
+    let timestamp_event = match msg.remove("timestamp") {
+        None | Some(Value::Null) => received_at,
+        Some(Value::String(s)) => parse_timestamp(&s, "/timestamp")?,
+        Some(_) => return Err(EventError::wrong_type("/timestamp", "an ISO 8601 string")),
+    };
+    let sent_at = match msg.remove("sentAt") {
+        None | Some(Value::Null) => defaults.sent_at,
+        Some(Value::String(s)) => Some(parse_timestamp(&s, "/sentAt")?),
+        Some(_) => return Err(EventError::wrong_type("/sentAt", "an ISO 8601 string")),
+    };
+
+    let mut context = match msg.remove("context") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(obj)) => obj,
+        Some(_) => return Err(EventError::wrong_type("/context", "an object")),
+    };
+    if let Some(shared) = defaults.context {
+        for (k, v) in shared {
+            context.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let platform = platform_of(&context).to_owned();
+    let app_version = context
+        .get("app")
+        .and_then(|app| app.get("version"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let consent = consent_of(&context);
+    if let Some(ua) = context.remove("userAgent") {
+        context.insert("user_agent".into(), ua);
+    }
+    if let Some(country) = context
+        .get("location")
+        .and_then(|l| l.get("country"))
+        .cloned()
+    {
+        context.entry("country").or_insert(country);
+    }
+
+    let mut properties = match call {
+        CallType::Identify | CallType::Group => object_field(&mut msg, "traits")?,
+        _ => object_field(&mut msg, "properties")?,
+    };
+    match call {
+        CallType::Page | CallType::Screen => {
+            for (from, to) in [("name", "name"), ("category", "category")] {
+                if let Some(v) = msg.remove(from).filter(|v| !v.is_null()) {
+                    properties.entry(to).or_insert(v);
+                }
+            }
+        }
+        CallType::Group => {
+            if let Some(v) = msg.remove("groupId").filter(|v| !v.is_null()) {
+                properties.insert("group_id".into(), v);
+            }
+        }
+        CallType::Alias => {
+            if let Some(v) = msg.remove("previousId").filter(|v| !v.is_null()) {
+                properties.insert("previous_id".into(), v);
+            }
+        }
+        CallType::Track | CallType::Identify => {}
+    }
+
+    let schema_version = schema_version(&event_name);
+    Ok(Mapped {
+        event: Event {
+            event_id,
+            event_name,
+            schema_version,
+            user_id,
+            device_id,
+            session_id: None,
+            timestamp_event,
+            surface: None,
+            app_version,
+            platform,
+            experiment_ids: Vec::new(),
+            consent,
+            context,
+            properties,
+        },
+        client_event_id,
+        sent_at,
+    })
+}
+
+/// Segment event names are free text ("Order Completed"); Tollgate's are snake_case, as
+/// Segment's own warehouse tables name them ("order_completed").
+pub fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut gap = false;
+    let mut prev_lower = false;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() {
+            if (gap || (prev_lower && c.is_ascii_uppercase())) && !out.is_empty() {
+                out.push('_');
+            }
+            gap = false;
+            prev_lower = c.is_ascii_lowercase();
+            out.push(c.to_ascii_lowercase());
+        } else {
+            gap = true;
+            prev_lower = false;
+        }
+    }
+    if out.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        out.insert(0, 'e');
+        out.insert(1, '_');
+    }
+    out.truncate(128);
+    out
+}
+
+/// Guesses the platform from what Segment SDKs put in `context`, else `unknown`.
+fn platform_of(context: &Map<String, Value>) -> &'static str {
+    let text = |outer: &str, inner: &str| {
+        context
+            .get(outer)
+            .and_then(|o| o.get(inner))
+            .and_then(Value::as_str)
+            .map(str::to_ascii_lowercase)
+    };
+    let by_name = |name: &str| -> Option<&'static str> {
+        let n = name.trim_start_matches("@segment/");
+        if n.contains("ios") || n.contains("ipados") || n.contains("swift") {
+            Some("ios")
+        } else if n.contains("android") || n.contains("kotlin") {
+            Some("android")
+        } else if n.contains("analytics.js")
+            || n.contains("analytics-next")
+            || n.contains("rudder-sdk-js")
+            || n == "web"
+        {
+            Some("web")
+        } else if [
+            "node", "python", "ruby", "go", "java", "php", ".net", "server",
+        ]
+        .iter()
+        .any(|s| n.contains(s))
+        {
+            Some("server")
+        } else {
+            None
+        }
+    };
+    text("device", "type")
+        .and_then(|t| by_name(&t))
+        .or_else(|| text("os", "name").and_then(|t| by_name(&t)))
+        .or_else(|| text("library", "name").and_then(|t| by_name(&t)))
+        .unwrap_or("unknown")
+}
+
+/// Segment's consent integration: `context.consent.categoryPreferences`.
+fn consent_of(context: &Map<String, Value>) -> BTreeMap<String, bool> {
+    context
+        .get("consent")
+        .and_then(|c| c.get("categoryPreferences"))
+        .and_then(Value::as_object)
+        .map(|prefs| {
+            prefs
+                .iter()
+                .filter_map(|(k, v)| Some((snake_case(k), v.as_bool()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn id_field(msg: &mut Map<String, Value>, field: &str) -> Result<Option<String>, EventError> {
+    match msg.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        // Some SDKs send numeric ids; Segment accepts them as strings.
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(_) => Err(EventError::wrong_type(format!("/{field}"), "a string")),
+    }
+}
+
+fn object_field(msg: &mut Map<String, Value>, field: &str) -> Result<Map<String, Value>, EventError> {
+    match msg.remove(field) {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(obj)) => Ok(obj),
+        Some(_) => Err(EventError::wrong_type(format!("/{field}"), "an object")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use time::macros::datetime;
+
+    fn map(v: Value, route: Option<CallType>) -> Result<Mapped, EventError> {
+        map_message(
+            v,
+            route,
+            BatchDefaults::default(),
+            datetime!(2026-11-29 12:00 UTC),
+            &|_| 1,
+            &|| "server-generated-id".to_owned(),
+        )
+    }
+
+    #[test]
+    fn track_maps_every_field() {
+        let m = map(
+            json!({
+                "type": "track",
+                "event": "Order Completed",
+                "messageId": "ajs-next-1700000000000-abc",
+                "userId": "u1",
+                "anonymousId": "a1",
+                "timestamp": "2026-11-29T11:59:00.000Z",
+                "sentAt": "2026-11-29T11:59:30.000Z",
+                "context": {
+                    "app": {"version": "4.2.0"},
+                    "os": {"name": "iOS"},
+                    "ip": "203.0.113.7",
+                    "userAgent": "Mozilla/5.0",
+                    "locale": "en-US",
+                    "consent": {"categoryPreferences": {"Advertising": false, "Analytics": true}}
+                },
+                "properties": {"revenue": 12.5}
+            }),
+            None,
+        )
+        .unwrap();
+        let e = &m.event;
+        assert_eq!(e.event_name, "order_completed");
+        assert_eq!(e.event_id, "ajs-next-1700000000000-abc");
+        assert!(m.client_event_id);
+        assert_eq!(e.user_id.as_deref(), Some("u1"));
+        assert_eq!(e.device_id.as_deref(), Some("a1"));
+        assert_eq!(e.platform, "ios");
+        assert_eq!(e.app_version.as_deref(), Some("4.2.0"));
+        assert_eq!(e.timestamp_event, datetime!(2026-11-29 11:59 UTC));
+        assert_eq!(m.sent_at, Some(datetime!(2026-11-29 11:59:30 UTC)));
+        assert_eq!(e.context["ip"], "203.0.113.7");
+        assert_eq!(e.context["user_agent"], "Mozilla/5.0");
+        assert_eq!(e.properties["revenue"], 12.5);
+        assert_eq!(e.consent.get("advertising"), Some(&false));
+        assert_eq!(e.consent.get("analytics"), Some(&true));
+    }
+
+    #[test]
+    fn missing_optional_fields_are_filled_not_rejected() {
+        let m = map(json!({"anonymousId": "a1"}), Some(CallType::Identify)).unwrap();
+        assert_eq!(m.event.event_name, "identify");
+        assert_eq!(m.event.event_id, "server-generated-id");
+        assert!(!m.client_event_id);
+        assert_eq!(m.event.platform, "unknown");
+        assert_eq!(m.event.timestamp_event, datetime!(2026-11-29 12:00 UTC));
+    }
+
+    #[test]
+    fn what_segment_requires_is_required() {
+        assert_eq!(map(json!({"type": "track", "userId": "u"}), None).unwrap_err().path, "/event");
+        assert_eq!(map(json!({"type": "track", "event": "x"}), None).unwrap_err().path, "/userId");
+        assert_eq!(map(json!({"userId": "u"}), None).unwrap_err().code, ErrorCode::MissingField);
+        assert_eq!(map(json!({"type": "bogus", "userId": "u"}), None).unwrap_err().path, "/type");
+    }
+
+    #[test]
+    fn call_specific_fields_land_in_properties() {
+        let g = map(json!({"type": "group", "userId": "u", "groupId": "g1", "traits": {"plan": "pro"}}), None).unwrap();
+        assert_eq!(g.event.properties["group_id"], "g1");
+        assert_eq!(g.event.properties["plan"], "pro");
+        let a = map(json!({"type": "alias", "userId": "u", "previousId": "old"}), None).unwrap();
+        assert_eq!(a.event.properties["previous_id"], "old");
+        let p = map(json!({"type": "page", "userId": "u", "name": "Home", "context": {"library": {"name": "analytics.js"}}}), None).unwrap();
+        assert_eq!(p.event.properties["name"], "Home");
+        assert_eq!(p.event.platform, "web");
+    }
+
+    #[test]
+    fn snake_case_names() {
+        assert_eq!(snake_case("Order Completed"), "order_completed");
+        assert_eq!(snake_case("videoPlaybackStarted"), "video_playback_started");
+        assert_eq!(snake_case("  Signed-Up!! "), "signed_up");
+        assert_eq!(snake_case("3D View"), "e_3d_view");
+        assert_eq!(snake_case("already_snake"), "already_snake");
+    }
+}
