@@ -1,1 +1,78 @@
-//! Criterion benchmarks live in `benches/`; this crate has no library code.
+//! Shared pieces of Tollgate's benchmarks: realistic request bodies, a log that
+//! discards, and (in `src/bin/`) the parse-only HTTP baseline the collector is compared
+//! with.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use serde_json::json;
+use tollgate_collector::sink::{AppendBatch, EventLog, LogError};
+
+/// The repository's example schemas.
+pub fn schemas_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/schemas")
+}
+
+/// A native batch of `n` `item_view` events whose ids are unique for each `seq`.
+pub fn native_batch(seq: u64, n: usize) -> Vec<u8> {
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            json!({
+                "event_id": format!("bench-{seq:012}-{i:04}"),
+                "event_name": "item_view",
+                "schema_version": 1,
+                "user_id": format!("user-{}", (seq * 7 + i as u64) % 100_000),
+                "device_id": "5a1e0c8e-2d5b-4a7e-9f0b-6d8f1c2b3a4d",
+                "session_id": "s-8f7d6c5b",
+                "timestamp_event": "2026-11-29T10:00:00.250Z",
+                "surface": "home_feed",
+                "app_version": "5.12.0",
+                "platform": "ios",
+                "experiment_ids": ["ranker_v7", "feed_density_b"],
+                "consent": {"analytics": true, "ads": false},
+                "context": {"locale": "en-GB", "country": "GB", "ip": "203.0.113.7",
+                            "user_agent": "Tollgate/5.12.0 (iPhone; iOS 19.1)"},
+                "properties": {"item_id": format!("item-{i}"), "position": i, "dwell_ms": 1234}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"sent_at": "2026-11-29T10:00:01.000Z", "events": events})).unwrap()
+}
+
+/// A Segment `/v1/batch` body of `n` track calls as analytics.js sends them.
+pub fn segment_batch(seq: u64, n: usize) -> Vec<u8> {
+    let batch: Vec<_> = (0..n)
+        .map(|i| {
+            json!({
+                "type": "track",
+                "event": "Item Viewed",
+                "messageId": format!("ajs-next-{seq:012}-{i:04}"),
+                "anonymousId": "5a1e0c8e-2d5b-4a7e-9f0b-6d8f1c2b3a4d",
+                "userId": format!("user-{i}"),
+                "timestamp": "2026-11-29T10:00:00.250Z",
+                "properties": {"item_id": format!("item-{i}"), "position": i},
+                "context": {"library": {"name": "analytics.js", "version": "2.1.0"},
+                            "userAgent": "Mozilla/5.0", "locale": "en-GB", "ip": "203.0.113.7",
+                            "page": {"path": "/feed", "url": "https://example.com/feed"}}
+            })
+        })
+        .collect();
+    serde_json::to_vec(&json!({"batch": batch, "sentAt": "2026-11-29T10:00:01.000Z"})).unwrap()
+}
+
+/// A log that accepts everything at once: for measuring the CPU path without a disk.
+pub struct DiscardLog;
+
+#[async_trait]
+impl EventLog for DiscardLog {
+    async fn append(&self, batch: AppendBatch) -> Result<(), LogError> {
+        std::hint::black_box(batch);
+        Ok(())
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+
+    async fn close(&self) {}
+}

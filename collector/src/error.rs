@@ -24,7 +24,9 @@ pub enum ApiError {
     TooManyEvents { count: usize, max: usize },
     #[error("the body is larger than {limit} bytes")]
     BodyTooLarge { limit: u64 },
-    #[error("the body decompresses to more than {limit} bytes (or past the allowed compression ratio)")]
+    #[error(
+        "the body decompresses to more than {limit} bytes (or past the allowed compression ratio)"
+    )]
     DecompressedTooLarge { limit: u64 },
     #[error("the body is not valid gzip: {0}")]
     InvalidGzip(String),
@@ -118,9 +120,9 @@ impl ApiError {
             ApiError::Overloaded | ApiError::LogQueueFull | ApiError::Timeout => {
                 Some(Duration::from_secs(1))
             }
-            ApiError::LogUnavailable | ApiError::IdempotencyUnavailable | ApiError::ShuttingDown => {
-                Some(Duration::from_secs(5))
-            }
+            ApiError::LogUnavailable
+            | ApiError::IdempotencyUnavailable
+            | ApiError::ShuttingDown => Some(Duration::from_secs(5)),
             _ => None,
         }
     }
@@ -155,8 +157,9 @@ pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Respon
     let bytes = serde_json::to_vec(body).expect("response bodies always serialize");
     let mut response = Response::new(Full::new(Bytes::from(bytes)));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

@@ -3,13 +3,13 @@
 //!
 //! # Layout
 //! The folders follow a request from the socket to the disk:
-//! - [`http`]: listeners, the tower stack, routing, auth, body limits and gzip;
-//! - [`ingest`]: decoding (native, NDJSON, Segment), then the pipeline: schema
+//! - [`http`] — listeners, the tower stack, routing, auth, body limits and gzip;
+//! - [`ingest`] — decoding (native, NDJSON, Segment), then the pipeline: schema
 //!   validation, server timing, idempotency claim, log append, commit;
-//! - [`schema`]: versioned JSON Schemas, compiled once;
-//! - [`dedupe`]: the [`dedupe::IdempotencyStore`] trait and its stores;
-//! - [`sink`]: the [`sink::EventLog`] trait and the local segment-file log;
-//! - [`telemetry`]: metrics;
+//! - [`schema`] — versioned JSON Schemas, compiled once;
+//! - [`dedupe`] — the [`dedupe::IdempotencyStore`] trait and its stores;
+//! - [`sink`] — the [`sink::EventLog`] trait and the local segment-file log;
+//! - [`telemetry`] — metrics;
 //! - [`config`], [`clock`], [`error`]: configuration, the injectable clock, and the one
 //!   mapping of request errors to HTTP.
 //!
@@ -91,7 +91,9 @@ impl Collector {
     pub fn build_with(config: Config, overrides: Overrides) -> Result<Collector, BuildError> {
         config.validate()?;
         let schemas = load_schemas(&config)?;
-        let metrics = overrides.metrics.unwrap_or_else(|| Arc::new(Metrics::new()));
+        let metrics = overrides
+            .metrics
+            .unwrap_or_else(|| Arc::new(Metrics::new()));
         let log = match overrides.log {
             Some(log) => log,
             None => Arc::new(
@@ -102,6 +104,7 @@ impl Collector {
                         segment_max_age: config.log.segment_max_age,
                         queue_capacity: config.log.queue_capacity.get(),
                         max_group_bytes: config.log.max_group_bytes.as_u64() as usize,
+                        commit_delay: config.log.commit_delay,
                     },
                     metrics.clone(),
                 )
@@ -122,10 +125,7 @@ impl Collector {
         });
         let mut sources = HashMap::new();
         for s in &config.sources {
-            let source = Arc::new(Source {
-                id: s.id.clone(),
-                allow_unknown_events: s.allow_unknown_events,
-            });
+            let source = Arc::new(Source::new(s.id.clone(), s.allow_unknown_events));
             for key in &s.write_keys {
                 sources.insert(key.clone(), source.clone());
             }

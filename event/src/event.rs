@@ -5,6 +5,7 @@
 //! rather than derived: every rejection must name the exact field (a JSON pointer) and a
 //! stable code, which serde's derive errors do not give.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,7 @@ pub struct Event {
     pub device_id: Option<String>,
     pub session_id: Option<String>,
     /// Client clock at the moment the event happened (normalised to UTC).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub timestamp_event: OffsetDateTime,
     /// Where in the product the event fired (e.g. `reels_viewer`).
     pub surface: Option<String>,
@@ -95,7 +96,30 @@ impl Default for Platforms {
     }
 }
 
-/// Parses one native event.
+/// Parses one native event from its JSON text.
+///
+/// Valid events take a typed fast path that builds no intermediate JSON tree; anything
+/// that path does not accept is parsed again by [`parse_event`], which is the
+/// reference and names the exact rule broken. Both end in the same rule checks, so
+/// they accept exactly the same events.
+///
+/// # Errors
+/// `invalid_event` for text that is not JSON, else as [`parse_event`].
+pub fn parse_event_text(text: &[u8], platforms: &Platforms) -> Result<(Event, usize), EventError> {
+    if let Ok(fast) = serde_json::from_slice::<FastEvent<'_>>(text) {
+        return finish(fast.into_fields(), platforms).map(|event| (event, 0));
+    }
+    match serde_json::from_slice::<Value>(text) {
+        Ok(value) => parse_event(value, platforms),
+        Err(e) => Err(EventError::new(
+            ErrorCode::InvalidEvent,
+            "",
+            format!("not valid JSON: {e}"),
+        )),
+    }
+}
+
+/// Parses one native event from a JSON value: the reference parser.
 ///
 /// Server-owned fields ([`SERVER_FIELDS`]) are dropped; the returned count says how many
 /// were present so the caller can count clients that try to set them.
@@ -116,39 +140,185 @@ pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize)
             ignored += 1;
         }
     }
+    let fields = Fields {
+        event_id: required_string(&mut map, "event_id")?,
+        event_name: required_string(&mut map, "event_name")?,
+        schema_version: match map.remove("schema_version") {
+            None | Some(Value::Null) => return Err(EventError::missing("schema_version")),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(bad_schema_version)?,
+            Some(_) => return Err(EventError::wrong_type("/schema_version", "an integer")),
+        },
+        user_id: optional_string(&mut map, "user_id")?,
+        device_id: optional_string(&mut map, "device_id")?,
+        session_id: optional_string(&mut map, "session_id")?,
+        timestamp_event: match map.remove("timestamp_event") {
+            None | Some(Value::Null) => return Err(EventError::missing("timestamp_event")),
+            Some(Value::String(s)) => s,
+            Some(_) => {
+                return Err(EventError::wrong_type(
+                    "/timestamp_event",
+                    "an RFC 3339 string",
+                ));
+            }
+        },
+        surface: optional_string(&mut map, "surface")?,
+        app_version: optional_string(&mut map, "app_version")?,
+        platform: required_string(&mut map, "platform")?,
+        experiment_ids: match map.remove("experiment_ids") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s),
+                    _ => Err(EventError::wrong_type(
+                        format!("/experiment_ids/{i}"),
+                        "a string",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(EventError::wrong_type(
+                    "/experiment_ids",
+                    "an array of strings",
+                ));
+            }
+        },
+        consent: match map.remove("consent") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(Value::Object(obj)) => obj
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Value::Bool(b) => Ok((k, b)),
+                    _ => Err(EventError::wrong_type(
+                        format!("/consent/{}", escape_pointer(&k)),
+                        "a boolean",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(EventError::wrong_type(
+                    "/consent",
+                    "an object of category -> boolean",
+                ));
+            }
+        },
+        context: optional_object(&mut map, "context")?,
+        properties: optional_object(&mut map, "properties")?,
+    };
+    if let Some(unknown) = map.keys().next() {
+        return Err(EventError::new(
+            ErrorCode::UnknownField,
+            format!("/{}", escape_pointer(unknown)),
+            format!("`{unknown}` is not a field of the event model; put it in `properties`"),
+        ));
+    }
+    finish(fields, platforms).map(|event| (event, ignored))
+}
 
-    let event_id = required_string(&mut map, "event_id")?;
-    check_id("event_id", &event_id, MIN_EVENT_ID_LEN)?;
-    let event_name = required_string(&mut map, "event_name")?;
-    if !is_snake_case(&event_name) {
+/// An event's fields once their JSON types are right, before the rules on values.
+struct Fields {
+    event_id: String,
+    event_name: String,
+    schema_version: u64,
+    user_id: Option<String>,
+    device_id: Option<String>,
+    session_id: Option<String>,
+    timestamp_event: String,
+    surface: Option<String>,
+    app_version: Option<String>,
+    platform: String,
+    experiment_ids: Vec<String>,
+    consent: BTreeMap<String, bool>,
+    context: Map<String, Value>,
+    properties: Map<String, Value>,
+}
+
+/// The typed fast path's view of an event. It accepts no more than [`parse_event`]:
+/// nulls in required fields, unknown or server-owned fields, and wrong types all fail
+/// here and are left to the reference parser.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastEvent<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    event_name: Cow<'a, str>,
+    schema_version: u64,
+    #[serde(default, borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    session_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    timestamp_event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    surface: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    app_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    platform: Cow<'a, str>,
+    #[serde(default)]
+    experiment_ids: Option<Vec<String>>,
+    #[serde(default)]
+    consent: Option<BTreeMap<String, bool>>,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    properties: Option<Map<String, Value>>,
+}
+
+impl FastEvent<'_> {
+    fn into_fields(self) -> Fields {
+        let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
+        Fields {
+            event_id: self.event_id.into_owned(),
+            event_name: self.event_name.into_owned(),
+            schema_version: self.schema_version,
+            user_id: owned(self.user_id),
+            device_id: owned(self.device_id),
+            session_id: owned(self.session_id),
+            timestamp_event: self.timestamp_event.into_owned(),
+            surface: owned(self.surface),
+            app_version: owned(self.app_version),
+            platform: self.platform.into_owned(),
+            experiment_ids: self.experiment_ids.unwrap_or_default(),
+            consent: self.consent.unwrap_or_default(),
+            context: self.context.unwrap_or_default(),
+            properties: self.properties.unwrap_or_default(),
+        }
+    }
+}
+
+fn bad_schema_version() -> EventError {
+    EventError::new(
+        ErrorCode::InvalidValue,
+        "/schema_version",
+        "`schema_version` must be an integer >= 1",
+    )
+}
+
+/// The rules on values, shared by both parsers.
+fn finish(f: Fields, platforms: &Platforms) -> Result<Event, EventError> {
+    check_id("event_id", &f.event_id, MIN_EVENT_ID_LEN)?;
+    if !is_snake_case(&f.event_name) {
         return Err(EventError::new(
             ErrorCode::InvalidValue,
             "/event_name",
             "`event_name` must be snake_case ([a-z][a-z0-9_]*, at most 128 bytes)",
         ));
     }
-    let schema_version = match map.remove("schema_version") {
-        None | Some(Value::Null) => return Err(EventError::missing("schema_version")),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(v @ 1..=0xFFFF_FFFF) => v as u32,
-            _ => {
-                return Err(EventError::new(
-                    ErrorCode::InvalidValue,
-                    "/schema_version",
-                    "`schema_version` must be an integer >= 1",
-                ));
-            }
-        },
-        Some(_) => return Err(EventError::wrong_type("/schema_version", "an integer")),
+    let schema_version = match f.schema_version {
+        v @ 1..=0xFFFF_FFFF => v as u32,
+        _ => return Err(bad_schema_version()),
     };
-    let user_id = optional_string(&mut map, "user_id")?;
-    if let Some(id) = &user_id {
+    if let Some(id) = &f.user_id {
         check_id("user_id", id, 1)?;
     }
-    let device_id = optional_string(&mut map, "device_id")?;
-    match &device_id {
+    match &f.device_id {
         Some(id) => check_id("device_id", id, 1)?,
-        None if user_id.is_none() => {
+        None if f.user_id.is_none() => {
             return Err(EventError::new(
                 ErrorCode::MissingField,
                 "/device_id",
@@ -157,24 +327,11 @@ pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize)
         }
         None => {}
     }
-    let session_id = optional_string(&mut map, "session_id")?;
-    if let Some(id) = &session_id {
+    if let Some(id) = &f.session_id {
         check_id("session_id", id, 1)?;
     }
-    let timestamp_event = match map.remove("timestamp_event") {
-        None | Some(Value::Null) => return Err(EventError::missing("timestamp_event")),
-        Some(Value::String(s)) => parse_timestamp(&s, "/timestamp_event")?,
-        Some(_) => {
-            return Err(EventError::wrong_type(
-                "/timestamp_event",
-                "an RFC 3339 string",
-            ));
-        }
-    };
-    let surface = optional_string(&mut map, "surface")?;
-    let app_version = optional_string(&mut map, "app_version")?;
-    let platform = required_string(&mut map, "platform")?;
-    if !platforms.contains(&platform) {
+    let timestamp_event = parse_timestamp(&f.timestamp_event, "/timestamp_event")?;
+    if !platforms.contains(&f.platform) {
         return Err(EventError::new(
             ErrorCode::UnknownPlatform,
             "/platform",
@@ -184,75 +341,22 @@ pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize)
             ),
         ));
     }
-    let experiment_ids = match map.remove("experiment_ids") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Value::String(s) => Ok(s),
-                _ => Err(EventError::wrong_type(
-                    format!("/experiment_ids/{i}"),
-                    "a string",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(EventError::wrong_type(
-                "/experiment_ids",
-                "an array of strings",
-            ));
-        }
-    };
-    let consent = match map.remove("consent") {
-        None | Some(Value::Null) => BTreeMap::new(),
-        Some(Value::Object(obj)) => obj
-            .into_iter()
-            .map(|(k, v)| match v {
-                Value::Bool(b) => Ok((k, b)),
-                _ => Err(EventError::wrong_type(
-                    format!("/consent/{}", escape_pointer(&k)),
-                    "a boolean",
-                )),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(EventError::wrong_type(
-                "/consent",
-                "an object of category -> boolean",
-            ));
-        }
-    };
-    let context = optional_object(&mut map, "context")?;
-    let properties = optional_object(&mut map, "properties")?;
-
-    if let Some(unknown) = map.keys().next() {
-        return Err(EventError::new(
-            ErrorCode::UnknownField,
-            format!("/{}", escape_pointer(unknown)),
-            format!("`{unknown}` is not a field of the event model; put it in `properties`"),
-        ));
-    }
-
-    Ok((
-        Event {
-            event_id,
-            event_name,
-            schema_version,
-            user_id,
-            device_id,
-            session_id,
-            timestamp_event,
-            surface,
-            app_version,
-            platform,
-            experiment_ids,
-            consent,
-            context,
-            properties,
-        },
-        ignored,
-    ))
+    Ok(Event {
+        event_id: f.event_id,
+        event_name: f.event_name,
+        schema_version,
+        user_id: f.user_id,
+        device_id: f.device_id,
+        session_id: f.session_id,
+        timestamp_event,
+        surface: f.surface,
+        app_version: f.app_version,
+        platform: f.platform,
+        experiment_ids: f.experiment_ids,
+        consent: f.consent,
+        context: f.context,
+        properties: f.properties,
+    })
 }
 
 /// Parses an RFC 3339 timestamp and normalises it to UTC.
@@ -291,7 +395,10 @@ fn required_string(map: &mut Map<String, Value>, field: &str) -> Result<String, 
     optional_string(map, field)?.ok_or_else(|| EventError::missing(field))
 }
 
-fn optional_string(map: &mut Map<String, Value>, field: &str) -> Result<Option<String>, EventError> {
+fn optional_string(
+    map: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Option<String>, EventError> {
     match map.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -311,9 +418,8 @@ fn optional_object(
 }
 
 fn check_id(field: &str, id: &str, min_len: usize) -> Result<(), EventError> {
-    let ok = id.len() >= min_len
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_graphic());
+    let ok =
+        id.len() >= min_len && id.len() <= MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_graphic());
     if ok {
         Ok(())
     } else {
@@ -348,12 +454,6 @@ mod tests {
         })
     }
 
-    fn err_of(mut patch: impl FnMut(&mut Map<String, Value>)) -> EventError {
-        let mut v = valid();
-        patch(v.as_object_mut().unwrap());
-        parse_event(v, &Platforms::default()).unwrap_err()
-    }
-
     #[test]
     fn parses_a_valid_event_and_normalises_time_to_utc() {
         let (event, ignored) = parse_event(valid(), &Platforms::default()).unwrap();
@@ -370,29 +470,96 @@ mod tests {
         let mut v = valid();
         v["timestamp_server"] = json!("1999-01-01T00:00:00Z");
         v["dedupe"] = json!("checked");
-        let (_, ignored) = parse_event(v, &Platforms::default()).unwrap();
+        let text = serde_json::to_vec(&v).unwrap();
+        let (_, ignored) = parse_event_text(&text, &Platforms::default()).unwrap();
         assert_eq!(ignored, 2);
+    }
+
+    /// Sets `field` to `value` (removes it for `None`) and returns the parse error.
+    fn err_with(field: &str, value: Option<Value>) -> EventError {
+        let mut v = valid();
+        let map = v.as_object_mut().unwrap();
+        match value {
+            Some(value) => map.insert(field.to_owned(), value),
+            None => map.remove(field),
+        };
+        parse_event(v, &Platforms::default()).unwrap_err()
     }
 
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn FnMut(&mut Map<String, Value>)>, ErrorCode, &str)> = vec![
-            (Box::new(|m| { m.remove("event_id"); }), ErrorCode::MissingField, "/event_id"),
-            (Box::new(|m| { m.insert("event_id".into(), json!(5)); }), ErrorCode::InvalidType, "/event_id"),
-            (Box::new(|m| { m.insert("event_id".into(), json!("short")); }), ErrorCode::InvalidValue, "/event_id"),
-            (Box::new(|m| { m.insert("event_name".into(), json!("ItemView")); }), ErrorCode::InvalidValue, "/event_name"),
-            (Box::new(|m| { m.insert("schema_version".into(), json!(0)); }), ErrorCode::InvalidValue, "/schema_version"),
-            (Box::new(|m| { m.insert("schema_version".into(), json!("1")); }), ErrorCode::InvalidType, "/schema_version"),
-            (Box::new(|m| { m.remove("device_id"); }), ErrorCode::MissingField, "/device_id"),
-            (Box::new(|m| { m.insert("timestamp_event".into(), json!("yesterday")); }), ErrorCode::InvalidValue, "/timestamp_event"),
-            (Box::new(|m| { m.insert("platform".into(), json!("palm")); }), ErrorCode::UnknownPlatform, "/platform"),
-            (Box::new(|m| { m.insert("experiment_ids".into(), json!(["a", 2])); }), ErrorCode::InvalidType, "/experiment_ids/1"),
-            (Box::new(|m| { m.insert("consent".into(), json!({"ads": "yes"})); }), ErrorCode::InvalidType, "/consent/ads"),
-            (Box::new(|m| { m.insert("properties".into(), json!([1])); }), ErrorCode::InvalidType, "/properties"),
-            (Box::new(|m| { m.insert("colour".into(), json!("red")); }), ErrorCode::UnknownField, "/colour"),
+        let cases = [
+            ("event_id", None, ErrorCode::MissingField, "/event_id"),
+            (
+                "event_id",
+                Some(json!(5)),
+                ErrorCode::InvalidType,
+                "/event_id",
+            ),
+            (
+                "event_id",
+                Some(json!("short")),
+                ErrorCode::InvalidValue,
+                "/event_id",
+            ),
+            (
+                "event_name",
+                Some(json!("ItemView")),
+                ErrorCode::InvalidValue,
+                "/event_name",
+            ),
+            (
+                "schema_version",
+                Some(json!(0)),
+                ErrorCode::InvalidValue,
+                "/schema_version",
+            ),
+            (
+                "schema_version",
+                Some(json!("1")),
+                ErrorCode::InvalidType,
+                "/schema_version",
+            ),
+            ("device_id", None, ErrorCode::MissingField, "/device_id"),
+            (
+                "timestamp_event",
+                Some(json!("yesterday")),
+                ErrorCode::InvalidValue,
+                "/timestamp_event",
+            ),
+            (
+                "platform",
+                Some(json!("palm")),
+                ErrorCode::UnknownPlatform,
+                "/platform",
+            ),
+            (
+                "experiment_ids",
+                Some(json!(["a", 2])),
+                ErrorCode::InvalidType,
+                "/experiment_ids/1",
+            ),
+            (
+                "consent",
+                Some(json!({"ads": "yes"})),
+                ErrorCode::InvalidType,
+                "/consent/ads",
+            ),
+            (
+                "properties",
+                Some(json!([1])),
+                ErrorCode::InvalidType,
+                "/properties",
+            ),
+            (
+                "colour",
+                Some(json!("red")),
+                ErrorCode::UnknownField,
+                "/colour",
+            ),
         ];
-        for (patch, code, path) in cases {
-            let err = err_of(patch);
+        for (field, value, code, path) in cases {
+            let err = err_with(field, value);
             assert_eq!((err.code, err.path.as_str()), (code, path), "{err}");
         }
     }
@@ -420,5 +587,94 @@ mod tests {
         assert!(!is_snake_case("9lives"));
         assert!(!is_snake_case("Order Completed"));
         assert!(!is_snake_case(&"a".repeat(129)));
+    }
+}
+
+#[cfg(test)]
+mod equivalence {
+    //! The fast path must accept exactly what the reference parser accepts, and fail
+    //! with the same error where it hands over.
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const FIELDS: &[&str] = &[
+        "event_id",
+        "event_name",
+        "schema_version",
+        "user_id",
+        "device_id",
+        "session_id",
+        "timestamp_event",
+        "surface",
+        "app_version",
+        "platform",
+        "experiment_ids",
+        "consent",
+        "context",
+        "properties",
+        "timestamp_server",
+        "colour",
+    ];
+
+    fn base() -> Value {
+        json!({
+            "event_id": "evt-12345678",
+            "event_name": "item_view",
+            "schema_version": 2,
+            "user_id": "u-1",
+            "device_id": "d-1",
+            "session_id": "s-1",
+            "timestamp_event": "2026-11-29T10:00:00Z",
+            "surface": "feed",
+            "app_version": "1.0.0",
+            "platform": "web",
+            "experiment_ids": ["e1"],
+            "consent": {"ads": false},
+            "context": {"ip": "203.0.113.1"},
+            "properties": {"item_id": "i-1"}
+        })
+    }
+
+    fn replacement() -> impl Strategy<Value = Option<Value>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(Value::Null)),
+            Just(Some(json!(0))),
+            Just(Some(json!(-3))),
+            Just(Some(json!(1.5))),
+            Just(Some(json!(4294967296u64))),
+            Just(Some(json!("x"))),
+            Just(Some(json!("Item View"))),
+            Just(Some(json!("2026-11-29T10:00:00+02:00"))),
+            Just(Some(json!("ios"))),
+            Just(Some(json!("has space"))),
+            Just(Some(json!(true))),
+            Just(Some(json!([]))),
+            Just(Some(json!(["a", 1]))),
+            Just(Some(json!({}))),
+            Just(Some(json!({"k": true}))),
+            Just(Some(json!({"k": "v"}))),
+            "[a-z_]{0,12}".prop_map(|s| Some(json!(s))),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn fast_and_reference_parsers_agree(
+            edits in proptest::collection::vec((0..FIELDS.len(), replacement()), 0..4)
+        ) {
+            let mut value = base();
+            for (field, new) in edits {
+                let map = value.as_object_mut().unwrap();
+                match new {
+                    None => { map.remove(FIELDS[field]); }
+                    Some(v) => { map.insert(FIELDS[field].to_owned(), v); }
+                }
+            }
+            let text = serde_json::to_vec(&value).unwrap();
+            let platforms = Platforms::default();
+            prop_assert_eq!(parse_event_text(&text, &platforms), parse_event(value, &platforms));
+        }
     }
 }

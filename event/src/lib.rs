@@ -14,7 +14,8 @@ pub mod error;
 pub mod event;
 pub mod record;
 pub mod segment;
+pub mod timefmt;
 
 pub use error::{ErrorCode, EventError};
-pub use event::{Event, Platforms, parse_event};
+pub use event::{Event, Platforms, parse_event, parse_event_text};
 pub use record::{Api, Arrival, Dedupe, QuarantineRecord, Record, Timing};

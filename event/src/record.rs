@@ -112,13 +112,13 @@ pub struct Record<'a> {
     #[serde(flatten)]
     pub event: Cow<'a, Event>,
     /// When the collector received the request (server clock, µs precision).
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub timestamp_server: OffsetDateTime,
     /// The client's own send time, as the client claimed it.
-    #[serde(with = "time::serde::rfc3339::option")]
+    #[serde(with = "crate::timefmt::option")]
     pub sent_at: Option<OffsetDateTime>,
     pub clock_skew_ms: Option<i64>,
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub timestamp_derived: OffsetDateTime,
     pub lateness_ms: i64,
     pub arrival: Arrival,
@@ -137,7 +137,7 @@ pub struct Record<'a> {
 /// One rejected event as written to the quarantine log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QuarantineRecord<'a> {
-    #[serde(with = "time::serde::rfc3339")]
+    #[serde(with = "crate::timefmt")]
     pub timestamp_server: OffsetDateTime,
     pub source: Cow<'a, str>,
     pub api: Api,

@@ -319,7 +319,10 @@ fn id_field(msg: &mut Map<String, Value>, field: &str) -> Result<Option<String>,
     }
 }
 
-fn object_field(msg: &mut Map<String, Value>, field: &str) -> Result<Map<String, Value>, EventError> {
+fn object_field(
+    msg: &mut Map<String, Value>,
+    field: &str,
+) -> Result<Map<String, Value>, EventError> {
     match msg.remove(field) {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(obj)) => Ok(obj),
@@ -397,18 +400,44 @@ mod tests {
 
     #[test]
     fn what_segment_requires_is_required() {
-        assert_eq!(map(json!({"type": "track", "userId": "u"}), None).unwrap_err().path, "/event");
-        assert_eq!(map(json!({"type": "track", "event": "x"}), None).unwrap_err().path, "/userId");
-        assert_eq!(map(json!({"userId": "u"}), None).unwrap_err().code, ErrorCode::MissingField);
-        assert_eq!(map(json!({"type": "bogus", "userId": "u"}), None).unwrap_err().path, "/type");
+        assert_eq!(
+            map(json!({"type": "track", "userId": "u"}), None)
+                .unwrap_err()
+                .path,
+            "/event"
+        );
+        assert_eq!(
+            map(json!({"type": "track", "event": "x"}), None)
+                .unwrap_err()
+                .path,
+            "/userId"
+        );
+        assert_eq!(
+            map(json!({"userId": "u"}), None).unwrap_err().code,
+            ErrorCode::MissingField
+        );
+        assert_eq!(
+            map(json!({"type": "bogus", "userId": "u"}), None)
+                .unwrap_err()
+                .path,
+            "/type"
+        );
     }
 
     #[test]
     fn call_specific_fields_land_in_properties() {
-        let g = map(json!({"type": "group", "userId": "u", "groupId": "g1", "traits": {"plan": "pro"}}), None).unwrap();
+        let g = map(
+            json!({"type": "group", "userId": "u", "groupId": "g1", "traits": {"plan": "pro"}}),
+            None,
+        )
+        .unwrap();
         assert_eq!(g.event.properties["group_id"], "g1");
         assert_eq!(g.event.properties["plan"], "pro");
-        let a = map(json!({"type": "alias", "userId": "u", "previousId": "old"}), None).unwrap();
+        let a = map(
+            json!({"type": "alias", "userId": "u", "previousId": "old"}),
+            None,
+        )
+        .unwrap();
         assert_eq!(a.event.properties["previous_id"], "old");
         let p = map(json!({"type": "page", "userId": "u", "name": "Home", "context": {"library": {"name": "analytics.js"}}}), None).unwrap();
         assert_eq!(p.event.properties["name"], "Home");

@@ -43,10 +43,17 @@ pub fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
         return Ok(Framing::Json);
     };
     let text = value.to_str().unwrap_or_default();
-    let media = text.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let media = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match media.as_str() {
         "" | "application/json" | "text/plain" => Ok(Framing::Json),
-        "application/x-ndjson" | "application/ndjson" | "application/jsonl"
+        "application/x-ndjson"
+        | "application/ndjson"
+        | "application/jsonl"
         | "application/x-jsonlines" => Ok(Framing::Ndjson),
         _ => Err(ApiError::UnsupportedMediaType(text.to_owned())),
     }
@@ -60,7 +67,11 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     let Some(value) = headers.get(CONTENT_ENCODING) else {
         return Ok(Encoding::Identity);
     };
-    let text = value.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+    let text = value
+        .to_str()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match text.as_str() {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
@@ -73,7 +84,11 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
 /// # Errors
 /// `body_too_large` (also straight from `Content-Length`), `body_read_failed` when the
 /// client went away.
-pub async fn read(headers: &HeaderMap, body: Incoming, limits: BodyLimits) -> Result<Bytes, ApiError> {
+pub async fn read(
+    headers: &HeaderMap,
+    body: Incoming,
+    limits: BodyLimits,
+) -> Result<Bytes, ApiError> {
     let too_large = ApiError::BodyTooLarge {
         limit: limits.max_body,
     };
@@ -135,7 +150,10 @@ mod tests {
     #[test]
     fn gzip_round_trips() {
         let text = br#"{"events":[]}"#;
-        assert_eq!(&decode(gzip(text), Encoding::Gzip, LIMITS).unwrap()[..], text);
+        assert_eq!(
+            &decode(gzip(text), Encoding::Gzip, LIMITS).unwrap()[..],
+            text
+        );
     }
 
     #[test]
@@ -157,7 +175,11 @@ mod tests {
     #[test]
     fn garbage_is_invalid_gzip() {
         assert!(matches!(
-            decode(Bytes::from_static(b"not gzip at all"), Encoding::Gzip, LIMITS),
+            decode(
+                Bytes::from_static(b"not gzip at all"),
+                Encoding::Gzip,
+                LIMITS
+            ),
             Err(ApiError::InvalidGzip(_))
         ));
     }
@@ -166,14 +188,20 @@ mod tests {
     fn media_types_and_encodings() {
         let mut h = HeaderMap::new();
         assert_eq!(framing(&h).unwrap(), Framing::Json);
-        h.insert(CONTENT_TYPE, "application/json; charset=utf-8".parse().unwrap());
+        h.insert(
+            CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
         assert_eq!(framing(&h).unwrap(), Framing::Json);
         h.insert(CONTENT_TYPE, "application/x-ndjson".parse().unwrap());
         assert_eq!(framing(&h).unwrap(), Framing::Ndjson);
         h.insert(CONTENT_TYPE, "application/xml".parse().unwrap());
         assert!(framing(&h).is_err());
         h.insert(CONTENT_ENCODING, "br".parse().unwrap());
-        assert!(matches!(encoding(&h), Err(ApiError::UnsupportedEncoding(_))));
+        assert!(matches!(
+            encoding(&h),
+            Err(ApiError::UnsupportedEncoding(_))
+        ));
         h.insert(CONTENT_ENCODING, "GZIP".parse().unwrap());
         assert_eq!(encoding(&h).unwrap(), Encoding::Gzip);
     }

@@ -17,8 +17,8 @@ mod routes;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,8 +35,6 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::trace::TraceLayer;
 
 pub use routes::App;
-
-
 
 use crate::error::ApiError;
 
@@ -94,7 +92,10 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service.clone()))
+            .serve_connection(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service.clone()),
+            )
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
@@ -104,8 +105,14 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?grace, "connections still open after the shutdown grace period");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the shutdown grace period"
+        );
     }
 }
 

@@ -99,14 +99,25 @@ impl Route {
 
 impl App {
     /// Answers one request; never fails (errors become JSON responses).
-    pub async fn handle(self: &Arc<Self>, req: Request<Incoming>, listener: Listener) -> Response<Full<Bytes>> {
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        listener: Listener,
+    ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let route = Route::find(req.uri().path(), listener);
         let result = match route {
             None => Err(ApiError::NotFound),
-            Some(r) if req.method() != r.method() && !(r.method() == Method::GET && req.method() == Method::HEAD) => {
+            Some(r)
+                if req.method() != r.method()
+                    && !(r.method() == Method::GET && req.method() == Method::HEAD) =>
+            {
                 Err(ApiError::MethodNotAllowed {
-                    allow: if r.method() == Method::GET { "GET" } else { "POST" },
+                    allow: if r.method() == Method::GET {
+                        "GET"
+                    } else {
+                        "POST"
+                    },
                 })
             }
             Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
@@ -120,8 +131,11 @@ impl App {
             tracing::debug!(code = e.code(), error = %e, "request refused");
             e.to_response()
         });
-        self.metrics
-            .observe_request(Route::label(route), response.status().as_u16(), started.elapsed());
+        self.metrics.observe_request(
+            Route::label(route),
+            response.status().as_u16(),
+            started.elapsed(),
+        );
         response
     }
 
@@ -129,7 +143,11 @@ impl App {
         let log = self.pipeline.log.ready();
         let store = self.pipeline.store.ready().await;
         let word = |ok: bool| if ok { "ok" } else { "unavailable" };
-        let status = if log && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status = if log && store {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
         json_response(
             status,
             &json!({
@@ -153,7 +171,10 @@ impl App {
     }
 
     fn source(&self, key: &str) -> Result<Arc<Source>, ApiError> {
-        self.sources.get(key).cloned().ok_or(ApiError::UnknownWriteKey)
+        self.sources
+            .get(key)
+            .cloned()
+            .ok_or(ApiError::UnknownWriteKey)
     }
 
     async fn ingest(
@@ -165,7 +186,9 @@ impl App {
         let received_at = self.clock.now();
         let (parts, incoming) = req.into_parts();
         // Refuse what we can before reading the body.
-        let header_source = write_key(&parts.headers).map(|k| self.source(&k)).transpose()?;
+        let header_source = write_key(&parts.headers)
+            .map(|k| self.source(&k))
+            .transpose()?;
         if header_source.is_none() && api == Api::Native {
             return Err(ApiError::MissingWriteKey);
         }
@@ -277,9 +300,15 @@ mod tests {
     #[test]
     fn write_keys_from_basic_and_bearer() {
         // base64("wk_123:") as Segment SDKs send it.
-        assert_eq!(write_key(&headers("Basic d2tfMTIzOg==")).as_deref(), Some("wk_123"));
+        assert_eq!(
+            write_key(&headers("Basic d2tfMTIzOg==")).as_deref(),
+            Some("wk_123")
+        );
         // base64("wk_123") without the colon.
-        assert_eq!(write_key(&headers("Basic d2tfMTIz")).as_deref(), Some("wk_123"));
+        assert_eq!(
+            write_key(&headers("Basic d2tfMTIz")).as_deref(),
+            Some("wk_123")
+        );
         assert_eq!(write_key(&headers("Bearer wk_9")).as_deref(), Some("wk_9"));
         assert_eq!(write_key(&headers("Basic !!!")), None);
         assert_eq!(write_key(&headers("Digest x")), None);
@@ -288,11 +317,23 @@ mod tests {
 
     #[test]
     fn routes_by_listener() {
-        assert_eq!(Route::find("/v1/events", Listener::Public), Some(Route::Native));
-        assert_eq!(Route::find("/v1/track", Listener::Public), Some(Route::Segment(Some(CallType::Track))));
-        assert_eq!(Route::find("/v1/batch", Listener::Public), Some(Route::Segment(None)));
+        assert_eq!(
+            Route::find("/v1/events", Listener::Public),
+            Some(Route::Native)
+        );
+        assert_eq!(
+            Route::find("/v1/track", Listener::Public),
+            Some(Route::Segment(Some(CallType::Track)))
+        );
+        assert_eq!(
+            Route::find("/v1/batch", Listener::Public),
+            Some(Route::Segment(None))
+        );
         assert_eq!(Route::find("/metrics", Listener::Public), None);
-        assert_eq!(Route::find("/metrics", Listener::Admin), Some(Route::Metrics));
+        assert_eq!(
+            Route::find("/metrics", Listener::Admin),
+            Some(Route::Metrics)
+        );
         assert_eq!(Route::find("/v1/events", Listener::Admin), None);
         assert_eq!(Route::find("/v1/nope", Listener::Public), None);
     }

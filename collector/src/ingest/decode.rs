@@ -12,12 +12,15 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tollgate_event::event::parse_timestamp;
 use tollgate_event::segment::{BatchDefaults, CallType, map_message};
-use tollgate_event::{ErrorCode, Event, EventError, Platforms, parse_event};
+use tollgate_event::{ErrorCode, Event, EventError, Platforms, parse_event_text};
 
 use crate::error::ApiError;
 
 /// One event of a request, parsed against the base event model.
 #[derive(Debug)]
+// The large variant is the common one (a valid event); boxing it would cost an
+// allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 pub enum Item {
     Event {
         event: Event,
@@ -126,23 +129,18 @@ fn native_event(text: &[u8], sent_at: Option<OffsetDateTime>, limits: &DecodeLim
     if text.len() > limits.max_event_bytes {
         return too_large(text, limits.max_event_bytes);
     }
-    match serde_json::from_slice::<Value>(text) {
-        Ok(value) => match parse_event(value, limits.platforms) {
-            Ok((event, ignored_fields)) => Item::Event {
-                event,
-                sent_at,
-                client_id: true,
-                ignored_fields,
-            },
-            // Parse again for the quarantine: only rejected events pay for it.
-            Err(error) => Item::Invalid {
-                error,
-                raw: serde_json::from_slice(text).unwrap_or(Value::Null),
-            },
+    match parse_event_text(text, limits.platforms) {
+        Ok((event, ignored_fields)) => Item::Event {
+            event,
+            sent_at,
+            client_id: true,
+            ignored_fields,
         },
-        Err(e) => Item::Invalid {
-            error: EventError::new(ErrorCode::InvalidEvent, "", format!("not valid JSON: {e}")),
-            raw: Value::String(String::from_utf8_lossy(text).into_owned()),
+        // Parse again for the quarantine: only rejected events pay for it.
+        Err(error) => Item::Invalid {
+            error,
+            raw: serde_json::from_slice(text)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())),
         },
     }
 }
@@ -159,19 +157,24 @@ pub fn segment(
     schema_version: &dyn Fn(&str) -> u32,
 ) -> Result<Decoded, ApiError> {
     let server_id = || uuid::Uuid::now_v7().to_string();
-    let map = |value: Value, defaults: BatchDefaults<'_>| {
-        match map_message(value, route, defaults, received_at, schema_version, &server_id) {
-            Ok(mapped) => Item::Event {
-                event: mapped.event,
-                sent_at: mapped.sent_at,
-                client_id: mapped.client_event_id,
-                ignored_fields: 0,
-            },
-            Err(error) => Item::Invalid {
-                error,
-                raw: Value::Null,
-            },
-        }
+    let map = |value: Value, defaults: BatchDefaults<'_>| match map_message(
+        value,
+        route,
+        defaults,
+        received_at,
+        schema_version,
+        &server_id,
+    ) {
+        Ok(mapped) => Item::Event {
+            event: mapped.event,
+            sent_at: mapped.sent_at,
+            client_id: mapped.client_event_id,
+            ignored_fields: 0,
+        },
+        Err(error) => Item::Invalid {
+            error,
+            raw: Value::Null,
+        },
     };
     let with_raw = |item: Item, text: &[u8]| match item {
         Item::Invalid { error, .. } => Item::Invalid {
@@ -244,7 +247,10 @@ fn too_large(text: &[u8], max: usize) -> Item {
         error: EventError::new(
             ErrorCode::EventTooLarge,
             "",
-            format!("the event is {} bytes; at most {max} are accepted", text.len()),
+            format!(
+                "the event is {} bytes; at most {max} are accepted",
+                text.len()
+            ),
         ),
         raw: serde_json::from_slice(text)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())),

@@ -39,6 +39,23 @@ pub const COLLECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Source {
     pub id: String,
     pub allow_unknown_events: bool,
+    /// The `source` metric label, built once (cheap to clone per request).
+    label: KeyValue,
+}
+
+impl Source {
+    pub fn new(id: impl Into<String>, allow_unknown_events: bool) -> Source {
+        let id = id.into();
+        let label = KeyValue::new(
+            "source",
+            opentelemetry::StringValue::from(Arc::<str>::from(id.as_str())),
+        );
+        Source {
+            id,
+            allow_unknown_events,
+            label,
+        }
+    }
 }
 
 /// The per-event answer.
@@ -98,6 +115,9 @@ pub struct Pipeline {
 }
 
 /// One event on its way through the pipeline.
+// The large variant is the common one (a valid event); boxing it would cost an
+// allocation per event on the hot path.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     Valid {
         event: Event,
@@ -150,10 +170,12 @@ impl Pipeline {
                 } => {
                     ignored_fields += ignored;
                     let version = event.schema_version;
-                    match self
-                        .schemas
-                        .validate_map(&event.event_name, version, &mut event.properties, unknown)
-                    {
+                    match self.schemas.validate_map(
+                        &event.event_name,
+                        version,
+                        &mut event.properties,
+                        unknown,
+                    ) {
                         Ok(()) => Slot::Valid {
                             timing: Timing::compute(
                                 event.timestamp_event,
@@ -164,7 +186,11 @@ impl Pipeline {
                             ),
                             event,
                             sent_at,
-                            dedupe: if client_id { Dedupe::Checked } else { Dedupe::Unchecked },
+                            dedupe: if client_id {
+                                Dedupe::Checked
+                            } else {
+                                Dedupe::Unchecked
+                            },
                             claim: None,
                             check: client_id,
                         },
@@ -177,35 +203,60 @@ impl Pipeline {
             })
             .collect();
         if ignored_fields > 0 {
-            self.metrics.client_server_fields.add(ignored_fields as u64, &[]);
+            self.metrics
+                .client_server_fields
+                .add(ignored_fields as u64, &[]);
         }
 
         // A repeated event_id inside one batch is a duplicate of its first occurrence.
-        let mut seen = HashSet::with_capacity(slots.len());
-        for slot in &mut slots {
-            if let Slot::Valid { event, check: true, .. } = slot {
-                if !seen.insert(event.event_id.clone()) {
-                    *slot = Slot::Duplicate(event.event_id.clone());
+        let mut repeated = Vec::new();
+        {
+            let mut seen = HashSet::with_capacity(slots.len());
+            for (i, slot) in slots.iter().enumerate() {
+                if let Slot::Valid {
+                    event, check: true, ..
+                } = slot
+                    && !seen.insert(event.event_id.as_str())
+                {
+                    repeated.push(i);
                 }
+            }
+        }
+        for i in repeated {
+            if let Slot::Valid { event, .. } = &mut slots[i] {
+                slots[i] = Slot::Duplicate(std::mem::take(&mut event.event_id));
             }
         }
 
         // One claim for every event we can check.
         let mut keys = Vec::new();
         for slot in &mut slots {
-            if let Slot::Valid { event, check: true, claim, .. } = slot {
+            if let Slot::Valid {
+                event,
+                check: true,
+                claim,
+                ..
+            } = slot
+            {
                 *claim = Some(keys.len());
                 keys.push(format!("{}:{}", source.id, event.event_id));
             }
         }
-        let mut claimed = Vec::with_capacity(keys.len());
+        let mut claimed = Vec::new();
         if !keys.is_empty() {
             match self.store.claim(&keys, request_id).await {
                 Ok(outcomes) => {
                     for slot in &mut slots {
-                        let Slot::Valid { event, claim: Some(i), .. } = slot else { continue };
+                        let Slot::Valid {
+                            event,
+                            claim: Some(i),
+                            ..
+                        } = slot
+                        else {
+                            continue;
+                        };
                         match outcomes[*i] {
-                            ClaimOutcome::Claimed => claimed.push(keys[*i].clone()),
+                            ClaimOutcome::Claimed => {}
                             ClaimOutcome::Duplicate => {
                                 *slot = Slot::Duplicate(std::mem::take(&mut event.event_id))
                             }
@@ -214,6 +265,16 @@ impl Pipeline {
                             }
                         }
                     }
+                    // Usually every key was claimed: hand the keys over without copying.
+                    claimed = if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
+                        keys
+                    } else {
+                        keys.into_iter()
+                            .zip(&outcomes)
+                            .filter(|(_, o)| **o == ClaimOutcome::Claimed)
+                            .map(|(k, _)| k)
+                            .collect()
+                    };
                 }
                 Err(e) => {
                     self.metrics
@@ -227,14 +288,13 @@ impl Pipeline {
                         FailurePolicy::FailOpen => {
                             tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
                             for slot in &mut slots {
-                                if let Slot::Valid { dedupe, claim, .. } = slot {
-                                    if claim.take().is_some() {
-                                        *dedupe = Dedupe::Unchecked;
-                                        self.metrics.unchecked.add(
-                                            1,
-                                            &[KeyValue::new("reason", "store_unavailable")],
-                                        );
-                                    }
+                                if let Slot::Valid { dedupe, claim, .. } = slot
+                                    && claim.take().is_some()
+                                {
+                                    *dedupe = Dedupe::Unchecked;
+                                    self.metrics
+                                        .unchecked
+                                        .add(1, &[KeyValue::new("reason", "store_unavailable")]);
                                 }
                             }
                         }
@@ -244,32 +304,32 @@ impl Pipeline {
         }
 
         let batch = self.serialize(&slots, source, api, received_at, request_id);
-        if !batch.is_empty() {
-            if let Err(e) = self.log.append(batch).await {
-                if !claimed.is_empty() {
-                    if let Err(release) = self.store.release(&claimed, request_id).await {
-                        self.metrics
-                            .idempotency_errors
-                            .add(1, &[KeyValue::new("operation", "release")]);
-                        tracing::warn!(error = %release, "releasing claims failed; they expire after the claim TTL");
-                    }
-                }
-                return Err(match e {
-                    LogError::QueueFull => ApiError::LogQueueFull,
-                    LogError::Closed => ApiError::ShuttingDown,
-                    LogError::Io(_) => ApiError::LogUnavailable,
-                });
-            }
-        }
-        if !claimed.is_empty() {
-            if let Err(e) = self.store.commit(&claimed, request_id).await {
-                // The events are durable, so they stay accepted; only a retry within the
-                // claim TTL could now log them twice.
+        if !batch.is_empty()
+            && let Err(e) = self.log.append(batch).await
+        {
+            if !claimed.is_empty()
+                && let Err(release) = self.store.release(&claimed, request_id).await
+            {
                 self.metrics
                     .idempotency_errors
-                    .add(1, &[KeyValue::new("operation", "commit")]);
-                tracing::warn!(error = %e, "committing claims failed after a durable write");
+                    .add(1, &[KeyValue::new("operation", "release")]);
+                tracing::warn!(error = %release, "releasing claims failed; they expire after the claim TTL");
             }
+            return Err(match e {
+                LogError::QueueFull => ApiError::LogQueueFull,
+                LogError::Closed => ApiError::ShuttingDown,
+                LogError::Io(_) => ApiError::LogUnavailable,
+            });
+        }
+        if !claimed.is_empty()
+            && let Err(e) = self.store.commit(&claimed, request_id).await
+        {
+            // The events are durable, so they stay accepted; only a retry within the
+            // claim TTL could now log them twice.
+            self.metrics
+                .idempotency_errors
+                .add(1, &[KeyValue::new("operation", "commit")]);
+            tracing::warn!(error = %e, "committing claims failed after a durable write");
         }
         Ok(self.outcome(slots, source, api))
     }
@@ -386,7 +446,7 @@ impl Pipeline {
             };
             outcome.results.push(result);
         }
-        let source_label = KeyValue::new("source", source.id.clone());
+        let source_label = &source.label;
         for (status, count) in [
             (Status::Accepted, outcome.accepted),
             (Status::Duplicate, outcome.duplicate),

@@ -49,9 +49,16 @@ impl SchemaRegistry {
             if !event_dir.is_dir() {
                 continue;
             }
-            let name = event_dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let name = event_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             if !is_snake_case(&name) {
-                problems.push(format!("{}: event folder names must be snake_case", event_dir.display()));
+                problems.push(format!(
+                    "{}: event folder names must be snake_case",
+                    event_dir.display()
+                ));
                 continue;
             }
             let mut versions = Vec::new();
@@ -63,14 +70,21 @@ impl SchemaRegistry {
                 }
             };
             for file in files.filter_map(Result::ok).map(|f| f.path()) {
-                let file_name = file.file_name().unwrap_or_default().to_string_lossy().into_owned();
+                let file_name = file
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
                 let version = file_name
                     .strip_prefix('v')
                     .and_then(|rest| rest.strip_suffix(".json"))
                     .and_then(|n| n.parse::<u32>().ok())
                     .filter(|v| *v >= 1);
                 let Some(version) = version else {
-                    problems.push(format!("{}: schema files must be named v<N>.json with N >= 1", file.display()));
+                    problems.push(format!(
+                        "{}: schema files must be named v<N>.json with N >= 1",
+                        file.display()
+                    ));
                     continue;
                 };
                 match compile(&file) {
@@ -83,7 +97,11 @@ impl SchemaRegistry {
                 events.insert(name, EventSchemas { versions });
             }
         }
-        if problems.is_empty() { Ok(SchemaRegistry { events }) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(SchemaRegistry { events })
+        } else {
+            Err(problems)
+        }
     }
 
     /// Number of (event, version) schemas loaded.
@@ -127,11 +145,18 @@ impl SchemaRegistry {
             };
         };
         let Some((_, validator)) = schemas.versions.iter().find(|(v, _)| *v == version) else {
-            let known: Vec<String> = schemas.versions.iter().map(|(v, _)| v.to_string()).collect();
+            let known: Vec<String> = schemas
+                .versions
+                .iter()
+                .map(|(v, _)| v.to_string())
+                .collect();
             return Err(EventError::new(
                 ErrorCode::UnknownSchemaVersion,
                 "/schema_version",
-                format!("`{event_name}` has schema versions {}, not {version}", known.join(", ")),
+                format!(
+                    "`{event_name}` has schema versions {}, not {version}",
+                    known.join(", ")
+                ),
             ));
         };
         if validator.is_valid(properties) {
@@ -141,7 +166,11 @@ impl SchemaRegistry {
             .validate(properties)
             .expect_err("is_valid said the instance is invalid");
         let path = format!("/properties{}", err.instance_path());
-        Err(EventError::new(ErrorCode::SchemaViolation, path, err.to_string()))
+        Err(EventError::new(
+            ErrorCode::SchemaViolation,
+            path,
+            err.to_string(),
+        ))
     }
 
     /// [`validate`](Self::validate) for a properties map, moved into a `Value` and back

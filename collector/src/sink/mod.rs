@@ -8,7 +8,7 @@
 
 mod file;
 
-pub use file::{FileLog, FileLogOptions};
+pub use file::{FileLog, FileLogOptions, segments};
 
 use std::sync::Arc;
 

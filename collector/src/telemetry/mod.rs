@@ -76,11 +76,11 @@ impl Metrics {
             2.5, 5.0, 10.0,
         ];
         Metrics {
-            requests: counter("tollgate_http_requests", "HTTP requests by route and status"),
-            request_errors: counter(
-                "tollgate_request_errors",
-                "Whole-request errors by code",
+            requests: counter(
+                "tollgate_http_requests",
+                "HTTP requests by route and status",
             ),
+            request_errors: counter("tollgate_request_errors", "Whole-request errors by code"),
             request_duration: seconds(
                 "tollgate_http_request_duration",
                 "Request handling time by route",
@@ -96,7 +96,10 @@ impl Metrics {
                 "tollgate_client_server_fields_ignored",
                 "Server-owned fields sent by clients and ignored",
             ),
-            arrivals: counter("tollgate_event_arrivals", "Accepted events by arrival class"),
+            arrivals: counter(
+                "tollgate_event_arrivals",
+                "Accepted events by arrival class",
+            ),
             log_append_duration: seconds(
                 "tollgate_log_append_duration",
                 "Time from handing a batch to the log until it is durable",

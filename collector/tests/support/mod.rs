@@ -1,0 +1,290 @@
+//! Test harness: a real collector on 127.0.0.1:0 with its own data directory, and
+//! readers for what it logged.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tollgate_collector::config::{Config, SourceConfig};
+use tollgate_collector::sink::{AppendBatch, EventLog, FileLog, FileLogOptions, LogError};
+use tollgate_collector::telemetry::Metrics;
+use tollgate_collector::{Collector, Overrides};
+
+pub const DEV_KEY: &str = "dev";
+/// A source that only accepts registered events.
+pub const STRICT_KEY: &str = "wk_strict";
+
+/// The repository's example schemas.
+pub fn schemas_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas")
+}
+
+/// The embedded defaults, pointed at a temp data dir, plus a strict source.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut config = Config::embedded();
+    config.schemas.dir = schemas_dir();
+    config.log.data_dir = data_dir.to_owned();
+    config.sources.push(SourceConfig {
+        id: "strict_app".into(),
+        write_keys: vec![STRICT_KEY.into()],
+        allow_unknown_events: false,
+    });
+    config
+}
+
+/// A collector serving on loopback until dropped or shut down.
+pub struct TestCollector {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub data: PathBuf,
+    pub client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+    _dir: Option<TempDir>,
+}
+
+impl TestCollector {
+    pub async fn start() -> TestCollector {
+        Self::start_with(|_| {}, Overrides::default()).await
+    }
+
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut Config),
+        overrides: Overrides,
+    ) -> TestCollector {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Self::start_in(dir.path(), tweak, overrides).await;
+        t._dir = Some(dir);
+        t
+    }
+
+    /// Starts on an existing data directory (for restart tests).
+    pub async fn start_in(
+        data: &Path,
+        tweak: impl FnOnce(&mut Config),
+        overrides: Overrides,
+    ) -> TestCollector {
+        let mut config = test_config(data);
+        tweak(&mut config);
+        let collector = Collector::build_with(config, overrides).expect("collector builds");
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = public.local_addr().unwrap();
+        let admin_addr = admin.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(collector.run(public, Some(admin), async move {
+            let _ = rx.await;
+        }));
+        TestCollector {
+            addr,
+            admin: admin_addr,
+            data: data.to_owned(),
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+
+    /// POSTs a native JSON body with the dev key.
+    pub async fn post_events(&self, body: &Value) -> (u16, Value) {
+        self.post("/v1/events", DEV_KEY, body).await
+    }
+
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .basic_auth(key, Some(""))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        into_parts(response).await
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Graceful shutdown; returns once the log is closed. The data stays readable.
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    pub fn events(&self) -> Vec<Value> {
+        read_lines(&self.data.join("events"))
+    }
+
+    pub fn quarantine(&self) -> Vec<Value> {
+        read_lines(&self.data.join("quarantine"))
+    }
+}
+
+pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
+    (status, body)
+}
+
+/// Every record of a stream directory, oldest first. Each line must parse.
+pub fn read_lines(dir: &Path) -> Vec<Value> {
+    let Ok(files) = tollgate_collector::sink::segments(dir) else {
+        return Vec::new();
+    };
+    files
+        .iter()
+        .flat_map(|f| {
+            let text = std::fs::read_to_string(f).unwrap();
+            assert!(
+                text.is_empty() || text.ends_with('\n'),
+                "torn line in {}",
+                f.display()
+            );
+            text.lines()
+                .map(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .unwrap_or_else(|e| panic!("bad line {l:?}: {e}"))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A valid native event.
+pub fn event(id: &str) -> Value {
+    serde_json::json!({
+        "event_id": id,
+        "event_name": "item_view",
+        "schema_version": 1,
+        "user_id": "user-1",
+        "device_id": "device-1",
+        "session_id": "session-1",
+        "timestamp_event": "2026-11-29T10:00:00.000Z",
+        "platform": "ios",
+        "app_version": "5.1.0",
+        "surface": "feed",
+        "experiment_ids": ["exp_a"],
+        "consent": {"analytics": true},
+        "context": {"locale": "en-GB"},
+        "properties": {"item_id": format!("item-{id}"), "position": 3}
+    })
+}
+
+pub fn batch(ids: &[&str]) -> Value {
+    serde_json::json!({"events": ids.iter().map(|id| event(id)).collect::<Vec<_>>()})
+}
+
+/// Count of records in `records` with this `event_id`.
+pub fn count_id(records: &[Value], id: &str) -> usize {
+    records.iter().filter(|r| r["event_id"] == id).count()
+}
+
+pub fn file_log(data: &Path, metrics: Arc<Metrics>) -> FileLog {
+    FileLog::open(
+        FileLogOptions {
+            data_dir: data.to_owned(),
+            segment_max_bytes: 128 << 20,
+            segment_max_age: std::time::Duration::from_secs(3600),
+            queue_capacity: 64,
+            max_group_bytes: 8 << 20,
+            commit_delay: std::time::Duration::ZERO,
+        },
+        metrics,
+    )
+    .unwrap()
+}
+
+/// A real file log that can be made to fail its next appends (a disk that fills up),
+/// or to hold appends until released (a slow disk).
+pub struct FaultyLog {
+    pub inner: FileLog,
+    pub fail_next: AtomicUsize,
+    pub hold: std::sync::Mutex<Option<Arc<Notify>>>,
+    pub appends: AtomicUsize,
+}
+
+impl FaultyLog {
+    pub fn new(inner: FileLog) -> Arc<FaultyLog> {
+        Arc::new(FaultyLog {
+            inner,
+            fail_next: AtomicUsize::new(0),
+            hold: std::sync::Mutex::new(None),
+            appends: AtomicUsize::new(0),
+        })
+    }
+
+    /// Appends wait until the returned gate is opened.
+    pub fn hold(&self) -> Arc<Notify> {
+        let gate = Arc::new(Notify::new());
+        *self.hold.lock().unwrap() = Some(gate.clone());
+        gate
+    }
+
+    pub fn release(&self, gate: &Notify) {
+        *self.hold.lock().unwrap() = None;
+        gate.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl EventLog for FaultyLog {
+    async fn append(&self, batch: AppendBatch) -> Result<(), LogError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        let gate = self.hold.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            let notified = gate.notified();
+            // Re-check after registering, so a release in between is not missed.
+            if self.hold.lock().unwrap().is_some() {
+                notified.await;
+            }
+        }
+        let fail = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            return Err(LogError::Io(Arc::new(std::io::Error::other(
+                "No space left on device (injected)",
+            ))));
+        }
+        self.inner.append(batch).await
+    }
+
+    fn ready(&self) -> bool {
+        self.fail_next.load(Ordering::SeqCst) == 0 && self.inner.ready()
+    }
+
+    async fn close(&self) {
+        self.inner.close().await
+    }
+}
