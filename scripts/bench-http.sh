@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # HTTP throughput of tollgate-collector on its embedded defaults (memory idempotency,
-# local fsynced log) against a parse-only hyper baseline, same load, same run.
+# local fsynced log) against a parse-only hyper baseline, same load, same run; then,
+# where redis-server is installed, the collector deduplicating in Redis.
 #
 #   scripts/bench-http.sh            # 20 s per target, 64 connections, 20-event batches
-#   DURATION=60s CONNECTIONS=128 BATCH=20 scripts/bench-http.sh
+#   DURATION=60s CONNECTIONS=128 BATCH=20 REDIS=0 scripts/bench-http.sh
 #
-# Loopback only. Where `taskset` exists the servers run on CPU 0 and wrk on CPU 1, so
-# the load generator does not steal the server's core.
+# Loopback only. Where `taskset` exists the servers run on CPU 0 and wrk (and Redis,
+# standing in for a Redis on another machine) on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20s}
@@ -43,9 +44,26 @@ RUST_LOG=warn "${server_cpu[@]}" "$target/tollgate-collector" --listen 127.0.0.1
 wait_port 18080
 load "tollgate-collector (embedded defaults)" http://127.0.0.1:18080/v1/events | tee "$data/collector.txt"
 
+if [ "${REDIS:-1}" = 1 ] && command -v redis-server >/dev/null; then
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  "${load_cpu[@]}" redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no \
+    --dir "$data" >/dev/null & pids+=($!)
+  wait_port 16379
+  RUST_LOG=warn "${server_cpu[@]}" "$target/tollgate-collector" --listen 127.0.0.1:18081 \
+    --admin-listen 127.0.0.1:19091 --data-dir "$data/collector-redis" \
+    --redis redis://127.0.0.1:16379 & pids+=($!)
+  wait_port 18081
+  load "tollgate-collector, Redis idempotency" http://127.0.0.1:18081/v1/events | tee "$data/redis.txt"
+fi
+
 base=$(tail -1 "$data/baseline.txt" | awk '{print $4}')
 coll=$(tail -1 "$data/collector.txt" | awk '{print $4}')
 lines=$(cat "$data"/collector/events/*.ndjson | wc -l)
 rejected=$(cat "$data"/collector/quarantine/*.ndjson 2>/dev/null | wc -l || true)
 echo "== collector events/s ÷ baseline events/s: $(awk -v a="$coll" -v b="$base" 'BEGIN{printf "%.2f", a/b}')"
 echo "== events logged by the collector: $lines (quarantined: $rejected)"
+if [ -f "$data/redis.txt" ]; then
+  red=$(tail -1 "$data/redis.txt" | awk '{print $4}')
+  echo "== Redis idempotency events/s ÷ memory idempotency events/s: $(awk -v a="$red" -v b="$coll" 'BEGIN{printf "%.2f", a/b}')"
+  echo "== events logged with Redis: $(cat "$data"/collector-redis/events/*.ndjson | wc -l)"
+fi

@@ -133,6 +133,38 @@ pub enum FailurePolicy {
 pub enum IdempotencyBackend {
     /// In-process, bounded: right for one collector; replicas do not share it.
     Memory,
+    /// Redis (or Redis Cluster), shared by every replica: see `[idempotency.redis]`.
+    Redis,
+}
+
+/// The shared Redis store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://HOST:PORT/DB`, `rediss://…` (TLS) or `redis+unix:///path/redis.sock`.
+    pub url: String,
+    /// Redis Cluster seed nodes (`redis://HOST:PORT`); when set, `url` is not used.
+    pub cluster_nodes: Vec<String>,
+    /// Prefix of every key: `<prefix>:<source>:<event_id>`.
+    pub key_prefix: String,
+    /// Longest wait to (re)connect.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one round trip; past it the failure policy applies.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster_nodes: Vec::new(),
+            key_prefix: "tollgate".into(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_millis(250),
+        }
+    }
 }
 
 /// Idempotency: `event_id`s seen within the window are answered `duplicate`.
@@ -152,6 +184,8 @@ pub struct IdempotencyConfig {
     pub max_keys: NonZeroU64,
     /// What to do when the store cannot answer.
     pub on_store_error: FailurePolicy,
+    /// Settings of the `redis` backend.
+    pub redis: RedisConfig,
 }
 
 /// A source: one app or service that sends events with its own write key(s).
@@ -230,6 +264,7 @@ impl Default for IdempotencyConfig {
             claim_ttl: Duration::from_secs(60),
             max_keys: NonZeroU64::new(2_000_000).unwrap(),
             on_store_error: FailurePolicy::FailClosed,
+            redis: RedisConfig::default(),
         }
     }
 }
@@ -385,6 +420,31 @@ impl Config {
                 "must be longer than server.request_timeout, or claims expire while their events are written".into(),
             );
         }
+        if i.backend == IdempotencyBackend::Redis {
+            let r = &i.redis;
+            let urls: Vec<&String> = if r.cluster_nodes.is_empty() {
+                vec![&r.url]
+            } else {
+                r.cluster_nodes.iter().collect()
+            };
+            for url in urls {
+                if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    problem("idempotency.redis.url", format!("{url:?}: {e}"));
+                }
+            }
+            if r.key_prefix.is_empty() || r.key_prefix.contains(char::is_whitespace) {
+                problem(
+                    "idempotency.redis.key_prefix",
+                    "must be non-empty, without spaces".into(),
+                );
+            }
+            if r.command_timeout >= self.server.request_timeout {
+                problem(
+                    "idempotency.redis.command_timeout",
+                    "must be shorter than server.request_timeout".into(),
+                );
+            }
+        }
         if self.server.request_timeout.is_zero() {
             problem("server.request_timeout", "must be more than 0s".into());
         }
@@ -463,6 +523,22 @@ mod tests {
         std::fs::write(&path, "[limits]\nmax_body = \"lots\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("max_body"), "{err}");
+    }
+
+    #[test]
+    fn redis_settings_are_checked_only_when_used() {
+        let mut c = Config::embedded();
+        c.idempotency.redis.url = "not a url".into();
+        c.validate().unwrap();
+        c.idempotency.backend = IdempotencyBackend::Redis;
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("idempotency.redis.url"), "{err}");
+        c.idempotency.redis.url = "redis+unix:///tmp/redis.sock".into();
+        c.validate().unwrap();
+        c.idempotency.redis.cluster_nodes = vec!["redis://127.0.0.1:7000".into()];
+        c.idempotency.redis.command_timeout = Duration::from_secs(30);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("idempotency.redis.command_timeout"), "{err}");
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("no such route")]
     NotFound,
+    #[error("the Idempotency-Key header must be 1 to 255 printable ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
     #[error("the collector is at its concurrency limit; retry shortly")]
     Overloaded,
     #[error("the request took longer than the configured timeout")]
@@ -78,6 +82,8 @@ impl ApiError {
             ApiError::UnknownWriteKey => "unknown_write_key",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound => "not_found",
+            ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "request_timeout",
             ApiError::LogQueueFull => "log_queue_full",
@@ -94,7 +100,9 @@ impl ApiError {
             | ApiError::InvalidEnvelope(_)
             | ApiError::InvalidSentAt
             | ApiError::InvalidGzip(_)
+            | ApiError::InvalidIdempotencyKey
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyEvents { .. }
             | ApiError::BodyTooLarge { .. }
             | ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -155,7 +163,12 @@ impl ApiError {
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).expect("response bodies always serialize");
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes_response(status, Bytes::from(bytes))
+}
+
+/// A response whose body is already JSON text.
+pub fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
 use crate::config::{Config, ConfigError, IdempotencyBackend};
-use crate::dedupe::{IdempotencyStore, MemoryStore};
+use crate::dedupe::{IdempotencyStore, MemoryStore, RedisOptions, RedisStore, RedisTarget};
 use crate::http::body::BodyLimits;
 use crate::http::{App, Listener};
 use crate::ingest::{Pipeline, Source};
@@ -115,14 +115,38 @@ impl Collector {
             ),
         };
         let idem = &config.idempotency;
-        let store = overrides.store.unwrap_or_else(|| match idem.backend {
-            IdempotencyBackend::Memory => Arc::new(MemoryStore::new(
+        let store: Arc<dyn IdempotencyStore> = match (overrides.store, idem.backend) {
+            (Some(store), _) => store,
+            (None, IdempotencyBackend::Memory) => Arc::new(MemoryStore::new(
                 idem.max_keys.get(),
                 idem.claim_ttl,
                 idem.dedupe_window,
                 metrics.clone(),
             )),
-        });
+            (None, IdempotencyBackend::Redis) => {
+                let r = &idem.redis;
+                let target = if r.cluster_nodes.is_empty() {
+                    RedisTarget::Single(r.url.clone())
+                } else {
+                    RedisTarget::Cluster(r.cluster_nodes.clone())
+                };
+                Arc::new(
+                    RedisStore::new(RedisOptions {
+                        target,
+                        key_prefix: r.key_prefix.clone(),
+                        claim_ttl: idem.claim_ttl,
+                        dedupe_window: idem.dedupe_window,
+                        connect_timeout: r.connect_timeout,
+                        command_timeout: r.command_timeout,
+                    })
+                    .map_err(|e| {
+                        BuildError::Config(ConfigError::Invalid(vec![format!(
+                            "idempotency.redis: {e}"
+                        )]))
+                    })?,
+                )
+            }
+        };
         let mut sources = HashMap::new();
         for s in &config.sources {
             let source = Arc::new(Source::new(s.id.clone(), s.allow_unknown_events));
@@ -156,6 +180,7 @@ impl Collector {
             max_events: limits.max_events_per_batch.get(),
             max_concurrent_requests: config.server.max_concurrent_requests.get(),
             request_timeout: config.server.request_timeout,
+            answer_ttl: idem.dedupe_window,
             tasks: TaskTracker::new(),
         });
         Ok(Collector { app, config })

@@ -41,6 +41,10 @@ struct Args {
     /// Data directory of the local log (overrides log.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Deduplicate in this Redis, shared by every collector (sets idempotency.backend
+    /// = "redis" and idempotency.redis.url): redis://, rediss:// or redis+unix://.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -60,6 +64,8 @@ enum LogFormat {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // One TLS crypto provider for the whole process (rediss://, and TLS listeners).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     install_tracing(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,6 +86,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.log.data_dir = dir;
+    }
+    if let Some(url) = args.redis {
+        config.idempotency.backend = tollgate_collector::config::IdempotencyBackend::Redis;
+        config.idempotency.redis.url = url;
+        config.idempotency.redis.cluster_nodes.clear();
     }
     if let Some(Command::CheckConfig) = args.command {
         config.validate()?;

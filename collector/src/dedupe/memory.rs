@@ -38,9 +38,17 @@ struct Shard {
     next_sweep: u64,
 }
 
+/// A stored request-level answer: expiry (ms since the epoch) and the bytes.
+type Answer = (u64, Arc<[u8]>);
+
+/// Most request-level answers kept (`Idempotency-Key`); past it the oldest go first.
+const MAX_ANSWERS: usize = 100_000;
+
 /// A bounded in-memory store. Right for a single collector; replicas do not share it.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// Request-level answers (`Idempotency-Key`).
+    answers: Mutex<HashMap<String, Answer>>,
     digest: (RandomState, RandomState),
     claim_ttl_ms: u64,
     window_ms: u64,
@@ -72,6 +80,7 @@ impl MemoryStore {
         };
         MemoryStore {
             shards: (0..SHARDS).map(|_| shard()).collect(),
+            answers: Mutex::new(HashMap::new()),
             digest: (RandomState::new(), RandomState::new()),
             claim_ttl_ms: claim_ttl.as_millis() as u64,
             window_ms,
@@ -194,6 +203,37 @@ impl IdempotencyStore for MemoryStore {
 
     async fn release(&self, keys: &[String], token: &str) -> Result<(), StoreError> {
         self.release_at(keys, token, self.now_ms());
+        Ok(())
+    }
+
+    async fn recall(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let now = self.now_ms();
+        let answers = self.answers.lock().expect("answers lock poisoned");
+        Ok(answers
+            .get(key)
+            .filter(|(expires, _)| *expires > now)
+            .map(|(_, answer)| answer.to_vec()))
+    }
+
+    async fn remember(&self, key: &str, answer: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let mut answers = self.answers.lock().expect("answers lock poisoned");
+        if answers.len() >= MAX_ANSWERS {
+            answers.retain(|_, (expires, _)| *expires > now);
+        }
+        if answers.len() >= MAX_ANSWERS {
+            let mut expiries: Vec<u64> = answers.values().map(|(e, _)| *e).collect();
+            let nth = expiries.len() / 8;
+            let cutoff = *expiries.select_nth_unstable(nth).1;
+            answers.retain(|_, (expires, _)| *expires > cutoff);
+        }
+        let live = answers.get(key).is_some_and(|(expires, _)| *expires > now);
+        if !live {
+            answers.insert(
+                key.to_owned(),
+                (now + ttl.as_millis() as u64, Arc::from(answer)),
+            );
+        }
         Ok(())
     }
 

@@ -14,8 +14,10 @@
 //! after that is logged again, so the log is at-least-once within that window.
 
 mod memory;
+mod redis;
 
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore, RedisTarget};
 
 use async_trait::async_trait;
 
@@ -23,11 +25,11 @@ use async_trait::async_trait;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
     /// The key was free and is now ours: write the event.
-    Claimed,
+    Claimed = 0,
     /// The key was committed within the window: the event is a duplicate.
-    Duplicate,
+    Duplicate = 1,
     /// Another request holds a live claim: it is being written right now; retry later.
-    InFlight,
+    InFlight = 2,
 }
 
 /// The store could not answer; the failure policy decides what happens.
@@ -59,6 +61,26 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// # Errors
     /// The store is unreachable; the claims then expire after the claim TTL.
     async fn release(&self, keys: &[String], token: &str) -> Result<(), StoreError>;
+
+    /// The answer stored under a request-level `Idempotency-Key`, if any.
+    ///
+    /// # Errors
+    /// The store is unreachable; the request is then processed (event-level
+    /// deduplication still applies).
+    async fn recall(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores the answer to a request-level `Idempotency-Key` for `ttl`, unless one is
+    /// stored already (the first answer wins).
+    ///
+    /// # Errors
+    /// The store is unreachable; a replay is then processed again (and its events
+    /// answered `duplicate`).
+    async fn remember(
+        &self,
+        key: &str,
+        answer: &[u8],
+        ttl: std::time::Duration,
+    ) -> Result<(), StoreError>;
 
     /// Whether the store answers right now (for `/readyz`).
     async fn ready(&self) -> bool;

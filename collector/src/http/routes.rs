@@ -19,12 +19,54 @@ use tollgate_event::segment::CallType;
 use super::Listener;
 use super::body::{self, BodyLimits, Framing};
 use crate::clock::Clock;
-use crate::error::{ApiError, json_response};
+use crate::error::{ApiError, json_bytes_response, json_response};
 use crate::ingest::{DecodeLimits, Pipeline, Source, decode};
 use crate::telemetry::Metrics;
 
 /// Header carrying the client's send time for NDJSON bodies (JSON bodies use `sent_at`).
 pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
+
+/// Stripe-style request-level idempotency: a replay with the same key gets the first
+/// answer; the same key with another body gets 422.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// The answer stored under an `Idempotency-Key`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredAnswer {
+    /// SHA-256 of the decoded request body.
+    fingerprint: String,
+    status: u16,
+    body: String,
+}
+
+impl StoredAnswer {
+    /// The stored answer when the body is the same, else `idempotency_key_reused`.
+    fn replay(stored: &[u8], fingerprint: &str) -> Result<Response<Full<Bytes>>, ApiError> {
+        let stored: StoredAnswer = serde_json::from_slice(stored).map_err(|e| {
+            tracing::error!(error = %e, "unreadable stored Idempotency-Key answer");
+            ApiError::Internal
+        })?;
+        if stored.fingerprint != fingerprint {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        let status = StatusCode::from_u16(stored.status).map_err(|_| ApiError::Internal)?;
+        let mut response = json_bytes_response(status, Bytes::from(stored.body));
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            http::HeaderValue::from_static("true"),
+        );
+        Ok(response)
+    }
+}
+
+/// Hex SHA-256 of a request body.
+fn fingerprint(body: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(body)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// Shared state of the HTTP handlers.
 pub struct App {
@@ -39,6 +81,8 @@ pub struct App {
     pub max_events: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
+    /// How long an `Idempotency-Key` answer is kept (the dedupe window).
+    pub answer_ttl: Duration,
     /// Ingest work runs as tasks tracked here, so it finishes (and commits its claims)
     /// even when the client goes away, and shutdown can wait for it.
     pub tasks: TaskTracker,
@@ -199,6 +243,20 @@ impl App {
             ));
         }
         let encoding = body::encoding(&parts.headers)?;
+        let request_key = match parts.headers.get(IDEMPOTENCY_KEY_HEADER) {
+            None => None,
+            Some(value) => {
+                let key = value
+                    .to_str()
+                    .map_err(|_| ApiError::InvalidIdempotencyKey)?;
+                let valid =
+                    (1..=255).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic());
+                if !valid {
+                    return Err(ApiError::InvalidIdempotencyKey);
+                }
+                Some(key.to_owned())
+            }
+        };
         let raw = body::read(&parts.headers, incoming, self.body_limits).await?;
         let sent_at_header = parts
             .headers
@@ -230,6 +288,20 @@ impl App {
                 (None, Some(key)) => app.source(key)?,
                 (None, None) => return Err(ApiError::MissingWriteKey),
             };
+            // A request-level Idempotency-Key replays the first answer to the same body.
+            let answer_key = request_key.map(|k| (format!("{}:{k}", source.id), fingerprint(&bytes)));
+            if let Some((key, print)) = &answer_key {
+                let recalled = app
+                    .pipeline
+                    .store_call("recall", 1, app.pipeline.store.recall(key))
+                    .await;
+                match recalled {
+                    Ok(Some(stored)) => return StoredAnswer::replay(&stored, print),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "recalling an Idempotency-Key failed; processing the request"),
+                }
+            }
+
             let request_id = uuid::Uuid::now_v7().to_string();
             let outcome = app
                 .pipeline
@@ -240,16 +312,32 @@ impl App {
             } else {
                 StatusCode::OK
             };
-            let mut response = match api {
-                Api::Native => json_response(status, &outcome),
+            let body = match api {
+                Api::Native => serde_json::to_vec(&outcome),
                 // Segment SDKs only look at the status; per-event outcomes are logged
                 // and counted.
-                Api::Segment if outcome.retry > 0 => json_response(
-                    status,
+                Api::Segment if outcome.retry > 0 => serde_json::to_vec(
                     &json!({"error": {"code": "retry", "message": "some events are being written by another request; resend the batch"}}),
                 ),
-                Api::Segment => json_response(status, &json!({"success": true})),
-            };
+                Api::Segment => serde_json::to_vec(&json!({"success": true})),
+            }
+            .expect("answers serialize");
+            if let (Some((key, print)), StatusCode::OK) = (&answer_key, status) {
+                let stored = StoredAnswer {
+                    fingerprint: print.clone(),
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
+                };
+                let stored = serde_json::to_vec(&stored).expect("answers serialize");
+                let remembered = app
+                    .pipeline
+                    .store_call("remember", 1, app.pipeline.store.remember(key, &stored, app.answer_ttl))
+                    .await;
+                if let Err(e) = remembered {
+                    tracing::warn!(error = %e, "storing an Idempotency-Key answer failed");
+                }
+            }
+            let mut response = json_bytes_response(status, Bytes::from(body));
             if outcome.retry > 0 {
                 response
                     .headers_mut()

@@ -15,7 +15,7 @@ pub mod decode;
 use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 use serde::Serialize;
@@ -25,7 +25,7 @@ use tollgate_event::{Api, Arrival, Dedupe, Event, EventError, QuarantineRecord, 
 pub use decode::{DecodeLimits, Decoded, Item};
 
 use crate::config::FailurePolicy;
-use crate::dedupe::{ClaimOutcome, IdempotencyStore};
+use crate::dedupe::{ClaimOutcome, IdempotencyStore, StoreError};
 use crate::error::ApiError;
 use crate::schema::{SchemaRegistry, UnknownEvents};
 use crate::sink::{AppendBatch, EventLog, LogError};
@@ -244,8 +244,21 @@ impl Pipeline {
         }
         let mut claimed = Vec::new();
         if !keys.is_empty() {
-            match self.store.claim(&keys, request_id).await {
+            match self
+                .store_call("claim", keys.len(), self.store.claim(&keys, request_id))
+                .await
+            {
                 Ok(outcomes) => {
+                    let mut counts = [0u64; 3];
+                    for outcome in &outcomes {
+                        counts[*outcome as usize] += 1;
+                    }
+                    for (result, count) in ["claimed", "duplicate", "in_flight"]
+                        .into_iter()
+                        .zip(counts)
+                    {
+                        self.count_keys(result, count);
+                    }
                     for slot in &mut slots {
                         let Slot::Valid {
                             event,
@@ -276,30 +289,25 @@ impl Pipeline {
                             .collect()
                     };
                 }
-                Err(e) => {
-                    self.metrics
-                        .idempotency_errors
-                        .add(1, &[KeyValue::new("operation", "claim")]);
-                    match self.policy {
-                        FailurePolicy::FailClosed => {
-                            tracing::warn!(error = %e, "idempotency store unavailable; answering 503 (fail_closed)");
-                            return Err(ApiError::IdempotencyUnavailable);
-                        }
-                        FailurePolicy::FailOpen => {
-                            tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
-                            for slot in &mut slots {
-                                if let Slot::Valid { dedupe, claim, .. } = slot
-                                    && claim.take().is_some()
-                                {
-                                    *dedupe = Dedupe::Unchecked;
-                                    self.metrics
-                                        .unchecked
-                                        .add(1, &[KeyValue::new("reason", "store_unavailable")]);
-                                }
+                Err(e) => match self.policy {
+                    FailurePolicy::FailClosed => {
+                        tracing::warn!(error = %e, "idempotency store unavailable; answering 503 (fail_closed)");
+                        return Err(ApiError::IdempotencyUnavailable);
+                    }
+                    FailurePolicy::FailOpen => {
+                        tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
+                        for slot in &mut slots {
+                            if let Slot::Valid { dedupe, claim, .. } = slot
+                                && claim.take().is_some()
+                            {
+                                *dedupe = Dedupe::Unchecked;
+                                self.metrics
+                                    .unchecked
+                                    .add(1, &[KeyValue::new("reason", "store_unavailable")]);
                             }
                         }
                     }
-                }
+                },
             }
         }
 
@@ -308,11 +316,14 @@ impl Pipeline {
             && let Err(e) = self.log.append(batch).await
         {
             if !claimed.is_empty()
-                && let Err(release) = self.store.release(&claimed, request_id).await
+                && let Err(release) = self
+                    .store_call(
+                        "release",
+                        claimed.len(),
+                        self.store.release(&claimed, request_id),
+                    )
+                    .await
             {
-                self.metrics
-                    .idempotency_errors
-                    .add(1, &[KeyValue::new("operation", "release")]);
                 tracing::warn!(error = %release, "releasing claims failed; they expire after the claim TTL");
             }
             return Err(match e {
@@ -322,16 +333,55 @@ impl Pipeline {
             });
         }
         if !claimed.is_empty()
-            && let Err(e) = self.store.commit(&claimed, request_id).await
+            && let Err(e) = self
+                .store_call(
+                    "commit",
+                    claimed.len(),
+                    self.store.commit(&claimed, request_id),
+                )
+                .await
         {
             // The events are durable, so they stay accepted; only a retry within the
             // claim TTL could now log them twice.
-            self.metrics
-                .idempotency_errors
-                .add(1, &[KeyValue::new("operation", "commit")]);
             tracing::warn!(error = %e, "committing claims failed after a durable write");
         }
         Ok(self.outcome(slots, source, api))
+    }
+
+    /// Runs one store operation, timing it and counting its keys or its failure.
+    pub(crate) async fn store_call<T>(
+        &self,
+        operation: &'static str,
+        keys: usize,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let store = KeyValue::new("store", self.store.name());
+        let op = KeyValue::new("operation", operation);
+        self.metrics.idempotency_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[store.clone(), op.clone()],
+        );
+        match &result {
+            Err(_) => self.metrics.idempotency_errors.add(1, &[store, op]),
+            Ok(_) if operation == "commit" => self.count_keys("committed", keys as u64),
+            Ok(_) if operation == "release" => self.count_keys("released", keys as u64),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    fn count_keys(&self, result: &'static str, count: u64) {
+        if count > 0 {
+            self.metrics.idempotency_keys.add(
+                count,
+                &[
+                    KeyValue::new("store", self.store.name()),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
     }
 
     /// Serialises accepted records and quarantine records as NDJSON.

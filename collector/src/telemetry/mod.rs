@@ -43,8 +43,12 @@ pub struct Metrics {
     pub log_bytes: Counter<u64>,
     /// Failed log appends, by kind (queue_full, io, closed).
     pub log_errors: Counter<u64>,
-    /// Idempotency store errors, by operation.
+    /// Idempotency store errors, by store and operation.
     pub idempotency_errors: Counter<u64>,
+    /// Keys by store and result: claimed, duplicate, in_flight, committed, released.
+    pub idempotency_keys: Counter<u64>,
+    /// One store round trip, by store and operation.
+    pub idempotency_duration: Histogram<f64>,
     /// Keys the memory store forgot before their window ended (capacity too small).
     pub idempotency_evictions: Counter<u64>,
 }
@@ -108,7 +112,7 @@ impl Metrics {
             log_fsync_duration: seconds(
                 "tollgate_log_fsync_duration",
                 "fsync time of one group commit",
-                latency,
+                latency.clone(),
             ),
             log_group_requests: meter
                 .u64_histogram("tollgate_log_group_requests")
@@ -119,7 +123,16 @@ impl Metrics {
             log_errors: counter("tollgate_log_errors", "Failed log appends by kind"),
             idempotency_errors: counter(
                 "tollgate_idempotency_errors",
-                "Idempotency store errors by operation",
+                "Idempotency store errors by store and operation",
+            ),
+            idempotency_keys: counter(
+                "tollgate_idempotency_keys",
+                "Idempotency keys by store and result",
+            ),
+            idempotency_duration: seconds(
+                "tollgate_idempotency_duration",
+                "One idempotency store round trip by store and operation",
+                latency,
             ),
             idempotency_evictions: counter(
                 "tollgate_idempotency_evictions",

@@ -1,0 +1,270 @@
+//! The shared idempotency store: Redis (single node, TLS, unix socket, or Cluster).
+//!
+//! Every collector replica claims and commits in the same Redis, so a retry that lands
+//! on another replica is still recognised. Each operation is ONE round trip for the
+//! whole request: a pipeline of one command per key.
+//!
+//! # Keys and values
+//! `<prefix>:<source>:<event_id>` holds `p:<token>` while a request writes the event
+//! (TTL: the claim TTL) and `d` once it is logged (TTL: the dedupe window). Keys carry
+//! no hash tag, so in a Cluster they spread over all slots. A single server gets one
+//! pipeline per operation; a Cluster gets the same commands sent concurrently over its
+//! multiplexed node connections (a cluster pipeline may not cross slots), which costs
+//! one round trip per node, in parallel.
+//!
+//! - claim: `SET key p:<token> NX PX <claim_ttl> GET` (Redis ≥ 7.0): nil means claimed,
+//!   `d` duplicate, another `p:…` in flight;
+//! - commit: `SET key d PX <window>`;
+//! - release: a one-key script deletes the key only if it still holds our token, so a
+//!   late release never deletes someone else's claim.
+//!
+//! Every call is bounded by the command timeout; the connection reconnects by itself
+//! (`ConnectionManager`, or the cluster client's own slot refresh).
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Value};
+use tokio::sync::Mutex;
+
+use super::{ClaimOutcome, IdempotencyStore, StoreError};
+
+/// Deletes KEYS[1] only while it holds ARGV[1] (our claim).
+const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+
+const DONE: &str = "d";
+
+/// Where the store connects.
+#[derive(Debug, Clone)]
+pub enum RedisTarget {
+    /// One server: `redis://`, `rediss://` (TLS) or `redis+unix://`.
+    Single(String),
+    /// A Redis Cluster, by seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// Settings of the Redis store (from `[idempotency.redis]` and `[idempotency]`).
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub target: RedisTarget,
+    pub key_prefix: String,
+    pub claim_ttl: Duration,
+    pub dedupe_window: Duration,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+}
+
+enum Connection {
+    Single(ConnectionManager),
+    /// Connected lazily (the cluster client cannot be created without a live node).
+    Cluster(Box<ClusterClient>, Mutex<Option<ClusterConnection>>),
+}
+
+/// Idempotency in a Redis shared by every collector.
+pub struct RedisStore {
+    connection: Connection,
+    prefix: String,
+    claim_ttl_ms: u64,
+    window_ms: u64,
+    timeout: Duration,
+}
+
+impl RedisStore {
+    /// Creates the store without connecting: the first operation connects, and a Redis
+    /// that is down at start-up is handled by the failure policy like any outage.
+    ///
+    /// # Errors
+    /// A URL that cannot be parsed.
+    pub fn new(options: RedisOptions) -> Result<RedisStore, redis::RedisError> {
+        // rediss:// needs a rustls crypto provider; installing it twice is harmless.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let connection = match &options.target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.command_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(options.connect_timeout)
+                    .response_timeout(options.command_timeout)
+                    .build()?;
+                Connection::Cluster(Box::new(client), Mutex::new(None))
+            }
+        };
+        Ok(RedisStore {
+            connection,
+            prefix: options.key_prefix,
+            claim_ttl_ms: options.claim_ttl.as_millis() as u64,
+            window_ms: options.dedupe_window.as_millis() as u64,
+            timeout: options.command_timeout,
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}:{}", self.prefix, key)
+    }
+
+    /// Request-level answers live apart from event keys: `<prefix>:req:<source>:<key>`.
+    fn response_key(&self, key: &str) -> String {
+        format!("{}:req:{}", self.prefix, key)
+    }
+
+    /// Runs the commands as one round trip (per node) within the command timeout, and
+    /// returns one reply per command.
+    async fn run(
+        &self,
+        operation: &'static str,
+        commands: Vec<Cmd>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let count = commands.len();
+        let error = |message: String| StoreError { operation, message };
+        let work = async {
+            match &self.connection {
+                Connection::Single(manager) => {
+                    let mut pipe = redis::pipe();
+                    for command in commands {
+                        pipe.add_command(command);
+                    }
+                    pipe.query_async::<Vec<Value>>(&mut manager.clone()).await
+                }
+                Connection::Cluster(client, cached) => {
+                    let connection = {
+                        let mut cached = cached.lock().await;
+                        match cached.as_ref() {
+                            Some(c) => c.clone(),
+                            None => {
+                                let c = client.get_async_connection().await?;
+                                *cached = Some(c.clone());
+                                c
+                            }
+                        }
+                    };
+                    futures_util::future::try_join_all(commands.iter().map(|command| {
+                        let mut connection = connection.clone();
+                        async move { command.query_async::<Value>(&mut connection).await }
+                    }))
+                    .await
+                }
+            }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(values)) if values.len() == count => Ok(values),
+            Ok(Ok(values)) => Err(error(format!(
+                "{} replies for {count} commands",
+                values.len()
+            ))),
+            Ok(Err(e)) => Err(error(e.to_string())),
+            Err(_) => Err(error(format!("no answer within {:?}", self.timeout))),
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisStore {
+    async fn claim(&self, keys: &[String], token: &str) -> Result<Vec<ClaimOutcome>, StoreError> {
+        let pending = format!("p:{token}");
+        let commands = keys
+            .iter()
+            .map(|key| {
+                let mut command = redis::cmd("SET");
+                command
+                    .arg(self.key(key))
+                    .arg(&pending)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(self.claim_ttl_ms)
+                    .arg("GET");
+                command
+            })
+            .collect();
+        self.run("claim", commands)
+            .await?
+            .into_iter()
+            .map(
+                |reply| match redis::from_redis_value::<Option<String>>(reply) {
+                    Ok(None) => Ok(ClaimOutcome::Claimed),
+                    Ok(Some(value)) if value == DONE => Ok(ClaimOutcome::Duplicate),
+                    Ok(Some(_)) => Ok(ClaimOutcome::InFlight),
+                    Err(e) => Err(StoreError {
+                        operation: "claim",
+                        message: e.to_string(),
+                    }),
+                },
+            )
+            .collect()
+    }
+
+    async fn commit(&self, keys: &[String], _token: &str) -> Result<(), StoreError> {
+        let commands = keys
+            .iter()
+            .map(|key| {
+                let mut command = redis::cmd("SET");
+                command
+                    .arg(self.key(key))
+                    .arg(DONE)
+                    .arg("PX")
+                    .arg(self.window_ms);
+                command
+            })
+            .collect();
+        self.run("commit", commands).await.map(drop)
+    }
+
+    async fn release(&self, keys: &[String], token: &str) -> Result<(), StoreError> {
+        let pending = format!("p:{token}");
+        let commands = keys
+            .iter()
+            .map(|key| {
+                // EVAL (not EVALSHA): a restarted Redis has no script cache, and
+                // releases are rare, so sending the short script text is the robust
+                // choice. One key per call, so it routes in a Cluster too.
+                let mut command = redis::cmd("EVAL");
+                command.arg(RELEASE).arg(1).arg(self.key(key)).arg(&pending);
+                command
+            })
+            .collect();
+        self.run("release", commands).await.map(drop)
+    }
+
+    async fn recall(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut command = redis::cmd("GET");
+        command.arg(self.response_key(key));
+        let reply = self.run("recall", vec![command]).await?.pop();
+        redis::from_redis_value::<Option<Vec<u8>>>(reply.unwrap_or(Value::Nil)).map_err(|e| {
+            StoreError {
+                operation: "recall",
+                message: e.to_string(),
+            }
+        })
+    }
+
+    async fn remember(&self, key: &str, answer: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let mut command = redis::cmd("SET");
+        command
+            .arg(self.response_key(key))
+            .arg(answer)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        self.run("remember", vec![command]).await.map(drop)
+    }
+
+    async fn ready(&self) -> bool {
+        self.run("ping", vec![redis::cmd("PING")]).await.is_ok()
+    }
+
+    fn name(&self) -> &'static str {
+        match self.connection {
+            Connection::Single(_) => "redis",
+            Connection::Cluster(..) => "redis_cluster",
+        }
+    }
+}

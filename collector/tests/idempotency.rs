@@ -1,0 +1,488 @@
+//! Idempotency against real stores: one contract suite over the memory store and a real
+//! `redis-server`, then collectors sharing one Redis over real HTTP, with Redis killed
+//! and restarted under them.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_collector::Overrides;
+use tollgate_collector::config::{Config, FailurePolicy, IdempotencyBackend};
+use tollgate_collector::dedupe::{
+    ClaimOutcome, IdempotencyStore, MemoryStore, RedisOptions, RedisStore, RedisTarget,
+};
+use tollgate_collector::telemetry::Metrics;
+
+use support::redis_server::{RedisCluster, RedisServer};
+use support::*;
+
+fn redis_store(server: &RedisServer, claim_ttl: Duration) -> RedisStore {
+    RedisStore::new(RedisOptions {
+        target: RedisTarget::Single(server.url()),
+        key_prefix: "test".into(),
+        claim_ttl,
+        dedupe_window: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap()
+}
+
+fn memory_store(claim_ttl: Duration) -> MemoryStore {
+    MemoryStore::new(
+        100_000,
+        claim_ttl,
+        Duration::from_secs(3600),
+        Arc::new(Metrics::new()),
+    )
+}
+
+fn keys(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| format!("src:{n}")).collect()
+}
+
+/// The claim / commit / release contract every store must keep.
+async fn contract(store: &dyn IdempotencyStore) {
+    let k = keys(&["a", "b"]);
+    assert_eq!(
+        store.claim(&k, "r1").await.unwrap(),
+        [ClaimOutcome::Claimed; 2]
+    );
+    // While r1 writes, another request finds the keys in flight.
+    assert_eq!(
+        store.claim(&k, "r2").await.unwrap(),
+        [ClaimOutcome::InFlight; 2]
+    );
+    // A late release by someone else never frees r1's claim.
+    store.release(&k, "r2").await.unwrap();
+    assert_eq!(
+        store.claim(&k[..1], "r3").await.unwrap(),
+        [ClaimOutcome::InFlight]
+    );
+    // r1's write failed: it releases, and the retry can claim again.
+    store.release(&k, "r1").await.unwrap();
+    assert_eq!(
+        store.claim(&k, "r4").await.unwrap(),
+        [ClaimOutcome::Claimed; 2]
+    );
+    store.commit(&k, "r4").await.unwrap();
+    assert_eq!(
+        store.claim(&k, "r5").await.unwrap(),
+        [ClaimOutcome::Duplicate; 2]
+    );
+    // Releasing a committed key does nothing.
+    store.release(&k, "r4").await.unwrap();
+    let mixed = keys(&["a", "fresh"]);
+    assert_eq!(
+        store.claim(&mixed, "r6").await.unwrap(),
+        [ClaimOutcome::Duplicate, ClaimOutcome::Claimed]
+    );
+    assert!(store.ready().await);
+}
+
+/// An abandoned claim (its writer crashed) can be claimed again after the claim TTL.
+async fn abandoned_claims_expire(store: &dyn IdempotencyStore) {
+    let k = keys(&["abandoned"]);
+    assert_eq!(
+        store.claim(&k, "crashed").await.unwrap(),
+        [ClaimOutcome::Claimed]
+    );
+    assert_eq!(
+        store.claim(&k, "retry").await.unwrap(),
+        [ClaimOutcome::InFlight]
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.claim(&k, "retry").await.unwrap()[0] {
+            ClaimOutcome::Claimed => break,
+            ClaimOutcome::InFlight => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the claim never expired"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            ClaimOutcome::Duplicate => panic!("an uncommitted claim became a duplicate"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn memory_store_keeps_the_contract() {
+    contract(&memory_store(Duration::from_secs(60))).await;
+}
+
+#[tokio::test]
+async fn redis_store_keeps_the_contract() {
+    let server = RedisServer::start();
+    contract(&redis_store(&server, Duration::from_secs(60))).await;
+    // Keys are `<prefix>:<source>:<event_id>`, committed ones expire with the window.
+    let ttl = server.command("PTTL test:src:a");
+    let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!((3_500_000..=3_600_000).contains(&ms), "{ttl}");
+}
+
+#[tokio::test]
+async fn memory_store_claims_expire() {
+    abandoned_claims_expire(&memory_store(Duration::from_millis(200))).await;
+}
+
+#[tokio::test]
+async fn redis_store_claims_expire() {
+    let server = RedisServer::start();
+    abandoned_claims_expire(&redis_store(&server, Duration::from_millis(200))).await;
+}
+
+fn use_redis(config: &mut Config, server: &RedisServer, policy: FailurePolicy) {
+    config.idempotency.backend = IdempotencyBackend::Redis;
+    config.idempotency.redis.url = server.url();
+    config.idempotency.redis.command_timeout = Duration::from_millis(500);
+    config.idempotency.on_store_error = policy;
+}
+
+#[tokio::test]
+async fn two_collectors_sharing_one_redis_log_a_batch_once() {
+    let server = RedisServer::start();
+    let a = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let b = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let body = batch(&["shared-0001", "shared-0002", "shared-0003"]);
+    let (status, first) = a.post_events(&body).await;
+    assert_eq!(
+        (status, first["accepted"].as_u64()),
+        (200, Some(3)),
+        "{first}"
+    );
+    // The SDK retries on another replica.
+    let (status, second) = b.post_events(&body).await;
+    assert_eq!(
+        (status, second["duplicate"].as_u64()),
+        (200, Some(3)),
+        "{second}"
+    );
+    assert_eq!(a.events().len() + b.events().len(), 3);
+    let metrics = b.metrics().await;
+    assert!(
+        metrics.contains("tollgate_idempotency_keys_total{result=\"duplicate\",store=\"redis\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sends_of_one_event_are_accepted_exactly_once() {
+    let server = RedisServer::start();
+    let collectors = [
+        TestCollector::start_with(
+            |c| use_redis(c, &server, FailurePolicy::FailClosed),
+            Overrides::default(),
+        )
+        .await,
+        TestCollector::start_with(
+            |c| use_redis(c, &server, FailurePolicy::FailClosed),
+            Overrides::default(),
+        )
+        .await,
+    ];
+    let urls: Vec<String> = collectors.iter().map(|c| c.url("/v1/events")).collect();
+    let body = batch(&["contended-0001"]);
+    let mut sends = Vec::new();
+    for i in 0..32 {
+        let (url, body) = (urls[i % 2].clone(), body.clone());
+        sends.push(tokio::spawn(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .basic_auth(DEV_KEY, Some(""))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            into_parts(r).await
+        }));
+    }
+    let mut accepted = 0;
+    for send in sends {
+        let (status, answer) = send.await.unwrap();
+        let outcome = &answer["results"][0]["status"];
+        match (status, outcome.as_str()) {
+            (200, Some("accepted")) => accepted += 1,
+            (200, Some("duplicate")) | (503, Some("retry")) => {}
+            other => panic!("unexpected answer {other:?}: {answer}"),
+        }
+    }
+    assert_eq!(accepted, 1);
+    let logged: usize = collectors
+        .iter()
+        .map(|c| count_id(&c.events(), "contended-0001"))
+        .sum();
+    assert_eq!(logged, 1);
+}
+
+#[tokio::test]
+async fn a_failed_write_after_a_redis_claim_is_accepted_on_retry() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
+    log.fail_next.store(1, Ordering::SeqCst);
+    let c = TestCollector::start_in(
+        dir.path(),
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides {
+            log: Some(log.clone()),
+            metrics: Some(metrics),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    let body = batch(&["after-claim-1", "after-claim-2"]);
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("log_unavailable"))
+    );
+    // The claims were released in Redis, not left to expire.
+    assert_eq!(
+        server.command("EXISTS tollgate:dev:after-claim-1").trim(),
+        ":0"
+    );
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
+    assert_eq!(c.events().len(), 2);
+    // Committed now: the key reads `d`.
+    assert_eq!(
+        server.command("GET tollgate:dev:after-claim-1"),
+        "$1\r\nd\r\n"
+    );
+}
+
+/// Polls `/readyz` until it answers `want` (bounded).
+async fn wait_ready(c: &TestCollector, want: u16) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c.client.get(c.admin_url("/readyz")).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        if status == want {
+            return body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz stayed {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_down_under_fail_closed_answers_503_and_recovers_by_itself() {
+    let mut server = RedisServer::start();
+    let c = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let (status, _) = c.post_events(&batch(&["before-outage-1"])).await;
+    assert_eq!(status, 200);
+
+    server.kill();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let r = client
+        .post(c.url("/v1/events"))
+        .basic_auth(DEV_KEY, Some(""))
+        .json(&batch(&["during-outage-1"]))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    let (status, answer) = into_parts(r).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (503, Some("idempotency_unavailable")),
+        "{answer}"
+    );
+    let ready = wait_ready(&c, 503).await;
+    assert_eq!(ready["checks"]["idempotency"]["status"], "unavailable");
+    assert_eq!(
+        count_id(&c.events(), "during-outage-1"),
+        0,
+        "nothing was logged unchecked"
+    );
+
+    server.restart();
+    wait_ready(&c, 200).await;
+    let body = batch(&["after-outage-1"]);
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let (_, again) = c.post_events(&body).await;
+    assert_eq!(
+        again["duplicate"], 1,
+        "dedupe works again after the restart"
+    );
+    let metrics = c.metrics().await;
+    assert!(
+        metrics.contains("tollgate_idempotency_errors_total{operation=\"claim\",store=\"redis\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_under_fail_open_logs_unchecked_events() {
+    let mut server = RedisServer::start();
+    let c = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailOpen),
+        Overrides::default(),
+    )
+    .await;
+    server.kill();
+    let (status, answer) = c
+        .post_events(&batch(&["open-outage-1", "open-outage-2"]))
+        .await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(2)),
+        "{answer}"
+    );
+    let events = c.events();
+    assert!(
+        events.iter().all(|e| e["dedupe"] == "unchecked"),
+        "{events:?}"
+    );
+    let metrics = c.metrics().await;
+    assert!(
+        metrics.contains("tollgate_events_unchecked_total{reason=\"store_unavailable\"} 2"),
+        "{metrics}"
+    );
+
+    server.restart();
+    wait_ready(&c, 200).await;
+    let body = batch(&["open-after-1"]);
+    c.post_events(&body).await;
+    let (_, again) = c.post_events(&body).await;
+    assert_eq!(again["duplicate"], 1);
+    let record = c
+        .events()
+        .into_iter()
+        .find(|e| e["event_id"] == "open-after-1")
+        .unwrap();
+    assert_eq!(record["dedupe"], "checked");
+}
+
+#[tokio::test]
+async fn redis_cluster_store_keeps_the_contract_and_spreads_keys_over_nodes() {
+    let cluster = RedisCluster::start();
+    let store = RedisStore::new(RedisOptions {
+        target: RedisTarget::Cluster(cluster.urls()),
+        key_prefix: "test".into(),
+        claim_ttl: Duration::from_secs(60),
+        dedupe_window: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(2),
+    })
+    .unwrap();
+    assert_eq!(store.name(), "redis_cluster");
+    contract(&store).await;
+    // One request's keys land on every node, in one call.
+    let many: Vec<String> = (0..60).map(|i| format!("src:spread-{i}")).collect();
+    assert_eq!(
+        store.claim(&many, "r").await.unwrap(),
+        vec![ClaimOutcome::Claimed; 60]
+    );
+    store.commit(&many, "r").await.unwrap();
+    assert_eq!(
+        store.claim(&many, "r2").await.unwrap(),
+        vec![ClaimOutcome::Duplicate; 60]
+    );
+    let per_node = cluster.keys_per_node();
+    assert!(
+        per_node.iter().all(|n| *n > 5),
+        "keys per node: {per_node:?}"
+    );
+}
+
+async fn post_with_key(c: &TestCollector, key: &str, body: &Value) -> reqwest::Response {
+    c.client
+        .post(c.url("/v1/events"))
+        .basic_auth(DEV_KEY, Some(""))
+        .header("idempotency-key", key)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_the_first_answer() {
+    let c = TestCollector::start().await;
+    let body = batch(&["keyed-00001", "keyed-00002"]);
+    let first = post_with_key(&c, "order-42-attempt", &body).await;
+    assert!(first.headers().get("idempotent-replayed").is_none());
+    let (status, first) = into_parts(first).await;
+    assert_eq!((status, first["accepted"].as_u64()), (200, Some(2)));
+
+    // The replay gets the original answer ("accepted"), not "duplicate".
+    let replay = post_with_key(&c, "order-42-attempt", &body).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let (status, replayed) = into_parts(replay).await;
+    assert_eq!((status, &replayed), (200, &first));
+    // Without the key, event-level dedupe still answers.
+    let (_, plain) = c.post_events(&body).await;
+    assert_eq!(plain["duplicate"], 2);
+
+    let other = post_with_key(&c, "order-42-attempt", &batch(&["keyed-00003"])).await;
+    let (status, answer) = into_parts(other).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    let bad = post_with_key(&c, "has spaces", &body).await;
+    let (status, answer) = into_parts(bad).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (400, Some("invalid_idempotency_key"))
+    );
+    assert_eq!(c.events().len(), 2);
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_shared_through_redis() {
+    let server = RedisServer::start();
+    let a = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let b = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let body = batch(&["keyed-redis-1"]);
+    let (_, first) = into_parts(post_with_key(&a, "k-1", &body).await).await;
+    assert_eq!(first["accepted"], 1);
+    let replay = post_with_key(&b, "k-1", &body).await;
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    let (_, replayed) = into_parts(replay).await;
+    assert_eq!(replayed, first);
+    assert_eq!(server.command("EXISTS tollgate:req:dev:k-1").trim(), ":1");
+}
