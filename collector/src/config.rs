@@ -145,6 +145,9 @@ pub struct RedisConfig {
     pub url: String,
     /// Redis Cluster seed nodes (`redis://HOST:PORT`); when set, `url` is not used.
     pub cluster_nodes: Vec<String>,
+    /// PEM file of the CA that signed the Redis server's certificate, for `rediss://`
+    /// with a private CA (else the system's roots are used).
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key: `<prefix>:<source>:<event_id>`.
     pub key_prefix: String,
     /// Longest wait to (re)connect.
@@ -160,6 +163,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster_nodes: Vec::new(),
+            tls_ca_file: None,
             key_prefix: "tollgate".into(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_millis(250),
@@ -431,6 +435,14 @@ impl Config {
                 if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
                     problem("idempotency.redis.url", format!("{url:?}: {e}"));
                 }
+            }
+            if let Some(ca) = &r.tls_ca_file
+                && !ca.is_file()
+            {
+                problem(
+                    "idempotency.redis.tls_ca_file",
+                    format!("{} is not a file", ca.display()),
+                );
             }
             if r.key_prefix.is_empty() || r.key_prefix.contains(char::is_whitespace) {
                 problem(

@@ -138,6 +138,16 @@ impl Collector {
                         dedupe_window: idem.dedupe_window,
                         connect_timeout: r.connect_timeout,
                         command_timeout: r.command_timeout,
+                        tls_root_ca: r
+                            .tls_ca_file
+                            .as_ref()
+                            .map(std::fs::read)
+                            .transpose()
+                            .map_err(|e| {
+                                BuildError::Config(ConfigError::Invalid(vec![format!(
+                                    "idempotency.redis.tls_ca_file: {e}"
+                                )]))
+                            })?,
                     })
                     .map_err(|e| {
                         BuildError::Config(ConfigError::Invalid(vec![format!(

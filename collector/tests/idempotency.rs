@@ -27,6 +27,7 @@ fn redis_store(server: &RedisServer, claim_ttl: Duration) -> RedisStore {
         dedupe_window: Duration::from_secs(3600),
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(2),
+        tls_root_ca: None,
     })
     .unwrap()
 }
@@ -123,6 +124,50 @@ async fn redis_store_keeps_the_contract() {
     let ttl = server.command("PTTL test:src:a");
     let ms: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
     assert!((3_500_000..=3_600_000).contains(&ms), "{ttl}");
+}
+
+#[tokio::test]
+async fn redis_store_over_tls_with_a_private_ca() {
+    let (server, ca) = RedisServer::start_tls();
+    let store = RedisStore::new(RedisOptions {
+        target: RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
+        key_prefix: "test".into(),
+        claim_ttl: Duration::from_secs(60),
+        dedupe_window: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(3),
+        tls_root_ca: Some(ca),
+    })
+    .unwrap();
+    contract(&store).await;
+    // Without the CA the server's certificate is not trusted: no answer, no claim.
+    let untrusted = RedisStore::new(RedisOptions {
+        target: RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
+        key_prefix: "test".into(),
+        claim_ttl: Duration::from_secs(60),
+        dedupe_window: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(3),
+        tls_root_ca: None,
+    })
+    .unwrap();
+    assert!(untrusted.claim(&keys(&["x"]), "r").await.is_err());
+}
+
+#[tokio::test]
+async fn redis_store_over_a_unix_socket() {
+    let (_server, url) = RedisServer::start_unix();
+    let store = RedisStore::new(RedisOptions {
+        target: RedisTarget::Single(url),
+        key_prefix: "test".into(),
+        claim_ttl: Duration::from_secs(60),
+        dedupe_window: Duration::from_secs(3600),
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(2),
+        tls_root_ca: None,
+    })
+    .unwrap();
+    contract(&store).await;
 }
 
 #[tokio::test]
@@ -398,6 +443,7 @@ async fn redis_cluster_store_keeps_the_contract_and_spreads_keys_over_nodes() {
         dedupe_window: Duration::from_secs(3600),
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(2),
+        tls_root_ca: None,
     })
     .unwrap();
     assert_eq!(store.name(), "redis_cluster");
@@ -485,4 +531,102 @@ async fn idempotency_keys_are_shared_through_redis() {
     let (_, replayed) = into_parts(replay).await;
     assert_eq!(replayed, first);
     assert_eq!(server.command("EXISTS tollgate:req:dev:k-1").trim(), ":1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_load_loses_and_doubles_nothing_under_fail_closed() {
+    let mut server = RedisServer::start();
+    let c = TestCollector::start_with(
+        |c| use_redis(c, &server, FailurePolicy::FailClosed),
+        Overrides::default(),
+    )
+    .await;
+    let url = c.url("/v1/events");
+    let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut clients = Vec::new();
+    for client_no in 0..4 {
+        let (url, acked, refusals, progress) = (
+            url.clone(),
+            acked.clone(),
+            refusals.clone(),
+            progress.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap();
+            // Bounded: 150 batches per client, each retried (as SDKs do) until accepted.
+            for n in 0..150 {
+                let ids: Vec<String> = (0..5)
+                    .map(|i| format!("load-c{client_no}-b{n}-e{i}"))
+                    .collect();
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let body = batch(&refs);
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    assert!(attempts < 400, "a batch was never accepted");
+                    let r = client
+                        .post(&url)
+                        .basic_auth(DEV_KEY, Some(""))
+                        .json(&body)
+                        .send()
+                        .await;
+                    let r = r.expect("no request hangs past the client timeout");
+                    let (status, answer) = into_parts(r).await;
+                    if status == 200 {
+                        for result in answer["results"].as_array().unwrap() {
+                            // A retried batch is never half-accepted under fail_closed.
+                            assert_eq!(result["status"], "accepted", "{answer}");
+                            acked
+                                .lock()
+                                .unwrap()
+                                .push(result["event_id"].as_str().unwrap().to_owned());
+                        }
+                        break;
+                    }
+                    assert_eq!(
+                        (status, answer["error"]["code"].as_str()),
+                        (503, Some("idempotency_unavailable"))
+                    );
+                    refusals.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                progress.add_permits(1);
+            }
+        }));
+    }
+    // Mid-load: kill Redis after 100 accepted batches, bring it back 50 ms later.
+    progress.acquire_many(100).await.unwrap().forget();
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    while refusals.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    server.restart();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let acked = acked.lock().unwrap();
+    assert_eq!(acked.len(), 4 * 150 * 5);
+    let events = c.events();
+    let mut counts = std::collections::HashMap::new();
+    for e in &events {
+        *counts
+            .entry(e["event_id"].as_str().unwrap().to_owned())
+            .or_insert(0usize) += 1;
+    }
+    assert!(
+        acked.iter().all(|id| counts.get(id) == Some(&1)),
+        "an acknowledged event is missing or doubled"
+    );
+    assert_eq!(
+        events.len(),
+        acked.len(),
+        "nothing unacknowledged was logged"
+    );
+    assert!(refusals.load(Ordering::SeqCst) > 0);
 }

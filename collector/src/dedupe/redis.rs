@@ -55,6 +55,8 @@ pub struct RedisOptions {
     pub dedupe_window: Duration,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
+    /// PEM root certificate(s) to trust for `rediss://`, instead of the system's.
+    pub tls_root_ca: Option<Vec<u8>>,
 }
 
 enum Connection {
@@ -83,7 +85,10 @@ impl RedisStore {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let connection = match &options.target {
             RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
+                let client = match &options.tls_root_ca {
+                    Some(ca) => redis::Client::build_with_tls(url.as_str(), certificates(ca))?,
+                    None => redis::Client::open(url.as_str())?,
+                };
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.connect_timeout))
                     .set_response_timeout(Some(options.command_timeout))
@@ -92,10 +97,13 @@ impl RedisStore {
                 Connection::Single(ConnectionManager::new_lazy_with_config(client, config)?)
             }
             RedisTarget::Cluster(nodes) => {
-                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                let mut builder = ClusterClient::builder(nodes.iter().map(String::as_str))
                     .connection_timeout(options.connect_timeout)
-                    .response_timeout(options.command_timeout)
-                    .build()?;
+                    .response_timeout(options.command_timeout);
+                if let Some(ca) = &options.tls_root_ca {
+                    builder = builder.certs(certificates(ca));
+                }
+                let client = builder.build()?;
                 Connection::Cluster(Box::new(client), Mutex::new(None))
             }
         };
@@ -164,6 +172,13 @@ impl RedisStore {
             Ok(Err(e)) => Err(error(e.to_string())),
             Err(_) => Err(error(format!("no answer within {:?}", self.timeout))),
         }
+    }
+}
+
+fn certificates(root_ca: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_ca.to_vec()),
     }
 }
 

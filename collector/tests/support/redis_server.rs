@@ -13,8 +13,10 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: TempDir,
-    /// Extra `redis-server` arguments (cluster mode).
+    /// Extra `redis-server` arguments (cluster mode, TLS, unix socket).
     extra: Vec<String>,
+    /// The port speaks TLS only: readiness is a TCP connect, not a PING.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -41,6 +43,7 @@ impl RedisServer {
                 child: None,
                 dir: tempfile::tempdir().unwrap(),
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls: false,
             };
             if server.spawn() {
                 return server;
@@ -53,13 +56,89 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// A server that speaks only TLS on its port, with a certificate for 127.0.0.1
+    /// signed by a CA made for the test. Returns the server and the CA's PEM.
+    pub fn start_tls() -> (RedisServer, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let path = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(path("cert.pem"), leaf.pem()).unwrap();
+        std::fs::write(path("key.pem"), leaf_key.serialize_pem()).unwrap();
+        let mut last_log = String::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir: tempfile::tempdir().unwrap(),
+                extra: vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    path("cert.pem"),
+                    "--tls-key-file".into(),
+                    path("key.pem"),
+                    "--tls-ca-cert-file".into(),
+                    path("ca.pem"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                ],
+                tls: true,
+            };
+            if !server.spawn() {
+                last_log = std::fs::read_to_string(server.dir.path().join("redis.log"))
+                    .unwrap_or_default();
+                continue;
+            }
+            {
+                let ca = std::fs::read(path("ca.pem")).unwrap();
+                // The certificates' folder goes with the server.
+                std::mem::forget(dir);
+                return (server, ca);
+            }
+        }
+        panic!("redis-server with TLS did not start: {}", last_log);
+    }
+
+    /// A server that also listens on a unix socket; returns its `redis+unix://` URL.
+    pub fn start_unix() -> (RedisServer, String) {
+        let socket_dir = tempfile::tempdir().unwrap();
+        let socket = socket_dir
+            .path()
+            .join("redis.sock")
+            .to_string_lossy()
+            .into_owned();
+        let server = RedisServer::start_with(&["--unixsocket", &socket, "--unixsocketperm", "700"]);
+        std::mem::forget(socket_dir);
+        (server, format!("redis+unix://{socket}"))
+    }
+
     fn spawn(&mut self) -> bool {
+        // Later arguments win, so `extra` may replace the plain port (TLS).
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -78,11 +157,14 @@ impl RedisServer {
         false
     }
 
-    /// True when the server answers PING.
+    /// True when the server answers PING (a TLS server: accepts a connection).
     pub fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
+        if self.tls {
+            return true;
+        }
         let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
         if stream.write_all(b"PING\r\n").is_err() {
             return false;
