@@ -78,6 +78,7 @@ fn bench_pipeline(c: &mut Criterion) {
         allowed_lateness: Duration::from_secs(86400),
         future_tolerance: Duration::from_secs(300),
         region: "default".into(),
+        privacy: None,
         metrics,
     };
     let source = Source::new("bench", false);
@@ -100,6 +101,7 @@ fn bench_pipeline(c: &mut Criterion) {
                         decoded,
                         time::OffsetDateTime::now_utc(),
                         "bench-request",
+                        None,
                     ))
                     .unwrap();
                 assert_eq!(outcome.accepted, BATCH);
@@ -111,5 +113,42 @@ fn bench_pipeline(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_pipeline);
+fn bench_privacy(c: &mut Criterion) {
+    use tollgate_collector::privacy::config::PrivacyConfig;
+    use tollgate_collector::privacy::{Keys, Privacy};
+    let config =
+        PrivacyConfig::load(&tollgate_benches::schemas_dir().join("../privacy.toml")).unwrap();
+    let privacy = Privacy::new(
+        &config,
+        Keys::new(("bench".into(), vec![7; 32]), vec![]).unwrap(),
+    )
+    .unwrap();
+    let platforms = Platforms::default();
+    let body = native_batch(0, 1);
+    let mut decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
+    let tollgate_collector::ingest::Item::Event { mut event, .. } = decoded.items.remove(0) else {
+        panic!("the bench event is valid")
+    };
+    // A typical EU event: personal data in context and properties.
+    event.context.insert("country".into(), "DE".into());
+    event
+        .properties
+        .insert("email".into(), "someone@example.com".into());
+    let mut group = c.benchmark_group("privacy");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("eu_policy_per_event", |b| {
+        b.iter_batched(
+            || event.clone(),
+            |mut event| {
+                let policy = privacy.policy_for(None, &event.context).clone();
+                let verdict = privacy.apply(&policy, &mut event);
+                (event, verdict)
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_decode, bench_pipeline, bench_privacy);
 criterion_main!(benches);

@@ -32,6 +32,7 @@ pub struct Config {
     pub schemas: SchemasConfig,
     pub log: LogConfig,
     pub idempotency: IdempotencyConfig,
+    pub privacy: PrivacySettings,
     /// Platforms accepted in the native API's `platform` field.
     pub platforms: Vec<String>,
     /// Region stamped on records (per-region privacy policies refine this).
@@ -94,6 +95,24 @@ pub struct SchemasConfig {
     /// Folder holding `<event_name>/v<N>.json`; relative paths are from the working
     /// directory.
     pub dir: PathBuf,
+}
+
+/// Where the regional privacy policies come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacySettings {
+    /// Policy file (see `config/privacy.toml`). With the default path and no such file,
+    /// the collector runs without a privacy policy and says so at start-up; any other
+    /// path must exist. `none` disables privacy policies explicitly.
+    pub file: PathBuf,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings {
+            file: PathBuf::from("config/privacy.toml"),
+        }
+    }
 }
 
 /// The local durable log.
@@ -282,6 +301,7 @@ impl Default for Config {
             schemas: SchemasConfig::default(),
             log: LogConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            privacy: PrivacySettings::default(),
             platforms: ["ios", "android", "web", "server", "desktop", "tv"]
                 .map(String::from)
                 .to_vec(),

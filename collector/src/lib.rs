@@ -22,6 +22,7 @@ pub mod dedupe;
 pub mod error;
 pub mod http;
 pub mod ingest;
+pub mod privacy;
 pub mod schema;
 pub mod sink;
 pub mod telemetry;
@@ -51,6 +52,8 @@ pub enum BuildError {
     Config(#[from] ConfigError),
     #[error("schemas:\n  - {}", .0.join("\n  - "))]
     Schemas(Vec<String>),
+    #[error("privacy:\n  - {}", .0.join("\n  - "))]
+    Privacy(Vec<String>),
     #[error("opening the log in {dir}: {source}")]
     Log {
         dir: std::path::PathBuf,
@@ -164,6 +167,7 @@ impl Collector {
                 sources.insert(key.clone(), source.clone());
             }
         }
+        let privacy = load_privacy(&config)?;
         let pipeline = Arc::new(Pipeline {
             schemas,
             store,
@@ -172,6 +176,7 @@ impl Collector {
             allowed_lateness: config.time.allowed_lateness,
             future_tolerance: config.time.future_tolerance,
             region: config.default_region.clone(),
+            privacy,
             metrics: metrics.clone(),
         });
         let limits = &config.limits;
@@ -244,6 +249,21 @@ impl Collector {
         self.app.pipeline.log.close().await;
         tracing::info!("log flushed; bye");
     }
+}
+
+fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError> {
+    let file = &config.privacy.file;
+    if file.as_os_str() == "none" {
+        tracing::warn!("privacy policies disabled (privacy.file = \"none\")");
+        return Ok(None);
+    }
+    if !file.exists() && *file == config::PrivacySettings::default().file {
+        tracing::warn!(file = %file.display(), "privacy policy file not found; running without privacy policies");
+        return Ok(None);
+    }
+    let privacy = privacy::load(file, &config.log.data_dir).map_err(BuildError::Privacy)?;
+    tracing::info!(file = %file.display(), key = privacy.key_id(), "privacy policies loaded");
+    Ok(Some(privacy))
 }
 
 fn load_schemas(config: &Config) -> Result<SchemaRegistry, BuildError> {

@@ -52,8 +52,20 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate a configuration (and its schemas) and report every problem.
+    /// Validate a configuration (its schemas and privacy policies too) and report every
+    /// problem.
     CheckConfig,
+    /// Print an event as it would be logged under the privacy policy: a dry run for
+    /// reviewing a policy change. Nothing is written.
+    PrivacyCheck {
+        /// A native event (JSON file).
+        #[arg(long)]
+        event: PathBuf,
+        /// Apply this region's policy, as a trusted edge header naming this country
+        /// would (e.g. DE, US-CA); default: from the event's context.country.
+        #[arg(long)]
+        region: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -92,16 +104,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.idempotency.redis.url = url;
         config.idempotency.redis.cluster_nodes.clear();
     }
-    if let Some(Command::CheckConfig) = args.command {
-        config.validate()?;
-        let schemas = tollgate_collector::schema::SchemaRegistry::load(&config.schemas.dir)
-            .map_err(|problems| anyhow::anyhow!("schemas:\n  - {}", problems.join("\n  - ")))?;
-        println!(
-            "configuration OK: {} source(s), {} schema(s)",
-            config.sources.len(),
-            schemas.len()
-        );
-        return Ok(());
+    match args.command {
+        Some(Command::CheckConfig) => return check_config(&config),
+        Some(Command::PrivacyCheck { event, region }) => {
+            return privacy_check(&config, &event, region.as_deref());
+        }
+        None => {}
     }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
@@ -128,6 +136,65 @@ fn run(args: Args) -> anyhow::Result<()> {
         collector.run(public, admin, shutdown_signal()).await;
         anyhow::Ok(())
     })
+}
+
+fn check_config(config: &Config) -> anyhow::Result<()> {
+    config.validate()?;
+    let schemas = tollgate_collector::schema::SchemaRegistry::load(&config.schemas.dir)
+        .map_err(|problems| anyhow::anyhow!("schemas:\n  - {}", problems.join("\n  - ")))?;
+    let privacy = if config.privacy.file.as_os_str() == "none" || !config.privacy.file.exists() {
+        "no privacy policies".to_owned()
+    } else {
+        let file = &config.privacy.file;
+        let policies = tollgate_collector::privacy::config::PrivacyConfig::load(file)
+            .map_err(|e| anyhow::anyhow!("privacy: {e}"))?;
+        let problems = policies.problems();
+        if !problems.is_empty() {
+            anyhow::bail!(
+                "privacy ({}):\n  - {}",
+                file.display(),
+                problems.join("\n  - ")
+            );
+        }
+        format!("{} privacy policies", policies.policies.len())
+    };
+    println!(
+        "configuration OK: {} source(s), {} schema(s), {privacy}",
+        config.sources.len(),
+        schemas.len()
+    );
+    Ok(())
+}
+
+fn privacy_check(
+    config: &Config,
+    event: &std::path::Path,
+    region: Option<&str>,
+) -> anyhow::Result<()> {
+    use tollgate_collector::privacy::{Verdict, load_for_review};
+    let (privacy, throwaway) = load_for_review(&config.privacy.file)
+        .map_err(|problems| anyhow::anyhow!("privacy:\n  - {}", problems.join("\n  - ")))?;
+    let text = std::fs::read(event).with_context(|| format!("reading {}", event.display()))?;
+    let platforms = tollgate_event::Platforms::new(config.platforms.iter().cloned());
+    let (mut event, _) = tollgate_event::parse_event_text(&text, &platforms)
+        .map_err(|e| anyhow::anyhow!("the event is invalid: {e}"))?;
+    let policy = privacy.policy_for(region, &event.context).clone();
+    let verdict = privacy.apply(&policy, &mut event);
+    eprintln!("region {}, policy {}", policy.region, policy.id);
+    if throwaway {
+        eprintln!("note: no HMAC key is configured, so pseudonyms below use a throwaway key");
+    }
+    match verdict {
+        Verdict::Drop { reason } => println!("dropped: {reason} (the event would not be stored)"),
+        Verdict::Keep { previous } => {
+            let mut out = serde_json::to_value(&event)?;
+            if let Some(previous) = previous {
+                out["pseudonyms_previous"] = serde_json::Value::Object(previous);
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

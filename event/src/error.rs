@@ -27,6 +27,9 @@ pub enum ErrorCode {
     UnknownSchemaVersion,
     /// `properties` does not satisfy the event's JSON Schema.
     SchemaViolation,
+    /// The region's privacy policy requires a consent the event does not grant; the
+    /// event is not stored anywhere.
+    ConsentDenied,
 }
 
 impl ErrorCode {
@@ -43,11 +46,12 @@ impl ErrorCode {
             ErrorCode::UnknownEvent => "unknown_event",
             ErrorCode::UnknownSchemaVersion => "unknown_schema_version",
             ErrorCode::SchemaViolation => "schema_violation",
+            ErrorCode::ConsentDenied => "consent_denied",
         }
     }
 
     /// Every code, for metric pre-registration and docs tests.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::InvalidEvent,
         ErrorCode::MissingField,
         ErrorCode::InvalidType,
@@ -58,6 +62,7 @@ impl ErrorCode {
         ErrorCode::UnknownEvent,
         ErrorCode::UnknownSchemaVersion,
         ErrorCode::SchemaViolation,
+        ErrorCode::ConsentDenied,
     ];
 }
 

@@ -127,6 +127,12 @@ pub struct Record<'a> {
     pub region: Cow<'a, str>,
     /// `id@version` of the privacy policy applied, if any.
     pub privacy_policy: Option<Cow<'a, str>>,
+    /// Id of the HMAC key the pseudonyms in this record were made with.
+    pub privacy_key: Option<Cow<'a, str>>,
+    /// During a key rotation: the same pseudonyms made with the previous keys
+    /// (key id → field → pseudonym), so joins across the rotation still work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pseudonyms_previous: Option<serde_json::Map<String, Value>>,
     pub dedupe: Dedupe,
     pub api: Api,
     /// Server-generated id of the HTTP request, shared by all events of one batch.

@@ -38,6 +38,10 @@ pub use routes::App;
 
 use crate::error::ApiError;
 
+/// The address of the TCP peer that sent a request (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::IpAddr);
+
 /// Which routes a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Listener {
@@ -80,7 +84,7 @@ pub async fn serve(
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Typically EMFILE: back off briefly rather than spin.
                     tracing::warn!(error = %e, "accept failed");
@@ -90,12 +94,17 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let (stream, peer) = stream;
         let _ = stream.set_nodelay(true);
+        // The peer's address travels with each request: privacy believes a region
+        // header only from trusted proxies.
+        let service =
+            tower::util::MapRequest::new(service.clone(), move |mut req: Request<Incoming>| {
+                req.extensions_mut().insert(PeerAddr(peer.ip()));
+                req
+            });
         let connection = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            )
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {

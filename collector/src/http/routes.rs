@@ -258,6 +258,15 @@ impl App {
             }
         };
         let raw = body::read(&parts.headers, incoming, self.body_limits).await?;
+        let edge_country = self.pipeline.privacy.as_ref().and_then(|privacy| {
+            let header = privacy
+                .region_header
+                .as_ref()
+                .and_then(|name| parts.headers.get(name.as_str()))
+                .and_then(|v| v.to_str().ok());
+            let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0);
+            privacy.edge_country(header, peer)
+        });
         let sent_at_header = parts
             .headers
             .get(SENT_AT_HEADER)
@@ -305,7 +314,14 @@ impl App {
             let request_id = uuid::Uuid::now_v7().to_string();
             let outcome = app
                 .pipeline
-                .process(&source, api, decoded, received_at, &request_id)
+                .process(
+                    &source,
+                    api,
+                    decoded,
+                    received_at,
+                    &request_id,
+                    edge_country.as_deref(),
+                )
                 .await?;
             let status = if outcome.retry > 0 {
                 StatusCode::SERVICE_UNAVAILABLE

@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 use opentelemetry::KeyValue;
 use serde::Serialize;
 use time::OffsetDateTime;
-use tollgate_event::{Api, Arrival, Dedupe, Event, EventError, QuarantineRecord, Record, Timing};
+use tollgate_event::{
+    Api, Arrival, Dedupe, ErrorCode, Event, EventError, QuarantineRecord, Record, Timing,
+};
 
 pub use decode::{DecodeLimits, Decoded, Item};
 
 use crate::config::FailurePolicy;
 use crate::dedupe::{ClaimOutcome, IdempotencyStore, StoreError};
 use crate::error::ApiError;
+use crate::privacy::{Policy, Privacy, Verdict};
 use crate::schema::{SchemaRegistry, UnknownEvents};
 use crate::sink::{AppendBatch, EventLog, LogError};
 use crate::telemetry::Metrics;
@@ -111,6 +114,8 @@ pub struct Pipeline {
     pub allowed_lateness: Duration,
     pub future_tolerance: Duration,
     pub region: String,
+    /// Regional privacy policies; `None` runs without any.
+    pub privacy: Option<Privacy>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -127,10 +132,18 @@ enum Slot {
         /// Index into the request's claim keys, when the event was claimed.
         claim: Option<usize>,
         check: bool,
+        /// The privacy policy applied, and the pseudonyms made with previous keys.
+        policy: Option<Arc<Policy>>,
+        previous: Option<serde_json::Map<String, serde_json::Value>>,
     },
     Rejected {
         error: EventError,
         raw: serde_json::Value,
+    },
+    /// Removed by the privacy policy: answered, counted, never written.
+    Dropped {
+        event_id: String,
+        error: EventError,
     },
     Duplicate(String),
     Retry(String),
@@ -150,6 +163,7 @@ impl Pipeline {
         decoded: Decoded,
         received_at: OffsetDateTime,
         request_id: &str,
+        edge_country: Option<&str>,
     ) -> Result<IngestOutcome, ApiError> {
         let unknown = if source.allow_unknown_events {
             UnknownEvents::Allow
@@ -176,24 +190,53 @@ impl Pipeline {
                         &mut event.properties,
                         unknown,
                     ) {
-                        Ok(()) => Slot::Valid {
-                            timing: Timing::compute(
-                                event.timestamp_event,
+                        Ok(()) => {
+                            let (policy, previous) = match &self.privacy {
+                                None => (None, None),
+                                Some(privacy) => {
+                                    let policy = privacy.policy_for(edge_country, &event.context).clone();
+                                    match privacy.apply(&policy, &mut event) {
+                                        Verdict::Keep { previous } => (Some(policy), previous),
+                                        Verdict::Drop { reason } => {
+                                            self.metrics
+                                                .privacy_drops
+                                                .add(1, &[KeyValue::new("reason", reason)]);
+                                            return Slot::Dropped {
+                                                event_id: std::mem::take(&mut event.event_id),
+                                                error: EventError::new(
+                                                    ErrorCode::ConsentDenied,
+                                                    "/consent",
+                                                    format!(
+                                                        "policy {} requires consent this event does not grant; it was not stored",
+                                                        policy.id
+                                                    ),
+                                                ),
+                                            };
+                                        }
+                                    }
+                                }
+                            };
+                            Slot::Valid {
+                                timing: Timing::compute(
+                                    event.timestamp_event,
+                                    sent_at,
+                                    received_at,
+                                    self.allowed_lateness,
+                                    self.future_tolerance,
+                                ),
+                                event,
                                 sent_at,
-                                received_at,
-                                self.allowed_lateness,
-                                self.future_tolerance,
-                            ),
-                            event,
-                            sent_at,
-                            dedupe: if client_id {
-                                Dedupe::Checked
-                            } else {
-                                Dedupe::Unchecked
-                            },
-                            claim: None,
-                            check: client_id,
-                        },
+                                dedupe: if client_id {
+                                    Dedupe::Checked
+                                } else {
+                                    Dedupe::Unchecked
+                                },
+                                claim: None,
+                                check: client_id,
+                                policy,
+                                previous,
+                            }
+                        }
                         Err(error) => Slot::Rejected {
                             raw: serde_json::to_value(&event).unwrap_or_default(),
                             error,
@@ -202,6 +245,21 @@ impl Pipeline {
                 }
             })
             .collect();
+        // What the quarantine keeps passes the same policy: no raw PII it names
+        // reaches any file.
+        if let Some(privacy) = &self.privacy {
+            for slot in &mut slots {
+                if let Slot::Rejected { raw, .. } = slot {
+                    let context = raw
+                        .get("context")
+                        .and_then(|c| c.as_object())
+                        .cloned()
+                        .unwrap_or_default();
+                    let policy = privacy.policy_for(edge_country, &context).clone();
+                    privacy.apply_raw(&policy, raw);
+                }
+            }
+        }
         if ignored_fields > 0 {
             self.metrics
                 .client_server_fields
@@ -401,6 +459,8 @@ impl Pipeline {
                     sent_at,
                     timing,
                     dedupe,
+                    policy,
+                    previous,
                     ..
                 } => {
                     let record = Record {
@@ -412,8 +472,10 @@ impl Pipeline {
                         lateness_ms: timing.lateness_ms,
                         arrival: timing.arrival,
                         source: Cow::Borrowed(&source.id),
-                        region: Cow::Borrowed(&self.region),
-                        privacy_policy: None,
+                        region: Cow::Borrowed(policy.as_ref().map_or(&self.region, |p| &p.region)),
+                        privacy_policy: policy.as_ref().map(|p| Cow::Borrowed(p.id.as_str())),
+                        privacy_key: self.privacy.as_ref().map(|p| Cow::Borrowed(p.key_id())),
+                        pseudonyms_previous: previous.clone(),
                         dedupe: *dedupe,
                         api,
                         request_id: Cow::Borrowed(request_id),
@@ -438,7 +500,7 @@ impl Pipeline {
                         .expect("records serialize into a Vec");
                     batch.quarantine.push(b'\n');
                 }
-                Slot::Duplicate(_) | Slot::Retry(_) => {}
+                Slot::Duplicate(_) | Slot::Retry(_) | Slot::Dropped { .. } => {}
             }
         }
         batch
@@ -473,6 +535,17 @@ impl Pipeline {
                             .or_else(|| raw.get("messageId"))
                             .and_then(|v| v.as_str())
                             .map(str::to_owned),
+                        status: Status::Rejected,
+                        error: Some(error),
+                    }
+                }
+                Slot::Dropped { event_id, error } => {
+                    outcome.rejected += 1;
+                    self.metrics
+                        .rejections
+                        .add(1, &[KeyValue::new("code", error.code.as_str())]);
+                    EventResult {
+                        event_id: Some(event_id),
                         status: Status::Rejected,
                         error: Some(error),
                     }

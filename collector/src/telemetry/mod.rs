@@ -51,6 +51,8 @@ pub struct Metrics {
     pub idempotency_duration: Histogram<f64>,
     /// Keys the memory store forgot before their window ended (capacity too small).
     pub idempotency_evictions: Counter<u64>,
+    /// Events the privacy policy removed before they were written, by reason.
+    pub privacy_drops: Counter<u64>,
 }
 
 impl Metrics {
@@ -137,6 +139,10 @@ impl Metrics {
             idempotency_evictions: counter(
                 "tollgate_idempotency_evictions",
                 "Keys forgotten before their dedupe window ended (memory store full)",
+            ),
+            privacy_drops: counter(
+                "tollgate_privacy_drops",
+                "Events removed by the privacy policy before they were written, by reason",
             ),
             registry,
             _provider: provider,

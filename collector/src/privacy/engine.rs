@@ -1,0 +1,491 @@
+//! Applying a region's policy to one event: consent, then drops, then pseudonyms, then
+//! the IP address. Runs once per event, before the log and before the quarantine.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde_json::{Map, Value};
+use sha2::Sha256;
+use tollgate_event::Event;
+
+use super::config::{IpMode, OnDenied, PolicyConfig, PrivacyConfig};
+
+/// A dotted field path, parsed once: `context.ip`, `properties.*.token`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldPath {
+    /// `user_id`, `device_id`, `session_id`, `surface`, `app_version`, `context`,
+    /// `properties`.
+    root: Root,
+    /// Keys below `context` / `properties` (`None` is the `*` wildcard).
+    rest: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Root {
+    UserId,
+    DeviceId,
+    SessionId,
+    Surface,
+    AppVersion,
+    Context,
+    Properties,
+}
+
+impl Root {
+    fn name(self) -> &'static str {
+        match self {
+            Root::UserId => "user_id",
+            Root::DeviceId => "device_id",
+            Root::SessionId => "session_id",
+            Root::Surface => "surface",
+            Root::AppVersion => "app_version",
+            Root::Context => "context",
+            Root::Properties => "properties",
+        }
+    }
+}
+
+impl FieldPath {
+    /// Parses a dotted path.
+    ///
+    /// # Errors
+    /// An empty segment, or a first segment that is not a field a policy may touch.
+    pub fn parse(text: &str) -> Result<FieldPath, String> {
+        let mut parts = text.split('.');
+        let first = parts.next().unwrap_or_default();
+        let root = match first {
+            "user_id" => Root::UserId,
+            "device_id" => Root::DeviceId,
+            "session_id" => Root::SessionId,
+            "surface" => Root::Surface,
+            "app_version" => Root::AppVersion,
+            "context" => Root::Context,
+            "properties" => Root::Properties,
+            other => {
+                return Err(format!(
+                    "{other:?} cannot be changed by a policy (use user_id, device_id, session_id, surface, app_version, context.…, properties.…)"
+                ));
+            }
+        };
+        let rest: Vec<Option<String>> = parts
+            .map(|p| match p {
+                "" => Err("empty path segment".to_owned()),
+                "*" => Ok(None),
+                key => Ok(Some(key.to_owned())),
+            })
+            .collect::<Result<_, _>>()?;
+        let is_map = matches!(root, Root::Context | Root::Properties);
+        if is_map && rest.is_empty() {
+            return Err(format!("name a key below {first} (e.g. {first}.ip)"));
+        }
+        if !is_map && !rest.is_empty() {
+            return Err(format!("{first} has no keys below it"));
+        }
+        Ok(FieldPath { root, rest })
+    }
+}
+
+/// A policy ready to apply.
+#[derive(Debug)]
+pub struct Policy {
+    /// Region name, stamped as `region`.
+    pub region: String,
+    /// `name@version`, stamped as `privacy_policy`.
+    pub id: String,
+    drop: Vec<FieldPath>,
+    pseudonymize: Vec<FieldPath>,
+    ip: IpMode,
+    consent: HashMap<String, Vec<String>>,
+    missing_granted: bool,
+    on_denied: OnDenied,
+}
+
+/// Keys for pseudonyms: the current one, and those still applied during a rotation.
+pub struct Keys {
+    pub current: (String, Hmac<Sha256>),
+    pub previous: Vec<(String, Hmac<Sha256>)>,
+}
+
+impl Keys {
+    /// # Errors
+    /// A key shorter than 32 bytes.
+    pub fn new(
+        current: (String, Vec<u8>),
+        previous: Vec<(String, Vec<u8>)>,
+    ) -> Result<Keys, String> {
+        let mac = |(id, key): (String, Vec<u8>)| {
+            if key.len() < 32 {
+                return Err(format!("HMAC key {id:?} is shorter than 32 bytes"));
+            }
+            let mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|e| e.to_string())?;
+            Ok((id, mac))
+        };
+        Ok(Keys {
+            current: mac(current)?,
+            previous: previous.into_iter().map(mac).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// What became of one event.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    /// Keep it (possibly transformed).
+    Keep {
+        /// Pseudonyms made with the previous keys: key id → path → pseudonym.
+        previous: Option<Map<String, Value>>,
+    },
+    /// Do not write it anywhere.
+    Drop { reason: &'static str },
+}
+
+/// Every region's policy, and the keys.
+pub struct Privacy {
+    by_country: HashMap<String, Arc<Policy>>,
+    default: Arc<Policy>,
+    keys: Keys,
+    /// Header a trusted edge sets with the client's country, lower-case.
+    pub region_header: Option<String>,
+    trusted: Vec<ipnet::IpNet>,
+}
+
+impl Privacy {
+    /// Compiles a checked configuration.
+    ///
+    /// # Errors
+    /// Every problem of the configuration.
+    pub fn new(config: &PrivacyConfig, keys: Keys) -> Result<Privacy, Vec<String>> {
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let compile = |region: &str, name: &str, p: &PolicyConfig| {
+            Arc::new(Policy {
+                region: region.to_owned(),
+                id: format!("{name}@{}", p.version),
+                drop: p
+                    .drop
+                    .iter()
+                    .map(|d| FieldPath::parse(d).expect("checked"))
+                    .collect(),
+                pseudonymize: p
+                    .pseudonymize
+                    .iter()
+                    .map(|d| FieldPath::parse(d).expect("checked"))
+                    .collect(),
+                ip: p.ip,
+                consent: p.consent.clone().into_iter().collect(),
+                missing_granted: p.missing_consent_granted,
+                on_denied: p.on_consent_denied,
+            })
+        };
+        let mut by_country = HashMap::new();
+        let mut default = None;
+        for region in &config.regions {
+            let policy = compile(
+                &region.name,
+                &region.policy,
+                &config.policies[&region.policy],
+            );
+            for country in &region.countries {
+                by_country.insert(country.to_ascii_uppercase(), policy.clone());
+            }
+            if region.name == config.default_region {
+                default = Some(policy);
+            }
+        }
+        let default = default.unwrap_or_else(|| {
+            compile(
+                &config.default_region,
+                &config.default_region,
+                &config.policies[&config.default_region],
+            )
+        });
+        let trusted = config
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .unwrap_or_else(|_| ipnet::IpNet::from(p.parse::<IpAddr>().expect("checked")))
+            })
+            .collect();
+        Ok(Privacy {
+            by_country,
+            default,
+            keys,
+            region_header: config
+                .region_header
+                .as_ref()
+                .map(|h| h.to_ascii_lowercase()),
+            trusted,
+        })
+    }
+
+    /// The country from the edge header, believed only from a trusted proxy.
+    pub fn edge_country(&self, header: Option<&str>, peer: Option<IpAddr>) -> Option<String> {
+        let header = header?;
+        let peer = peer?;
+        self.trusted
+            .iter()
+            .any(|net| net.contains(&peer))
+            .then(|| header.trim().to_ascii_uppercase())
+    }
+
+    /// The policy for an event: the trusted edge's country, else `context.country`,
+    /// else the default region.
+    pub fn policy_for(
+        &self,
+        edge_country: Option<&str>,
+        context: &Map<String, Value>,
+    ) -> &Arc<Policy> {
+        let country = edge_country.map(str::to_owned).or_else(|| {
+            context
+                .get("country")
+                .and_then(Value::as_str)
+                .map(str::to_ascii_uppercase)
+        });
+        country
+            .and_then(|c| self.by_country.get(&c))
+            .unwrap_or(&self.default)
+    }
+
+    /// Id of the key pseudonyms are made with (stamped as `privacy_key`).
+    pub fn key_id(&self) -> &str {
+        &self.keys.current.0
+    }
+
+    /// Applies `policy` to a valid event.
+    pub fn apply(&self, policy: &Policy, event: &mut Event) -> Verdict {
+        if !self.consented(policy, event) {
+            match policy.on_denied {
+                OnDenied::Drop => {
+                    return Verdict::Drop {
+                        reason: "consent_denied",
+                    };
+                }
+                OnDenied::Strip => {
+                    event.user_id = None;
+                    event.device_id = None;
+                    event.session_id = None;
+                    event.context.remove("ip");
+                    event.context.remove("user_agent");
+                }
+            }
+        }
+        for path in &policy.drop {
+            match path.root {
+                Root::Context => drop_in(&mut event.context, &path.rest),
+                Root::Properties => drop_in(&mut event.properties, &path.rest),
+                root => *top_level(event, root) = None,
+            }
+        }
+        let mut previous = Map::new();
+        for path in &policy.pseudonymize {
+            let mut hash = |location: String, value: &str| -> String {
+                for (id, mac) in &self.keys.previous {
+                    let entry = previous
+                        .entry(id.clone())
+                        .or_insert_with(|| Value::Object(Map::new()));
+                    if let Value::Object(map) = entry {
+                        map.insert(location.clone(), Value::String(hex_mac(mac, value)));
+                    }
+                }
+                hex_mac(&self.keys.current.1, value)
+            };
+            match path.root {
+                Root::Context => {
+                    pseudonymize_in(&mut event.context, &path.rest, "context", &mut hash)
+                }
+                Root::Properties => {
+                    pseudonymize_in(&mut event.properties, &path.rest, "properties", &mut hash)
+                }
+                root => {
+                    if let Some(value) = top_level(event, root).as_mut() {
+                        *value = hash(root.name().to_owned(), value);
+                    }
+                }
+            }
+        }
+        apply_ip(policy.ip, &mut event.context);
+        Verdict::Keep {
+            previous: (!previous.is_empty()).then_some(previous),
+        }
+    }
+
+    /// Applies the drops, pseudonyms and IP rule to a rejected event as received, so
+    /// that the quarantine never holds what the policy removes. Consent is not judged
+    /// on an invalid event.
+    pub fn apply_raw(&self, policy: &Policy, raw: &mut Value) {
+        let Value::Object(root) = raw else { return };
+        for path in &policy.drop {
+            let (key, rest) = raw_path(path);
+            drop_in(root, &[&[Some(key.to_owned())], rest].concat());
+        }
+        for path in &policy.pseudonymize {
+            let (key, rest) = raw_path(path);
+            let mut hash = |_: String, value: &str| hex_mac(&self.keys.current.1, value);
+            pseudonymize_in(
+                root,
+                &[&[Some(key.to_owned())], rest].concat(),
+                "",
+                &mut hash,
+            );
+        }
+        if let Some(Value::Object(context)) = root.get_mut("context") {
+            apply_ip(policy.ip, context);
+        }
+    }
+
+    fn consented(&self, policy: &Policy, event: &Event) -> bool {
+        let Some(required) = policy
+            .consent
+            .get(&event.event_name)
+            .or_else(|| policy.consent.get("*"))
+        else {
+            return true;
+        };
+        required.iter().all(|category| {
+            event
+                .consent
+                .get(category)
+                .copied()
+                .unwrap_or(policy.missing_granted)
+        })
+    }
+}
+
+fn raw_path(path: &FieldPath) -> (&'static str, &[Option<String>]) {
+    (path.root.name(), &path.rest)
+}
+
+fn top_level(event: &mut Event, root: Root) -> &mut Option<String> {
+    match root {
+        Root::UserId => &mut event.user_id,
+        Root::DeviceId => &mut event.device_id,
+        Root::SessionId => &mut event.session_id,
+        Root::Surface => &mut event.surface,
+        Root::AppVersion => &mut event.app_version,
+        Root::Context | Root::Properties => unreachable!("maps are handled by the caller"),
+    }
+}
+
+/// Removes the key(s) at `path` below `map`.
+fn drop_in(map: &mut Map<String, Value>, path: &[Option<String>]) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    if parents.is_empty() {
+        match last {
+            Some(key) => {
+                map.remove(key);
+            }
+            None => map.clear(),
+        }
+        return;
+    }
+    let (first, rest) = (&parents[0], &path[1..]);
+    match first {
+        Some(key) => {
+            if let Some(Value::Object(child)) = map.get_mut(key) {
+                drop_in(child, rest);
+            }
+        }
+        None => {
+            for child in map.values_mut() {
+                if let Value::Object(child) = child {
+                    drop_in(child, rest);
+                }
+            }
+        }
+    }
+}
+
+/// Replaces the value(s) at `path` below `map` by their pseudonym. `hash` gets the
+/// dotted location and the value's text.
+fn pseudonymize_in(
+    map: &mut Map<String, Value>,
+    path: &[Option<String>],
+    prefix: &str,
+    hash: &mut dyn FnMut(String, &str) -> String,
+) {
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
+    let keys: Vec<String> = match first {
+        Some(key) => vec![key.clone()],
+        None => map.keys().cloned().collect(),
+    };
+    for key in keys {
+        let location = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let Some(value) = map.get_mut(&key) else {
+            continue;
+        };
+        if rest.is_empty() {
+            let text = match &mut *value {
+                Value::Null => continue,
+                Value::String(s) => std::mem::take(s),
+                other => other.to_string(),
+            };
+            *value = Value::String(hash(location, &text));
+        } else if let Value::Object(child) = value {
+            pseudonymize_in(child, rest, &location, hash);
+        }
+    }
+}
+
+fn apply_ip(mode: IpMode, context: &mut Map<String, Value>) {
+    match mode {
+        IpMode::Keep => {}
+        IpMode::Drop => {
+            context.remove("ip");
+        }
+        IpMode::Truncate => {
+            let truncated = context
+                .get("ip")
+                .and_then(Value::as_str)
+                .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
+                .map(truncate_ip);
+            match truncated {
+                Some(ip) => {
+                    context.insert("ip".into(), Value::String(ip.to_string()));
+                }
+                // Not an address we can truncate: never keep it whole.
+                None => {
+                    context.remove("ip");
+                }
+            }
+        }
+    }
+}
+
+/// IPv4 to its /24, IPv6 to its /48.
+pub fn truncate_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, c, _] = v4.octets();
+            IpAddr::from([a, b, c, 0])
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], 0, 0, 0, 0, 0])
+        }
+    }
+}
+
+fn hex_mac(mac: &Hmac<Sha256>, value: &str) -> String {
+    let mut mac = mac.clone();
+    mac.update(value.as_bytes());
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(64);
+    for byte in digest.iter() {
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+    }
+    out
+}

@@ -1,0 +1,52 @@
+//! The `privacy-check` dry run, through the real binary.
+
+use std::process::Command;
+
+#[test]
+fn privacy_check_prints_the_event_as_it_would_be_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let event = dir.path().join("event.json");
+    std::fs::write(
+        &event,
+        r#"{"event_id":"evt-00000001","event_name":"item_view","schema_version":1,
+            "user_id":"u-42","device_id":"d-1","timestamp_event":"2026-11-29T10:00:00Z",
+            "platform":"web","consent":{"analytics":true},
+            "context":{"ip":"203.0.113.7","user_agent":"Mozilla/5.0","country":"BR"},
+            "properties":{"item_id":"i-1","email":"someone@example.com"}}"#,
+    )
+    .unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |region: &str| {
+        Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
+            .current_dir(&root)
+            .args(["privacy-check", "--event"])
+            .arg(&event)
+            .args(["--region", region])
+            .output()
+            .unwrap()
+    };
+    let out = run("DE");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("region eu, policy gdpr@1"), "{stderr}");
+    let logged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(logged["context"]["ip"], "203.0.113.0");
+    assert!(logged["properties"].get("email").is_none());
+    assert_eq!(
+        logged["user_id"].as_str().unwrap().len(),
+        64,
+        "pseudonymized"
+    );
+
+    // Without analytics consent in the EU the event would not be stored at all.
+    let denied = std::fs::read_to_string(&event)
+        .unwrap()
+        .replace(r#""analytics":true"#, r#""analytics":false"#);
+    std::fs::write(&event, denied).unwrap();
+    let out = run("DE");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("dropped: consent_denied"));
+}
