@@ -167,7 +167,10 @@ impl Collector {
                 sources.insert(key.clone(), source.clone());
             }
         }
-        let privacy = load_privacy(&config)?;
+        let mut privacy = load_privacy(&config)?;
+        if let Some(privacy) = &mut privacy {
+            privacy.count_pii_on(metrics.privacy_pii.clone());
+        }
         let pipeline = Arc::new(Pipeline {
             schemas,
             store,

@@ -53,7 +53,8 @@ fn pii_event(country: &str, consent: Value) -> Event {
         "consent": consent,
         "context": {"ip": "203.0.113.77", "user_agent": "Mozilla/5.0 (X11; Linux)", "country": country,
                     "traits": {"name": "Ada"}, "locale": "de-DE"},
-        "properties": {"item_id": "i-1", "email": "ada@example.com", "phone": "+49 30 1234567"}
+        "properties": {"item_id": "i-1", "email": "ada@example.com", "phone": "+49 30 1234567",
+                       "note": "reach me at ada@example.com or +49 30 1234567"}
     });
     parse_event(value, &Platforms::default()).unwrap().0
 }
@@ -82,8 +83,8 @@ fn golden_eu() {
         fields(&e),
         json!({
             "user_id": U42_K7, "device_id": D42_K7, "session_id": "s-42",
-            "context": {"ip": "203.0.113.0", "country": "DE", "locale": "de-DE"},
-            "properties": {"item_id": "i-1"}
+            "context": {"ip": "203.0.113.0", "user_agent": "Other on Linux", "country": "DE", "locale": "de-DE"},
+            "properties": {"item_id": "i-1", "note": "reach me at [email] or [phone]"}
         })
     );
 }
@@ -99,7 +100,7 @@ fn golden_uk() {
         json!({
             "user_id": U42_K7, "device_id": D42_K7, "session_id": "s-42",
             "context": {"ip": "203.0.113.0", "country": "GB", "locale": "de-DE"},
-            "properties": {"item_id": "i-1"}
+            "properties": {"item_id": "i-1", "note": "reach me at [email] or [phone]"}
         })
     );
 }
@@ -116,7 +117,8 @@ fn golden_us_ca_from_a_trusted_edge() {
             "user_id": U42_K7, "device_id": "d-42", "session_id": "s-42",
             "context": {"ip": "203.0.113.0", "user_agent": "Mozilla/5.0 (X11; Linux)", "country": "US",
                         "traits": {"name": "Ada"}, "locale": "de-DE"},
-            "properties": {"item_id": "i-1"}
+            "properties": {"item_id": "i-1",
+                           "note": "reach me at [email:c7f22a2b3094d750] or [phone:b13eb5f5b2bd23b6]"}
         })
     );
 }
@@ -133,7 +135,7 @@ fn golden_default() {
             "user_id": "u-42", "device_id": "d-42", "session_id": "s-42",
             "context": {"ip": "203.0.113.77", "user_agent": "Mozilla/5.0 (X11; Linux)", "country": "BR",
                         "traits": {"name": "Ada"}, "locale": "de-DE"},
-            "properties": {"item_id": "i-1"}
+            "properties": {"item_id": "i-1", "note": "reach me at ada@example.com or +49 30 1234567"}
         })
     );
 }
@@ -293,7 +295,8 @@ fn pii_event_json(id: &str) -> Value {
         "platform": "ios",
         "consent": {"analytics": true},
         "context": {"ip": "198.51.100.123", "user_agent": "RawAgent/9.9 (secret-device)", "country": "DE"},
-        "properties": {"item_id": "i-1", "email": "raw.person@example.org", "phone": "+33 6 12 34 56 78"}
+        "properties": {"item_id": "i-1", "email": "raw.person@example.org", "phone": "+33 6 12 34 56 78",
+                       "comment": "write to other.person@example.net, card 4111 1111 1111 1111"}
     })
 }
 
@@ -346,6 +349,8 @@ async fn no_raw_pii_the_policy_names_reaches_any_file() {
         "RawAgent",
         "raw.person@example.org",
         "+33 6 12 34 56 78",
+        "other.person@example.net",
+        "4111 1111 1111 1111",
         "user-denied-7777",
         "pii-denied-01",
     ] {
@@ -356,4 +361,93 @@ async fn no_raw_pii_the_policy_names_reaches_any_file() {
         metrics.contains("tollgate_privacy_drops_total{reason=\"consent_denied\"} 1"),
         "{metrics}"
     );
+}
+
+mod properties {
+    //! Whatever an event holds, nothing a policy drops survives it.
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Map;
+
+    const POLICY: &str = r#"
+        default_region = "default"
+        [[regions]]
+        name = "default"
+        countries = []
+        policy = "strict"
+        [policies.strict]
+        version = 1
+        drop = ["properties.email", "properties.*.token", "context.traits", "session_id"]
+        pseudonymize = ["user_id", "properties.account.*"]
+        ip = "truncate"
+        missing_consent_granted = true
+    "#;
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "[a-z0-9@.+ -]{0,20}".prop_map(Value::from),
+        ]
+    }
+
+    fn object(keys: &'static [&'static str]) -> impl Strategy<Value = Map<String, Value>> {
+        let value = leaf().prop_recursive(3, 16, 4, move |inner| {
+            proptest::collection::btree_map(proptest::sample::select(keys), inner, 0..4).prop_map(
+                |m| Value::Object(m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()),
+            )
+        });
+        proptest::collection::btree_map(proptest::sample::select(keys), value, 0..6)
+            .prop_map(|m| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    }
+
+    fn no_token_below(map: &Map<String, Value>) -> bool {
+        map.values().all(|v| match v {
+            Value::Object(child) => !child.contains_key("token"),
+            _ => true,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn dropped_fields_never_survive(
+            properties in object(&["email", "token", "account", "item_id", "note"]),
+            context in object(&["traits", "ip", "token", "locale"]),
+            ip in proptest::option::of(any::<std::net::Ipv4Addr>()),
+        ) {
+            let config: PrivacyConfig = {
+                use figment::providers::{Format, Toml};
+                figment::Figment::from(Toml::string(POLICY)).extract().unwrap()
+            };
+            let p = Privacy::new(&config, Keys::new(("k".into(), vec![1; 32]), vec![]).unwrap()).unwrap();
+            let mut raw = json!({
+                "event_id": "evt-prop-0001", "event_name": "anything", "schema_version": 1,
+                "user_id": "raw-user", "session_id": "s-1", "timestamp_event": "2026-11-29T10:00:00Z",
+                "platform": "web", "context": context, "properties": properties,
+            });
+            if let Some(ip) = ip {
+                raw["context"]["ip"] = json!(ip.to_string());
+            }
+            let mut event = parse_event(raw.clone(), &Platforms::default()).unwrap().0;
+            let policy = p.policy_for(None, &event.context).clone();
+            let kept = matches!(p.apply(&policy, &mut event), Verdict::Keep { .. });
+            prop_assert!(kept);
+            prop_assert!(!event.properties.contains_key("email"));
+            prop_assert!(no_token_below(&event.properties));
+            prop_assert!(!event.context.contains_key("traits"));
+            prop_assert_eq!(event.session_id, None);
+            prop_assert_ne!(event.user_id.as_deref(), Some("raw-user"));
+            if let Some(Value::String(ip)) = event.context.get("ip") {
+                prop_assert!(ip.ends_with(".0"), "{ip}");
+            }
+            // The quarantine path keeps the same promise on the raw event.
+            p.apply_raw(&policy, &mut raw);
+            let props = raw["properties"].as_object().unwrap();
+            prop_assert!(!props.contains_key("email"));
+            prop_assert!(no_token_below(props));
+            prop_assert!(raw["context"].get("traits").is_none());
+            prop_assert!(raw.get("session_id").is_none());
+        }
+    }
 }

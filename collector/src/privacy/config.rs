@@ -113,6 +113,40 @@ pub struct PolicyConfig {
     pub missing_consent_granted: bool,
     #[serde(default = "drop_denied")]
     pub on_consent_denied: OnDenied,
+    /// `context.user_agent`: keep it, or reduce it to "Browser on OS".
+    #[serde(default = "keep_agent")]
+    pub user_agent: AgentMode,
+    /// Emails, phone numbers and card numbers inside string property values: leave
+    /// them (`off`), replace them by `[email]`… (`redact`), or by a keyed pseudonym
+    /// (`hash`, `[email:<16 hex>]`, so equal values stay joinable).
+    #[serde(default = "pii_off")]
+    pub pii: PiiMode,
+}
+
+/// User agent handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentMode {
+    Keep,
+    /// "Chrome on Windows", "Safari on iOS", "Other on Android".
+    Family,
+}
+
+/// Free-text PII handling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiiMode {
+    Off,
+    Redact,
+    Hash,
+}
+
+fn keep_agent() -> AgentMode {
+    AgentMode::Keep
+}
+
+fn pii_off() -> PiiMode {
+    PiiMode::Off
 }
 
 fn keep() -> IpMode {

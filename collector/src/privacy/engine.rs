@@ -10,7 +10,8 @@ use serde_json::{Map, Value};
 use sha2::Sha256;
 use tollgate_event::Event;
 
-use super::config::{IpMode, OnDenied, PolicyConfig, PrivacyConfig};
+use super::config::{AgentMode, IpMode, OnDenied, PiiMode, PolicyConfig, PrivacyConfig};
+use super::detect::{self, Detector};
 
 /// A dotted field path, parsed once: `context.ip`, `properties.*.token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct Policy {
     consent: HashMap<String, Vec<String>>,
     missing_granted: bool,
     on_denied: OnDenied,
+    user_agent: AgentMode,
+    pii: PiiMode,
 }
 
 /// Keys for pseudonyms: the current one, and those still applied during a rotation.
@@ -149,6 +152,8 @@ pub struct Privacy {
     /// Header a trusted edge sets with the client's country, lower-case.
     pub region_header: Option<String>,
     trusted: Vec<ipnet::IpNet>,
+    /// Counts PII found in free text, by detector (set by the collector).
+    pii_found: Option<opentelemetry::metrics::Counter<u64>>,
 }
 
 impl Privacy {
@@ -179,6 +184,8 @@ impl Privacy {
                 consent: p.consent.clone().into_iter().collect(),
                 missing_granted: p.missing_consent_granted,
                 on_denied: p.on_consent_denied,
+                user_agent: p.user_agent,
+                pii: p.pii,
             })
         };
         let mut by_country = HashMap::new();
@@ -220,7 +227,13 @@ impl Privacy {
                 .as_ref()
                 .map(|h| h.to_ascii_lowercase()),
             trusted,
+            pii_found: None,
         })
+    }
+
+    /// Counts PII found in free text on `counter` (label `detector`).
+    pub fn count_pii_on(&mut self, counter: opentelemetry::metrics::Counter<u64>) {
+        self.pii_found = Some(counter);
     }
 
     /// The country from the edge header, believed only from a trusted proxy.
@@ -309,6 +322,14 @@ impl Privacy {
             }
         }
         apply_ip(policy.ip, &mut event.context);
+        if policy.user_agent == AgentMode::Family
+            && let Some(Value::String(agent)) = event.context.get_mut("user_agent")
+        {
+            *agent = agent_family(agent);
+        }
+        if policy.pii != PiiMode::Off {
+            self.scrub_map(policy.pii, &mut event.properties);
+        }
         Verdict::Keep {
             previous: (!previous.is_empty()).then_some(previous),
         }
@@ -335,6 +356,51 @@ impl Privacy {
         }
         if let Some(Value::Object(context)) = root.get_mut("context") {
             apply_ip(policy.ip, context);
+            if policy.user_agent == AgentMode::Family
+                && let Some(Value::String(agent)) = context.get_mut("user_agent")
+            {
+                *agent = agent_family(agent);
+            }
+        }
+        if policy.pii != PiiMode::Off
+            && let Some(Value::Object(properties)) = root.get_mut("properties")
+        {
+            self.scrub_map(policy.pii, properties);
+        }
+    }
+
+    /// Redacts or pseudonymizes PII in every string below `map`.
+    fn scrub_map(&self, mode: PiiMode, map: &mut Map<String, Value>) {
+        for value in map.values_mut() {
+            self.scrub_value(mode, value);
+        }
+    }
+
+    fn scrub_value(&self, mode: PiiMode, value: &mut Value) {
+        match value {
+            Value::String(text) => {
+                let mut replace = |detector: Detector, found: &str| match mode {
+                    PiiMode::Hash => {
+                        let hash = hex_mac(&self.keys.current.1, found);
+                        format!("[{}:{}]", detector.as_str(), &hash[..16])
+                    }
+                    _ => format!("[{}]", detector.as_str()),
+                };
+                let mut count = |detector: Detector| {
+                    if let Some(counter) = &self.pii_found {
+                        counter.add(
+                            1,
+                            &[opentelemetry::KeyValue::new("detector", detector.as_str())],
+                        );
+                    }
+                };
+                if let Some(clean) = detect::scrub(text, &mut replace, &mut count) {
+                    *text = clean;
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_value(mode, v)),
+            Value::Object(map) => self.scrub_map(mode, map),
+            _ => {}
         }
     }
 
@@ -462,6 +528,40 @@ fn apply_ip(mode: IpMode, context: &mut Map<String, Value>) {
             }
         }
     }
+}
+
+/// "Browser on OS" from a user agent string: enough for segmenting, not for
+/// fingerprinting.
+pub fn agent_family(agent: &str) -> String {
+    let browser = if agent.contains("Edg/") {
+        "Edge"
+    } else if agent.contains("OPR/") || agent.contains("Opera") {
+        "Opera"
+    } else if agent.contains("Firefox/") || agent.contains("FxiOS/") {
+        "Firefox"
+    } else if agent.contains("Chrome/") || agent.contains("CriOS/") {
+        "Chrome"
+    } else if agent.contains("Safari/") {
+        "Safari"
+    } else {
+        "Other"
+    };
+    let os = if agent.contains("Windows") {
+        "Windows"
+    } else if agent.contains("iPhone") || agent.contains("iPad") || agent.contains("iOS") {
+        "iOS"
+    } else if agent.contains("Android") {
+        "Android"
+    } else if agent.contains("Mac OS X") || agent.contains("Macintosh") {
+        "macOS"
+    } else if agent.contains("CrOS") {
+        "ChromeOS"
+    } else if agent.contains("Linux") {
+        "Linux"
+    } else {
+        "Other"
+    };
+    format!("{browser} on {os}")
 }
 
 /// IPv4 to its /24, IPv6 to its /48.

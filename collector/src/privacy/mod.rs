@@ -10,9 +10,10 @@
 //! directory on first start when none is configured.
 
 pub mod config;
+pub mod detect;
 mod engine;
 
-pub use engine::{FieldPath, Keys, Policy, Privacy, Verdict, truncate_ip};
+pub use engine::{FieldPath, Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};
 
 use std::io::Write;
 use std::path::Path;

@@ -53,6 +53,8 @@ pub struct Metrics {
     pub idempotency_evictions: Counter<u64>,
     /// Events the privacy policy removed before they were written, by reason.
     pub privacy_drops: Counter<u64>,
+    /// PII found in free-text property values, by detector.
+    pub privacy_pii: Counter<u64>,
 }
 
 impl Metrics {
@@ -143,6 +145,10 @@ impl Metrics {
             privacy_drops: counter(
                 "tollgate_privacy_drops",
                 "Events removed by the privacy policy before they were written, by reason",
+            ),
+            privacy_pii: counter(
+                "tollgate_privacy_pii",
+                "PII found in free-text property values, by detector",
             ),
             registry,
             _provider: provider,

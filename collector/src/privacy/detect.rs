@@ -1,0 +1,185 @@
+//! PII in free text: email addresses, phone numbers and payment card numbers inside
+//! string property values, found and redacted (or pseudonymized) before writing.
+//!
+//! Patterns are deliberately conservative so that ordinary ids survive: a phone number
+//! needs a leading `+` or a separator (space, dash, dot, parenthesis) between its 7–15
+//! digits, and a card number must pass the Luhn check.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Which detector matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detector {
+    Email,
+    Phone,
+    Card,
+}
+
+impl Detector {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Card => "card",
+        }
+    }
+}
+
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+        .expect("valid pattern")
+});
+
+/// Runs of digits with optional separators; classified afterwards.
+static NUMBER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\+?\(?\d[\d\s().-]{5,}\d").expect("valid pattern"));
+
+/// Replaces every piece of PII in `text` with what `replace` returns for it, and calls
+/// `found` once per match. Returns `None` when nothing matched (the common case, which
+/// then allocates nothing).
+pub fn scrub(
+    text: &str,
+    replace: &mut dyn FnMut(Detector, &str) -> String,
+    found: &mut dyn FnMut(Detector),
+) -> Option<String> {
+    // Cheap pre-checks: most values have neither '@' nor a run of digits.
+    let has_at = text.contains('@');
+    let digits = text.bytes().filter(u8::is_ascii_digit).count();
+    if !has_at && digits < 7 {
+        return None;
+    }
+    let mut out = String::new();
+    let mut last = 0;
+    let mut spans: Vec<(usize, usize, Detector)> = Vec::new();
+    if has_at {
+        spans.extend(
+            EMAIL
+                .find_iter(text)
+                .map(|m| (m.start(), m.end(), Detector::Email)),
+        );
+    }
+    if digits >= 7 {
+        for m in NUMBER.find_iter(text) {
+            if spans.iter().any(|(s, e, _)| m.start() < *e && *s < m.end()) {
+                continue;
+            }
+            if let Some(detector) = classify(m.as_str()) {
+                spans.push((m.start(), m.end(), detector));
+            }
+        }
+    }
+    if spans.is_empty() {
+        return None;
+    }
+    spans.sort_by_key(|(start, _, _)| *start);
+    for (start, end, detector) in spans {
+        out.push_str(&text[last..start]);
+        out.push_str(&replace(detector, &text[start..end]));
+        found(detector);
+        last = end;
+    }
+    out.push_str(&text[last..]);
+    Some(out)
+}
+
+/// Dates (2026-11-29) and dotted quads (10.0.0.1, 10.15.7.123) look like phone numbers
+/// to the pattern but are not.
+static NOT_A_PHONE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,3}(?:\.\d{1,3}){2,3})$").expect("valid pattern")
+});
+
+fn classify(candidate: &str) -> Option<Detector> {
+    let digits: Vec<u8> = candidate
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    let separated = candidate
+        .bytes()
+        .any(|b| matches!(b, b' ' | b'-' | b'.' | b'(' | b')'));
+    if (13..=19).contains(&digits.len()) && luhn(&digits) {
+        return Some(Detector::Card);
+    }
+    if (7..=15).contains(&digits.len())
+        && (candidate.starts_with('+') || separated)
+        && !NOT_A_PHONE.is_match(candidate.trim())
+    {
+        return Some(Detector::Phone);
+    }
+    None
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, d)| {
+            let d = u32::from(*d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact(text: &str) -> Option<String> {
+        scrub(text, &mut |d, _| format!("[{}]", d.as_str()), &mut |_| {})
+    }
+
+    #[test]
+    fn finds_what_it_should() {
+        assert_eq!(
+            redact("mail me at ada.l@example.co.uk!").as_deref(),
+            Some("mail me at [email]!")
+        );
+        assert_eq!(
+            redact("call +49 30 1234567 now").as_deref(),
+            Some("call [phone] now")
+        );
+        assert_eq!(redact("(415) 555-0132").as_deref(), Some("[phone]"));
+        assert_eq!(
+            redact("card 4111 1111 1111 1111 ok").as_deref(),
+            Some("card [card] ok")
+        );
+        assert_eq!(redact("4111-1111-1111-1111").as_deref(), Some("[card]"));
+        assert_eq!(
+            redact("a@b.io or +33 6 12 34 56 78").as_deref(),
+            Some("[email] or [phone]")
+        );
+    }
+
+    #[test]
+    fn leaves_ordinary_values_alone() {
+        for text in [
+            "item-12345678",
+            "order 123456789",
+            "4111111111111112",
+            "2026-11-29",
+            "2026-11-29T10:00:00Z",
+            "10.15.7.123",
+            "v5.12.0",
+            "no digits here",
+            "user@localhost",
+            "",
+        ] {
+            assert_eq!(redact(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn luhn_check() {
+        assert!(luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]));
+        assert!(!luhn(&[4, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2]));
+    }
+}
