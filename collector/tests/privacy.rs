@@ -451,3 +451,52 @@ mod properties {
         }
     }
 }
+
+#[tokio::test]
+async fn the_generated_key_is_kept_private_and_reused_after_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let user_pseudonym = |c: &TestCollector| {
+        c.events().last().unwrap()["user_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let mut first = TestCollector::start_in(
+        dir.path(),
+        |c| {
+            with_policy(c, "10.0.0.0/8");
+        },
+        Overrides::default(),
+    )
+    .await;
+    first
+        .post_events(&json!({"events": [pii_event_json("restart-key-1")]}))
+        .await;
+    let before = user_pseudonym(&first);
+    first.stop().await;
+    let key = dir.path().join("privacy/hmac-generated.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap().len(), 64);
+
+    let second = TestCollector::start_in(
+        dir.path(),
+        |c| {
+            with_policy(c, "10.0.0.0/8");
+        },
+        Overrides::default(),
+    )
+    .await;
+    second
+        .post_events(&json!({"events": [pii_event_json("restart-key-2")]}))
+        .await;
+    assert_ne!(before, "user-raw-4242");
+    assert_eq!(
+        user_pseudonym(&second),
+        before,
+        "the same user keeps the same pseudonym"
+    );
+}
