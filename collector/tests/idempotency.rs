@@ -188,19 +188,15 @@ fn use_redis(config: &mut Config, server: &RedisServer, policy: FailurePolicy) {
     config.idempotency.on_store_error = policy;
 }
 
+async fn redis_collector(server: &RedisServer, policy: FailurePolicy) -> TestCollector {
+    TestCollector::start_with(|c| use_redis(c, server, policy), Overrides::default()).await
+}
+
 #[tokio::test]
 async fn two_collectors_sharing_one_redis_log_a_batch_once() {
     let server = RedisServer::start();
-    let a = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
-    let b = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
+    let a = redis_collector(&server, FailurePolicy::FailClosed).await;
+    let b = redis_collector(&server, FailurePolicy::FailClosed).await;
     let body = batch(&["shared-0001", "shared-0002", "shared-0003"]);
     let (status, first) = a.post_events(&body).await;
     assert_eq!(
@@ -227,16 +223,8 @@ async fn two_collectors_sharing_one_redis_log_a_batch_once() {
 async fn concurrent_sends_of_one_event_are_accepted_exactly_once() {
     let server = RedisServer::start();
     let collectors = [
-        TestCollector::start_with(
-            |c| use_redis(c, &server, FailurePolicy::FailClosed),
-            Overrides::default(),
-        )
-        .await,
-        TestCollector::start_with(
-            |c| use_redis(c, &server, FailurePolicy::FailClosed),
-            Overrides::default(),
-        )
-        .await,
+        redis_collector(&server, FailurePolicy::FailClosed).await,
+        redis_collector(&server, FailurePolicy::FailClosed).await,
     ];
     let urls: Vec<String> = collectors.iter().map(|c| c.url("/v1/events")).collect();
     let body = batch(&["contended-0001"]);
@@ -244,13 +232,7 @@ async fn concurrent_sends_of_one_event_are_accepted_exactly_once() {
     for i in 0..32 {
         let (url, body) = (urls[i % 2].clone(), body.clone());
         sends.push(tokio::spawn(async move {
-            let r = reqwest::Client::new()
-                .post(url)
-                .basic_auth(DEV_KEY, Some(""))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let r = send(&reqwest::Client::new(), &url, &body).await;
             into_parts(r).await
         }));
     }
@@ -275,20 +257,9 @@ async fn concurrent_sends_of_one_event_are_accepted_exactly_once() {
 #[tokio::test]
 async fn a_failed_write_after_a_redis_claim_is_accepted_on_retry() {
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
+    let (c, log) =
+        start_with_faulty_log(|c| use_redis(c, &server, FailurePolicy::FailClosed)).await;
     log.fail_next.store(1, Ordering::SeqCst);
-    let c = TestCollector::start_in(
-        dir.path(),
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides {
-            log: Some(log.clone()),
-            metrics: Some(metrics),
-            ..Overrides::default()
-        },
-    )
-    .await;
     let body = batch(&["after-claim-1", "after-claim-2"]);
     let (status, answer) = c.post_events(&body).await;
     assert_eq!(
@@ -335,11 +306,7 @@ async fn wait_ready(c: &TestCollector, want: u16) -> Value {
 #[tokio::test]
 async fn redis_down_under_fail_closed_answers_503_and_recovers_by_itself() {
     let mut server = RedisServer::start();
-    let c = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
+    let c = redis_collector(&server, FailurePolicy::FailClosed).await;
     let (status, _) = c.post_events(&batch(&["before-outage-1"])).await;
     assert_eq!(status, 200);
 
@@ -348,13 +315,7 @@ async fn redis_down_under_fail_closed_answers_503_and_recovers_by_itself() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let r = client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&batch(&["during-outage-1"]))
-        .send()
-        .await
-        .unwrap();
+    let r = send(&client, &c.url("/v1/events"), &batch(&["during-outage-1"])).await;
     assert!(r.headers().contains_key("retry-after"));
     let (status, answer) = into_parts(r).await;
     assert_eq!(
@@ -394,11 +355,7 @@ async fn redis_down_under_fail_closed_answers_503_and_recovers_by_itself() {
 #[tokio::test]
 async fn redis_down_under_fail_open_logs_unchecked_events() {
     let mut server = RedisServer::start();
-    let c = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailOpen),
-        Overrides::default(),
-    )
-    .await;
+    let c = redis_collector(&server, FailurePolicy::FailOpen).await;
     server.kill();
     let (status, answer) = c
         .post_events(&batch(&["open-outage-1", "open-outage-2"]))
@@ -513,16 +470,8 @@ async fn an_idempotency_key_replays_the_first_answer() {
 #[tokio::test]
 async fn idempotency_keys_are_shared_through_redis() {
     let server = RedisServer::start();
-    let a = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
-    let b = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
+    let a = redis_collector(&server, FailurePolicy::FailClosed).await;
+    let b = redis_collector(&server, FailurePolicy::FailClosed).await;
     let body = batch(&["keyed-redis-1"]);
     let (_, first) = into_parts(post_with_key(&a, "k-1", &body).await).await;
     assert_eq!(first["accepted"], 1);
@@ -536,11 +485,7 @@ async fn idempotency_keys_are_shared_through_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_mid_load_loses_and_doubles_nothing_under_fail_closed() {
     let mut server = RedisServer::start();
-    let c = TestCollector::start_with(
-        |c| use_redis(c, &server, FailurePolicy::FailClosed),
-        Overrides::default(),
-    )
-    .await;
+    let c = redis_collector(&server, FailurePolicy::FailClosed).await;
     let url = c.url("/v1/events");
     let acked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let refusals = Arc::new(std::sync::atomic::AtomicUsize::new(0));

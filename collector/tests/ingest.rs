@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::Write;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +12,6 @@ use serde_json::{Value, json};
 use time::macros::datetime;
 use tollgate_collector::Overrides;
 use tollgate_collector::clock::Clock;
-use tollgate_collector::telemetry::Metrics;
 
 use support::*;
 
@@ -639,29 +637,10 @@ async fn segment_single_calls_and_body_write_keys() {
 
 #[tokio::test]
 async fn a_failed_log_write_answers_503_releases_claims_and_the_retry_lands_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
+    let (c, log) = start_with_faulty_log(|_| {}).await;
     log.fail_next.store(1, Ordering::SeqCst);
-    let c = TestCollector::start_in(
-        dir.path(),
-        |_| {},
-        Overrides {
-            log: Some(log.clone()),
-            metrics: Some(metrics),
-            ..Overrides::default()
-        },
-    )
-    .await;
     let body = batch(&["disk-full-01", "disk-full-02"]);
-    let r = c
-        .client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&c.client, &c.url("/v1/events"), &body).await;
     assert!(r.headers().contains_key("retry-after"));
     expect_error(r, 503, "log_unavailable").await;
     assert!(c.events().is_empty());
@@ -689,46 +668,19 @@ async fn a_failed_log_write_answers_503_releases_claims_and_the_retry_lands_once
 
 #[tokio::test]
 async fn a_concurrent_send_of_the_same_event_gets_retry_while_the_first_is_written() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
-    let c = TestCollector::start_in(
-        dir.path(),
-        |_| {},
-        Overrides {
-            log: Some(log.clone()),
-            metrics: Some(metrics),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let (c, log) = start_with_faulty_log(|_| {}).await;
     let gate = log.hold();
     let body = batch(&["race-000001"]);
     let first = {
         let (client, url) = (c.client.clone(), c.url("/v1/events"));
         let body = body.clone();
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .basic_auth(DEV_KEY, Some(""))
-                .json(&body)
-                .send()
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { send(&client, &url, &body).await })
     };
     // Wait until the first request is inside the log append (it holds the claim).
     while log.appends.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
-    let second = c
-        .client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let second = send(&c.client, &c.url("/v1/events"), &body).await;
     assert_eq!(second.status().as_u16(), 503);
     assert!(second.headers().contains_key("retry-after"));
     let (_, answer) = into_parts(second).await;
@@ -745,29 +697,12 @@ async fn a_concurrent_send_of_the_same_event_gets_retry_while_the_first_is_writt
 
 #[tokio::test]
 async fn a_timed_out_request_still_completes_its_write_and_the_retry_is_a_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
-    let c = TestCollector::start_in(
-        dir.path(),
-        |config| config.server.request_timeout = Duration::from_millis(300),
-        Overrides {
-            log: Some(log.clone()),
-            metrics: Some(metrics),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let (c, log) =
+        start_with_faulty_log(|config| config.server.request_timeout = Duration::from_millis(300))
+            .await;
     let gate = log.hold();
     let body = batch(&["slow-disk-01"]);
-    let r = c
-        .client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let r = send(&c.client, &c.url("/v1/events"), &body).await;
     expect_error(r, 503, "request_timeout").await;
     log.release(&gate);
     // The detached write finishes and commits; wait for it through the public API.
@@ -789,43 +724,19 @@ async fn a_timed_out_request_still_completes_its_write_and_the_retry_is_a_duplic
 
 #[tokio::test]
 async fn past_the_concurrency_limit_requests_are_shed_with_503() {
-    let dir = tempfile::tempdir().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
-    let c = TestCollector::start_in(
-        dir.path(),
-        |config| config.server.max_concurrent_requests = std::num::NonZeroUsize::new(1).unwrap(),
-        Overrides {
-            log: Some(log.clone()),
-            metrics: Some(metrics),
-            ..Overrides::default()
-        },
-    )
+    let (c, log) = start_with_faulty_log(|config| {
+        config.server.max_concurrent_requests = std::num::NonZeroUsize::new(1).unwrap()
+    })
     .await;
     let gate = log.hold();
     let first = {
         let (client, url) = (c.client.clone(), c.url("/v1/events"));
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .basic_auth(DEV_KEY, Some(""))
-                .json(&batch(&["shed-000001"]))
-                .send()
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { send(&client, &url, &batch(&["shed-000001"])).await })
     };
     while log.appends.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
-    let r = c
-        .client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&batch(&["shed-000002"]))
-        .send()
-        .await
-        .unwrap();
+    let r = send(&c.client, &c.url("/v1/events"), &batch(&["shed-000002"])).await;
     assert_eq!(r.headers()["retry-after"], "1");
     expect_error(r, 503, "overloaded").await;
     log.release(&gate);
@@ -868,13 +779,7 @@ async fn http2_cleartext_clients_are_served() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    let r = client
-        .post(c.url("/v1/events"))
-        .basic_auth(DEV_KEY, Some(""))
-        .json(&batch(&["h2-00000001"]))
-        .send()
-        .await
-        .unwrap();
+    let r = send(&client, &c.url("/v1/events"), &batch(&["h2-00000001"])).await;
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(c.events().len(), 1);

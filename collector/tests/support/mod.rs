@@ -151,6 +151,34 @@ impl TestCollector {
     }
 }
 
+/// A collector on a real file log that the test can make fail or hold ([`FaultyLog`]).
+pub async fn start_with_faulty_log(
+    tweak: impl FnOnce(&mut Config),
+) -> (TestCollector, Arc<FaultyLog>) {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
+    let overrides = Overrides {
+        log: Some(log.clone()),
+        metrics: Some(metrics),
+        ..Overrides::default()
+    };
+    let mut c = TestCollector::start_in(dir.path(), tweak, overrides).await;
+    c._dir = Some(dir);
+    (c, log)
+}
+
+/// POSTs a native body to `url` with the dev key and returns the raw response.
+pub async fn send(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Response {
+    client
+        .post(url)
+        .basic_auth(DEV_KEY, Some(""))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn into_parts(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
