@@ -1,25 +1,298 @@
-//! `tollgate-loadtest`: realistic event traffic against a collector and a reconciliation
-//! of what was acknowledged against what was logged. Only the command line exists so
-//! far; the generator is not built yet.
+//! `tollgate-loadtest`: parses arguments and runs the load or the reconciliation.
 
-use clap::Parser;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// Load-test a Tollgate collector and prove nothing was lost or double counted.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tollgate_loadtest::generate::Scenario;
+use tollgate_loadtest::run::{Model, RunConfig, run};
+use tollgate_loadtest::verify::verify;
+
+/// Load-test a Tollgate collector with realistic SDK traffic, then prove from its log
+/// that nothing acknowledged was lost or counted twice.
 ///
-/// Not implemented yet: this build only documents the planned command line.
+/// Example (closed model, then reconciliation against the collector's data dir):
+///
+///   tollgate-loadtest run --target http://127.0.0.1:8080 --connections 32 \
+///       --duration 30s --manifest run.ndjson --out report.json
+///
+///   tollgate-loadtest verify --manifest run.ndjson --log ./data
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-loadtest", version)]
 struct Args {
-    /// Collector base URL (loopback only), e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    target: Option<String>,
-    /// Write key to send with every request.
-    #[arg(long, default_value = "dev")]
-    write_key: String,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() {
-    let _args = Args::parse();
-    eprintln!("tollgate-loadtest: not implemented yet; see --help");
-    std::process::exit(2);
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send load and report throughput, latency percentiles and outcomes.
+    Run(RunArgs),
+    /// Reconcile a run's manifest against a collector's data directory.
+    Verify {
+        /// The manifest written by `run --manifest`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The collector's data directory (holding events/ and quarantine/).
+        #[arg(long)]
+        log: PathBuf,
+        /// Also write the findings as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Collector base URL. Loopback only (127.0.0.1, [::1], localhost).
+    #[arg(long, value_parser = loopback_url)]
+    target: String,
+    /// Write key sent as the HTTP Basic user.
+    #[arg(long, default_value = "dev")]
+    write_key: String,
+    /// Closed model: this many connections, each sending as soon as it is answered.
+    #[arg(long, conflicts_with = "rate", default_value_t = 16)]
+    connections: usize,
+    /// Open model: this many requests per second, latency from the intended send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Stop after this long (e.g. 30s, 2m).
+    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "requests")]
+    duration: Option<Duration>,
+    /// Stop after this many requests.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Events per request.
+    #[arg(long, default_value_t = 20)]
+    batch: usize,
+    /// Seed of the traffic generator: the same seed gives the same traffic.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Share of requests resent unchanged, as SDK retries do.
+    #[arg(long, default_value_t = 0.02)]
+    retry_rate: f64,
+    /// Share of invalid events.
+    #[arg(long, default_value_t = 0.01)]
+    invalid_rate: f64,
+    /// Share of late events (hours old).
+    #[arg(long, default_value_t = 0.02)]
+    late_rate: f64,
+    /// Write every request's events and answers here (for `verify`).
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Write the report as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Fail (exit 1) when p99 latency is above this (e.g. 5ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    max_p99: Option<Duration>,
+    /// Fail when more than this share of requests got no 2xx (e.g. 0.001).
+    #[arg(long)]
+    max_error_rate: Option<f64>,
+    /// Fail when fewer events per second than this were sent.
+    #[arg(long)]
+    min_throughput: Option<f64>,
+}
+
+/// Accepts only URLs whose host is a loopback address: load tests never leave the machine.
+fn loopback_url(text: &str) -> Result<String, String> {
+    let uri: http::Uri = text.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("only http:// targets are supported".into());
+    }
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        Ok(text.trim_end_matches('/').to_owned())
+    } else {
+        Err(format!(
+            "{host} is not a loopback address; load tests only target this machine"
+        ))
+    }
+}
+
+fn main() -> ExitCode {
+    match Args::parse().command {
+        Command::Run(args) => exit(run_command(args)),
+        Command::Verify {
+            manifest,
+            log,
+            json,
+        } => exit(verify_command(&manifest, &log, json)),
+    }
+}
+
+fn exit(result: anyhow::Result<bool>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tollgate-loadtest: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run_command(args: RunArgs) -> anyhow::Result<bool> {
+    let run_id = format!("lt{}x{}", std::process::id(), args.seed);
+    let config = RunConfig {
+        target: args.target,
+        write_key: args.write_key,
+        model: match args.rate {
+            Some(rate) => Model::Open { rate },
+            None => Model::Closed {
+                connections: args.connections,
+            },
+        },
+        duration: args.duration,
+        requests: args.requests,
+        seed: args.seed,
+        run_id,
+        scenario: Scenario {
+            batch_size: args.batch,
+            retry_rate: args.retry_rate,
+            invalid_rate: args.invalid_rate,
+            late_rate: args.late_rate,
+            ..Scenario::default()
+        },
+        manifest: args.manifest,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    let report = runtime.block_on(run(config))?;
+    print!("{}", report.human());
+    if let Some(path) = args.out {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let mut ok = true;
+    if let Some(max) = args.max_p99
+        && report.latency.p99_us > max.as_micros() as u64
+    {
+        eprintln!(
+            "threshold missed: p99 {} µs > {} µs",
+            report.latency.p99_us,
+            max.as_micros()
+        );
+        ok = false;
+    }
+    if let Some(max) = args.max_error_rate
+        && report.error_rate > max
+    {
+        eprintln!(
+            "threshold missed: error rate {:.4} > {max}",
+            report.error_rate
+        );
+        ok = false;
+    }
+    if let Some(min) = args.min_throughput
+        && report.events_per_second < min
+    {
+        eprintln!(
+            "threshold missed: {:.0} events/s < {min}",
+            report.events_per_second
+        );
+        ok = false;
+    }
+    Ok(ok)
+}
+
+fn verify_command(
+    manifest: &std::path::Path,
+    log: &std::path::Path,
+    json: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let v = verify(manifest, log)?;
+    println!(
+        "acknowledged {}  logged {}  quarantined {}\nlost {}  duplicated {} (of which SDK retries {})  invalid not quarantined {}",
+        v.acknowledged,
+        v.logged,
+        v.quarantined,
+        v.lost,
+        v.duplicated,
+        v.retries_through,
+        v.invalid_not_quarantined
+    );
+    for (kind, ids) in &v.examples {
+        println!("  e.g. {kind}: {}", ids.join(", "));
+    }
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+    }
+    println!(
+        "{}",
+        if v.clean() {
+            "verify: clean"
+        } else {
+            "verify: FAILED"
+        }
+    );
+    Ok(v.clean())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_targets_are_accepted() {
+        assert!(loopback_url("http://127.0.0.1:8080").is_ok());
+        assert!(loopback_url("http://[::1]:8080/").is_ok());
+        assert!(loopback_url("http://localhost:1").is_ok());
+        assert!(loopback_url("http://10.0.0.5:8080").is_err());
+        assert!(loopback_url("http://example.com").is_err());
+        assert!(loopback_url("https://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn closed_and_open_models_are_exclusive() {
+        let parse = |args: &[&str]| Args::try_parse_from(args);
+        assert!(
+            parse(&[
+                "t",
+                "run",
+                "--target",
+                "http://127.0.0.1:1",
+                "--requests",
+                "5"
+            ])
+            .is_ok()
+        );
+        assert!(
+            parse(&[
+                "t",
+                "run",
+                "--target",
+                "http://127.0.0.1:1",
+                "--rate",
+                "50",
+                "--connections",
+                "3",
+                "--requests",
+                "5"
+            ])
+            .is_err()
+        );
+        assert!(
+            parse(&["t", "run", "--target", "http://127.0.0.1:1"]).is_err(),
+            "needs a bound"
+        );
+        assert!(
+            parse(&[
+                "t",
+                "run",
+                "--target",
+                "http://127.0.0.1:1",
+                "--duration",
+                "2s",
+                "--max-p99",
+                "5ms"
+            ])
+            .is_ok()
+        );
+    }
 }

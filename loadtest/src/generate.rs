@@ -1,0 +1,266 @@
+//! Seeded, SDK-like traffic: batches of native events from a Zipf-like population of
+//! users, with SDK retries (the whole batch resent with the same ids), late events,
+//! skewed device clocks and invalid events at configurable rates.
+//!
+//! The same seed gives the same traffic. Every event id starts with the run id, so a
+//! reconciliation can tell this run's events from anything else in the log.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// What the traffic looks like.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Events per request.
+    pub batch_size: usize,
+    /// Distinct users; activity is Zipf-like (a few users send most events).
+    pub users: u64,
+    /// Share of requests that resend an earlier batch unchanged (SDK retries).
+    pub retry_rate: f64,
+    /// Share of events that break a rule (each kind of invalid event in turn).
+    pub invalid_rate: f64,
+    /// Share of events that happened hours ago (offline devices).
+    pub late_rate: f64,
+    /// Share of devices whose clock is off by minutes to hours.
+    pub skewed_device_rate: f64,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            batch_size: 20,
+            users: 10_000,
+            retry_rate: 0.02,
+            invalid_rate: 0.01,
+            late_rate: 0.02,
+            skewed_device_rate: 0.05,
+        }
+    }
+}
+
+/// One event as planned: the reconciliation needs to know what to expect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Planned {
+    pub event_id: String,
+    pub valid: bool,
+}
+
+/// One request body and what it carries.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Sequence number of the batch as first generated (a retry keeps it).
+    pub seq: u64,
+    pub body: Bytes,
+    pub events: Vec<Planned>,
+    /// True when this is a resend of batch `seq`.
+    pub retry: bool,
+}
+
+/// The kinds of invalid event, injected in turn.
+const INVALID_KINDS: [&str; 4] = [
+    "missing_timestamp",
+    "wrong_type",
+    "unknown_platform",
+    "schema_violation",
+];
+
+const PLATFORMS: [&str; 3] = ["ios", "android", "web"];
+const APP_VERSIONS: [&str; 4] = ["5.12.0", "5.11.2", "5.10.0", "4.9.9"];
+
+/// Generates batches for one run.
+pub struct Generator {
+    rng: StdRng,
+    run_id: String,
+    scenario: Scenario,
+    seq: u64,
+    invalid_kind: usize,
+    /// Recent batches an SDK might resend.
+    recent: VecDeque<Batch>,
+}
+
+impl Generator {
+    pub fn new(run_id: impl Into<String>, seed: u64, scenario: Scenario) -> Generator {
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            run_id: run_id.into(),
+            scenario,
+            seq: 0,
+            invalid_kind: 0,
+            recent: VecDeque::with_capacity(64),
+        }
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// The next request: a retry of a recent batch, or a new batch sent at `now`.
+    pub fn next_batch(&mut self, now: OffsetDateTime) -> Batch {
+        if !self.recent.is_empty() && self.rng.random::<f64>() < self.scenario.retry_rate {
+            let i = self.rng.random_range(0..self.recent.len());
+            let mut batch = self.recent[i].clone();
+            batch.retry = true;
+            return batch;
+        }
+        let seq = self.seq;
+        self.seq += 1;
+        let user = self.zipf_user();
+        let device_skew = if self.rng.random::<f64>() < self.scenario.skewed_device_rate {
+            let minutes = self.rng.random_range(-180i64..180);
+            time::Duration::minutes(minutes)
+        } else {
+            time::Duration::ZERO
+        };
+        let device_now = now + device_skew;
+        let platform = PLATFORMS[(user % 3) as usize];
+        let app_version = APP_VERSIONS[(user % 4) as usize];
+        let mut events = Vec::with_capacity(self.scenario.batch_size);
+        let mut planned = Vec::with_capacity(self.scenario.batch_size);
+        for i in 0..self.scenario.batch_size {
+            let event_id = format!("{}-{seq}-{i}", self.run_id);
+            let mut happened =
+                device_now - time::Duration::milliseconds(self.rng.random_range(0..5_000));
+            if self.rng.random::<f64>() < self.scenario.late_rate {
+                happened -= time::Duration::hours(self.rng.random_range(2..72));
+            }
+            let mut event = json!({
+                "event_id": event_id,
+                "event_name": "item_view",
+                "schema_version": 1,
+                "user_id": format!("user-{user}"),
+                "device_id": format!("device-{user}"),
+                "session_id": format!("session-{user}-{}", seq / 50),
+                "timestamp_event": happened.format(&Rfc3339).expect("formattable"),
+                "platform": platform,
+                "app_version": app_version,
+                "surface": "home_feed",
+                "experiment_ids": ["ranker_v7"],
+                "consent": {"analytics": true},
+                "context": {"locale": "en-GB"},
+                "properties": {"item_id": format!("item-{}", self.rng.random_range(0..50_000)), "position": i},
+            });
+            match self.rng.random_range(0..10) {
+                0..=6 => {}
+                7 | 8 => {
+                    event["event_name"] = json!("session_start");
+                    event["properties"] = json!({"cold_start": i == 0});
+                }
+                _ => {
+                    event["event_name"] = json!("button_click");
+                    event["properties"] = json!({"button": "share"});
+                }
+            }
+            let valid = self.rng.random::<f64>() >= self.scenario.invalid_rate;
+            if !valid {
+                self.break_event(&mut event);
+            }
+            planned.push(Planned { event_id, valid });
+            events.push(event);
+        }
+        let body = json!({
+            "sent_at": device_now.format(&Rfc3339).expect("formattable"),
+            "events": events,
+        });
+        let batch = Batch {
+            seq,
+            body: Bytes::from(serde_json::to_vec(&body).expect("JSON")),
+            events: planned,
+            retry: false,
+        };
+        if self.recent.len() == self.recent.capacity() {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(batch.clone());
+        batch
+    }
+
+    fn break_event(&mut self, event: &mut Value) {
+        let kind = INVALID_KINDS[self.invalid_kind % INVALID_KINDS.len()];
+        self.invalid_kind += 1;
+        match kind {
+            "missing_timestamp" => {
+                event
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("timestamp_event");
+            }
+            "wrong_type" => event["schema_version"] = json!("one"),
+            "unknown_platform" => event["platform"] = json!("palm_pilot"),
+            _ => {
+                event["event_name"] = json!("item_view");
+                event["properties"] = json!({"position": -1});
+            }
+        }
+    }
+
+    /// A user index from a Zipf-like distribution (s ≈ 1): user 0 is the most active.
+    fn zipf_user(&mut self) -> u64 {
+        let n = self.scenario.users.max(1) as f64;
+        let u: f64 = self.rng.random();
+        // Inverse of the continuous approximation of Zipf(1): x = n^u.
+        (n.powf(u) - 1.0).floor().min(n - 1.0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn the_same_seed_gives_the_same_traffic() {
+        let now = datetime!(2026-11-29 12:00 UTC);
+        let mut a = Generator::new("run", 7, Scenario::default());
+        let mut b = Generator::new("run", 7, Scenario::default());
+        for _ in 0..50 {
+            assert_eq!(a.next_batch(now).body, b.next_batch(now).body);
+        }
+    }
+
+    #[test]
+    fn rates_are_honoured_and_retries_resend_the_same_ids() {
+        let now = datetime!(2026-11-29 12:00 UTC);
+        let scenario = Scenario {
+            retry_rate: 0.2,
+            invalid_rate: 0.1,
+            ..Scenario::default()
+        };
+        let mut g = Generator::new("run", 1, scenario);
+        let (mut retries, mut invalid, mut events) = (0, 0, 0);
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..2000 {
+            let batch = g.next_batch(now);
+            if batch.retry {
+                retries += 1;
+                assert_eq!(
+                    seen.get(&batch.seq),
+                    Some(&batch.body),
+                    "a retry resends the batch as is"
+                );
+            } else {
+                seen.insert(batch.seq, batch.body.clone());
+                events += batch.events.len();
+                invalid += batch.events.iter().filter(|e| !e.valid).count();
+            }
+        }
+        assert!((300..=500).contains(&retries), "{retries}");
+        let share = invalid as f64 / events as f64;
+        assert!((0.08..0.12).contains(&share), "{share}");
+    }
+
+    #[test]
+    fn user_activity_is_skewed() {
+        let mut g = Generator::new("run", 3, Scenario::default());
+        let picks: Vec<u64> = (0..10_000).map(|_| g.zipf_user()).collect();
+        let top = picks.iter().filter(|u| **u < 100).count();
+        // 1% of users send far more than 1% of the traffic.
+        assert!(top > 4_000, "{top}");
+        assert!(picks.iter().all(|u| *u < 10_000));
+    }
+}

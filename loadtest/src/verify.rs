@@ -1,0 +1,157 @@
+//! Reconciliation: what the collector acknowledged against what its log holds.
+//!
+//! Reads the run's manifest and the collector's `events/` and `quarantine/` segments and
+//! reports, for this run's events only (ids start with the run id):
+//! - **lost**: answered `accepted` but not in the events log;
+//! - **duplicated**: in the events log more than once;
+//! - **retries that got through**: duplicated events that were resent by an SDK retry;
+//! - **invalid not quarantined**: invalid events the collector answered but that are
+//!   neither in the quarantine nor answered `rejected`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::ManifestEntry;
+
+/// What the reconciliation found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub acknowledged: u64,
+    pub logged: u64,
+    pub quarantined: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub retries_through: u64,
+    pub invalid_not_quarantined: u64,
+    /// Up to ten example ids per problem.
+    pub examples: HashMap<String, Vec<String>>,
+}
+
+impl Verification {
+    /// True when nothing was lost or double counted and every answered invalid event
+    /// was quarantined.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.invalid_not_quarantined == 0
+    }
+
+    fn example(&mut self, kind: &str, id: &str) {
+        let list = self.examples.entry(kind.to_owned()).or_default();
+        if list.len() < 10 {
+            list.push(id.to_owned());
+        }
+    }
+}
+
+/// Reconciles `manifest` against the collector data dir `log`.
+///
+/// # Errors
+/// Unreadable manifest or log files.
+pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
+    let mut accepted = HashSet::new();
+    let mut rejected = HashSet::new();
+    let mut invalid_answered = HashSet::new();
+    let mut retried = HashSet::new();
+    let mut run_prefix: Option<String> = None;
+    for line in BufReader::new(std::fs::File::open(manifest)?).lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: ManifestEntry = serde_json::from_str(&line)?;
+        for event in entry.events {
+            if run_prefix.is_none() {
+                run_prefix = event.id.rsplitn(3, '-').nth(2).map(|p| format!("{p}-"));
+            }
+            match event.outcome.as_str() {
+                "accepted" => {
+                    accepted.insert(event.id.clone());
+                }
+                "rejected" => {
+                    rejected.insert(event.id.clone());
+                }
+                _ => {}
+            }
+            if !event.valid && (200..300).contains(&entry.status) {
+                invalid_answered.insert(event.id.clone());
+            }
+            if entry.retry {
+                retried.insert(event.id);
+            }
+        }
+    }
+    let prefix = run_prefix.unwrap_or_default();
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for_each_record(&log.join("events"), |record| {
+        if let Some(id) = record.get("event_id").and_then(|v| v.as_str())
+            && id.starts_with(&prefix)
+        {
+            *counts.entry(id.to_owned()).or_default() += 1;
+        }
+    })?;
+    let mut quarantined = HashSet::new();
+    for_each_record(&log.join("quarantine"), |record| {
+        if let Some(id) = record.pointer("/event/event_id").and_then(|v| v.as_str())
+            && id.starts_with(&prefix)
+        {
+            quarantined.insert(id.to_owned());
+        }
+    })?;
+
+    let mut v = Verification {
+        acknowledged: accepted.len() as u64,
+        logged: counts.len() as u64,
+        quarantined: quarantined.len() as u64,
+        ..Verification::default()
+    };
+    let mut sorted: Vec<&String> = accepted.iter().collect();
+    sorted.sort();
+    for id in sorted {
+        if !counts.contains_key(id) {
+            v.lost += 1;
+            v.example("lost", id);
+        }
+    }
+    let mut doubled: Vec<(&String, &u64)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    doubled.sort();
+    for (id, _) in doubled {
+        v.duplicated += 1;
+        v.example("duplicated", id);
+        if retried.contains(id) {
+            v.retries_through += 1;
+        }
+    }
+    let mut invalid: Vec<&String> = invalid_answered.iter().collect();
+    invalid.sort();
+    for id in invalid {
+        if !quarantined.contains(id) && !rejected.contains(id) {
+            v.invalid_not_quarantined += 1;
+            v.example("invalid_not_quarantined", id);
+        }
+    }
+    Ok(v)
+}
+
+/// Calls `f` with every record of every segment in `dir` (none when it does not exist).
+fn for_each_record(dir: &Path, mut f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
+        .collect();
+    files.sort();
+    for file in files {
+        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
+            let line = line?;
+            if let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) {
+                f(&record);
+            }
+        }
+    }
+    Ok(())
+}
