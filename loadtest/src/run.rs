@@ -68,6 +68,18 @@ pub struct ManifestEvent {
     pub outcome: String,
 }
 
+/// The part of a native answer the run reads: each event's status.
+#[derive(Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    results: Vec<AnswerResult<'a>>,
+}
+
+#[derive(Deserialize)]
+struct AnswerResult<'a> {
+    status: &'a str,
+}
+
 struct Shared {
     generator: Mutex<Generator>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -201,17 +213,12 @@ async fn send_one(shared: &Shared, intended: Instant) {
 
 fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency: Duration) {
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
-    let results: Vec<String> = answer
+    let answer_body = answer
         .as_ref()
-        .and_then(|(_, body)| serde_json::from_slice::<serde_json::Value>(body).ok())
-        .and_then(|v| {
-            v.get("results").and_then(|r| r.as_array()).map(|results| {
-                results
-                    .iter()
-                    .map(|r| r["status"].as_str().unwrap_or("none").to_owned())
-                    .collect()
-            })
-        })
+        .and_then(|(_, body)| serde_json::from_slice::<Answer<'_>>(body).ok());
+    let results: Vec<&str> = answer_body
+        .as_ref()
+        .map(|a| a.results.iter().map(|r| r.status).collect())
         .unwrap_or_default();
     let events: Vec<ManifestEvent> = batch
         .events
@@ -220,7 +227,7 @@ fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency:
         .map(|(i, e)| ManifestEvent {
             id: e.event_id.clone(),
             valid: e.valid,
-            outcome: results.get(i).cloned().unwrap_or_else(|| "none".into()),
+            outcome: results.get(i).copied().unwrap_or("none").to_owned(),
         })
         .collect();
     {

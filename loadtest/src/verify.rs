@@ -26,6 +26,9 @@ pub struct Verification {
     pub duplicated: u64,
     pub retries_through: u64,
     pub invalid_not_quarantined: u64,
+    /// Events generated valid that the collector rejected (a schema or configuration
+    /// mismatch worth a look; not a loss).
+    pub valid_rejected: u64,
     /// Up to ten example ids per problem.
     pub examples: HashMap<String, Vec<String>>,
 }
@@ -54,6 +57,7 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
     let mut rejected = HashSet::new();
     let mut invalid_answered = HashSet::new();
     let mut retried = HashSet::new();
+    let mut valid_rejected = HashSet::new();
     let mut run_prefix: Option<String> = None;
     for line in BufReader::new(std::fs::File::open(manifest)?).lines() {
         let line = line?;
@@ -70,6 +74,9 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
                     accepted.insert(event.id.clone());
                 }
                 "rejected" => {
+                    if event.valid {
+                        valid_rejected.insert(event.id.clone());
+                    }
                     rejected.insert(event.id.clone());
                 }
                 _ => {}
@@ -104,6 +111,7 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
         acknowledged: accepted.len() as u64,
         logged: counts.len() as u64,
         quarantined: quarantined.len() as u64,
+        valid_rejected: valid_rejected.len() as u64,
         ..Verification::default()
     };
     let mut sorted: Vec<&String> = accepted.iter().collect();

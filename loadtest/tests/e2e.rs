@@ -71,12 +71,12 @@ async fn a_realistic_run_reconciles_clean_and_damage_is_found() {
     task.await.unwrap();
 
     assert_eq!(report.requests, 300);
-    assert_eq!(
-        report.outcomes.statuses.get(&200),
-        Some(&300),
-        "{:?}",
-        report.outcomes
-    );
+    // A retry that races its original gets 503 + "retry" (resend later): the only
+    // non-200 answer allowed here.
+    let ok = report.outcomes.statuses.get(&200).copied().unwrap_or(0);
+    let busy = report.outcomes.statuses.get(&503).copied().unwrap_or(0);
+    assert_eq!(ok + busy, 300, "{:?}", report.outcomes);
+    assert!(busy < 30, "{:?}", report.outcomes);
     let outcome = |k: &str| report.outcomes.events.get(k).copied().unwrap_or(0);
     assert!(outcome("accepted") > 2000, "{:?}", report.outcomes);
     assert!(
@@ -94,6 +94,10 @@ async fn a_realistic_run_reconciles_clean_and_damage_is_found() {
     assert_eq!(v.logged, v.acknowledged);
     assert!(v.quarantined > 50);
     assert_eq!((v.lost, v.duplicated, v.retries_through), (0, 0, 0));
+    assert_eq!(
+        v.valid_rejected, 0,
+        "every generated valid event passes the collector"
+    );
 
     // Damage the log: cut the last 7 records, and write one record twice.
     let events = data.path().join("events");
