@@ -19,17 +19,21 @@ use tollgate_collector::telemetry::Metrics;
 use support::redis_server::{RedisCluster, RedisServer};
 use support::*;
 
-fn redis_store(server: &RedisServer, claim_ttl: Duration) -> RedisStore {
-    RedisStore::new(RedisOptions {
-        target: RedisTarget::Single(server.url()),
+/// Options for a store under test: prefix `test`, a one-hour window.
+fn options(target: RedisTarget, claim_ttl: Duration) -> RedisOptions {
+    RedisOptions {
+        target,
         key_prefix: "test".into(),
         claim_ttl,
         dedupe_window: Duration::from_secs(3600),
-        connect_timeout: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_secs(2),
+        command_timeout: Duration::from_secs(3),
         tls_root_ca: None,
-    })
-    .unwrap()
+    }
+}
+
+fn redis_store(server: &RedisServer, claim_ttl: Duration) -> RedisStore {
+    RedisStore::new(options(RedisTarget::Single(server.url()), claim_ttl)).unwrap()
 }
 
 fn memory_store(claim_ttl: Duration) -> MemoryStore {
@@ -130,26 +134,19 @@ async fn redis_store_keeps_the_contract() {
 async fn redis_store_over_tls_with_a_private_ca() {
     let (server, ca) = RedisServer::start_tls();
     let store = RedisStore::new(RedisOptions {
-        target: RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
-        key_prefix: "test".into(),
-        claim_ttl: Duration::from_secs(60),
-        dedupe_window: Duration::from_secs(3600),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(3),
         tls_root_ca: Some(ca),
+        ..options(
+            RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
+            Duration::from_secs(60),
+        )
     })
     .unwrap();
     contract(&store).await;
     // Without the CA the server's certificate is not trusted: no answer, no claim.
-    let untrusted = RedisStore::new(RedisOptions {
-        target: RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
-        key_prefix: "test".into(),
-        claim_ttl: Duration::from_secs(60),
-        dedupe_window: Duration::from_secs(3600),
-        connect_timeout: Duration::from_secs(2),
-        command_timeout: Duration::from_secs(3),
-        tls_root_ca: None,
-    })
+    let untrusted = RedisStore::new(options(
+        RedisTarget::Single(format!("rediss://127.0.0.1:{}", server.port)),
+        Duration::from_secs(60),
+    ))
     .unwrap();
     assert!(untrusted.claim(&keys(&["x"]), "r").await.is_err());
 }
@@ -157,16 +154,8 @@ async fn redis_store_over_tls_with_a_private_ca() {
 #[tokio::test]
 async fn redis_store_over_a_unix_socket() {
     let (_server, url) = RedisServer::start_unix();
-    let store = RedisStore::new(RedisOptions {
-        target: RedisTarget::Single(url),
-        key_prefix: "test".into(),
-        claim_ttl: Duration::from_secs(60),
-        dedupe_window: Duration::from_secs(3600),
-        connect_timeout: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(2),
-        tls_root_ca: None,
-    })
-    .unwrap();
+    let store =
+        RedisStore::new(options(RedisTarget::Single(url), Duration::from_secs(60))).unwrap();
     contract(&store).await;
 }
 
@@ -393,15 +382,10 @@ async fn redis_down_under_fail_open_logs_unchecked_events() {
 #[tokio::test]
 async fn redis_cluster_store_keeps_the_contract_and_spreads_keys_over_nodes() {
     let cluster = RedisCluster::start();
-    let store = RedisStore::new(RedisOptions {
-        target: RedisTarget::Cluster(cluster.urls()),
-        key_prefix: "test".into(),
-        claim_ttl: Duration::from_secs(60),
-        dedupe_window: Duration::from_secs(3600),
-        connect_timeout: Duration::from_secs(1),
-        command_timeout: Duration::from_secs(2),
-        tls_root_ca: None,
-    })
+    let store = RedisStore::new(options(
+        RedisTarget::Cluster(cluster.urls()),
+        Duration::from_secs(60),
+    ))
     .unwrap();
     assert_eq!(store.name(), "redis_cluster");
     contract(&store).await;

@@ -15,6 +15,15 @@ use tollgate_collector::clock::Clock;
 
 use support::*;
 
+/// A collector on the embedded defaults whose server clock the test sets.
+async fn start_with_clock(clock: Clock) -> TestCollector {
+    let overrides = Overrides {
+        clock: Some(clock),
+        ..Overrides::default()
+    };
+    TestCollector::start_with(|_| {}, overrides).await
+}
+
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(data).unwrap();
@@ -434,14 +443,7 @@ async fn gzip_bodies_are_accepted() {
 #[tokio::test]
 async fn ndjson_bodies_take_sent_at_from_a_header_and_reject_bad_lines_alone() {
     let (clock, _) = Clock::manual(datetime!(2026-11-29 12:00 UTC));
-    let c = TestCollector::start_with(
-        |_| {},
-        Overrides {
-            clock: Some(clock),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let c = start_with_clock(clock).await;
     let mut text = String::new();
     text.push_str(&serde_json::to_string(&event("nd-00000001")).unwrap());
     text.push_str("\n{not json}\n\n");
@@ -471,14 +473,7 @@ async fn ndjson_bodies_take_sent_at_from_a_header_and_reject_bad_lines_alone() {
 #[tokio::test]
 async fn server_time_is_stamped_skew_corrected_and_client_server_fields_are_ignored() {
     let (clock, _) = Clock::manual(datetime!(2026-11-29 12:00:00.123456 UTC));
-    let c = TestCollector::start_with(
-        |_| {},
-        Overrides {
-            clock: Some(clock),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let c = start_with_clock(clock).await;
 
     // Device clock 10 minutes slow; the event happened 30 s before sending.
     let mut skewed = event("skewed-0001");
@@ -518,14 +513,7 @@ async fn server_time_is_stamped_skew_corrected_and_client_server_fields_are_igno
 #[tokio::test]
 async fn segment_batches_from_unmodified_sdks_are_mapped_and_answered_segment_style() {
     let (clock, _) = Clock::manual(datetime!(2026-11-29 12:00 UTC));
-    let c = TestCollector::start_with(
-        |_| {},
-        Overrides {
-            clock: Some(clock),
-            ..Overrides::default()
-        },
-    )
-    .await;
+    let c = start_with_clock(clock).await;
     // As analytics-node / analytics.js post it: Basic auth with the write key as user.
     let body = json!({
         "batch": [
