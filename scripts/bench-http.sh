@@ -15,7 +15,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 export BATCH=${BATCH:-20}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 
-cargo build --release -q -p tollgate-collector -p tollgate-benches --bins
+cargo build --release -q -p tollgate-collector -p tollgate-benches -p tollgate-loadtest --bins
 target=${CARGO_TARGET_DIR:-target}/release
 server_cpu=() ; load_cpu=()
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
@@ -38,6 +38,30 @@ load() { # name url
 "${server_cpu[@]}" "$target/parse-only-baseline" 127.0.0.1:18090 2>/dev/null & pids+=($!)
 wait_port 18090
 load "parse-only baseline" http://127.0.0.1:18090/v1/events | tee "$data/baseline.txt"
+
+# The load generators themselves, on the same baseline: how fast can each push?
+echo "== tollgate-loadtest on the parse-only baseline"
+"${load_cpu[@]}" "$target/tollgate-loadtest" run --target http://127.0.0.1:18090 \
+  --connections "$CONNECTIONS" --duration "$DURATION" --batch "$BATCH" --out "$data/lt.json" | sed -n 2,4p
+oha_bin=${OHA:-$(command -v oha || true)}
+if [ -n "$oha_bin" ]; then
+  echo "== oha on the parse-only baseline (one fixed body)"
+  # oha sends one fixed body: the same shape and size as the others' batches.
+  python3 - "$BATCH" > "$data/oha-body.json" <<'PY'
+import json, sys
+n = int(sys.argv[1])
+event = lambda i: {"event_id": f"oha-00000001-{i:04}", "event_name": "item_view", "schema_version": 1,
+    "user_id": "user-1", "device_id": "5a1e0c8e-2d5b-4a7e-9f0b-6d8f1c2b3a4d", "session_id": "s-8f7d6c5b",
+    "timestamp_event": "2026-11-29T10:00:00.250Z", "surface": "home_feed", "app_version": "5.12.0",
+    "platform": "ios", "experiment_ids": ["ranker_v7"], "consent": {"analytics": True},
+    "context": {"locale": "en-GB"}, "properties": {"item_id": f"item-{i}", "position": i}}
+print(json.dumps({"sent_at": "2026-11-29T10:00:01.000Z", "events": [event(i) for i in range(n)]}))
+PY
+  "${load_cpu[@]}" "$oha_bin" -z "$DURATION" -c "$CONNECTIONS" --no-tui -m POST \
+    -H 'content-type: application/json' -a dev: -D "$data/oha-body.json" \
+    --output-format json http://127.0.0.1:18090/v1/events > "$data/oha.json"
+  python3 -c "import json,sys; print('requests/s: %.0f' % json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$data/oha.json"
+fi
 
 RUST_LOG=warn "${server_cpu[@]}" "$target/tollgate-collector" --listen 127.0.0.1:18080 \
   --admin-listen 127.0.0.1:19090 --data-dir "$data/collector" & pids+=($!)
