@@ -137,6 +137,11 @@ async fn the_open_model_sends_at_its_rate() {
     stop.send(()).unwrap();
     task.await.unwrap();
     assert_eq!(report.requests, 400);
-    assert_eq!(report.outcomes.statuses.get(&200), Some(&report.requests));
+    // Every request was answered: 200, or 503 for an injected retry racing its original.
+    let answered: u64 = [200, 503]
+        .iter()
+        .filter_map(|s| report.outcomes.statuses.get(s))
+        .sum();
+    assert_eq!(answered, 400, "{:?}", report.outcomes);
     assert!(report.latency.p50_us > 0 && report.latency.max_us >= report.latency.p99_us);
 }
