@@ -30,6 +30,8 @@ pub struct Scenario {
     pub late_rate: f64,
     /// Share of devices whose clock is off by minutes to hours.
     pub skewed_device_rate: f64,
+    /// Share of requests sent with a write key the collector does not know (401).
+    pub unknown_key_rate: f64,
 }
 
 impl Default for Scenario {
@@ -41,6 +43,7 @@ impl Default for Scenario {
             invalid_rate: 0.01,
             late_rate: 0.02,
             skewed_device_rate: 0.05,
+            unknown_key_rate: 0.0,
         }
     }
 }
@@ -61,6 +64,8 @@ pub struct Batch {
     pub events: Vec<Planned>,
     /// True when this is a resend of batch `seq`.
     pub retry: bool,
+    /// Send with an unknown write key: the whole request must be refused (401).
+    pub bad_key: bool,
 }
 
 /// The kinds of invalid event, injected in turn.
@@ -111,6 +116,7 @@ impl Generator {
         }
         let seq = self.seq;
         self.seq += 1;
+        let bad_key = self.rng.random::<f64>() < self.scenario.unknown_key_rate;
         let user = self.zipf_user();
         let device_skew = if self.rng.random::<f64>() < self.scenario.skewed_device_rate {
             let minutes = self.rng.random_range(-180i64..180);
@@ -191,11 +197,15 @@ impl Generator {
             body: Bytes::from(body),
             events: planned,
             retry: false,
+            bad_key,
         };
-        if self.recent.len() == self.recent.capacity() {
-            self.recent.pop_front();
+        // A refused request is not one an SDK would resend as is: its ids stay unique.
+        if !bad_key {
+            if self.recent.len() == self.recent.capacity() {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(batch.clone());
         }
-        self.recent.push_back(batch.clone());
         batch
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_loadtest::generate::Scenario;
-use tollgate_loadtest::run::{Model, RunConfig, run};
+use tollgate_loadtest::run::{Model, RunConfig, Stage, run};
 use tollgate_loadtest::verify::verify;
 
 /// Load-test a Tollgate collector with realistic SDK traffic, then prove from its log
@@ -29,7 +29,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Send load and report throughput, latency percentiles and outcomes.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Reconcile a run's manifest against a collector's data directory.
     Verify {
         /// The manifest written by `run --manifest`.
@@ -53,13 +53,17 @@ struct RunArgs {
     #[arg(long, default_value = "dev")]
     write_key: String,
     /// Closed model: this many connections, each sending as soon as it is answered.
-    #[arg(long, conflicts_with = "rate", default_value_t = 16)]
+    #[arg(long, conflicts_with_all = ["rate", "stages"], default_value_t = 16)]
     connections: usize,
     /// Open model: this many requests per second, latency from the intended send time.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "stages")]
     rate: Option<f64>,
-    /// Stop after this long (e.g. 30s, 2m).
-    #[arg(long, value_parser = humantime::parse_duration, required_unless_present = "requests")]
+    /// Open model with a linear ramp through stages DURATION:RATE,… (e.g.
+    /// 30s:1000,60s:5000 ramps 0→1000 req/s over 30 s, then →5000 over 60 s).
+    #[arg(long, value_parser = parse_stages)]
+    stages: Option<Vec<Stage>>,
+    /// Stop after this long (e.g. 30s, 2m); with --stages, their total by default.
+    #[arg(long, value_parser = humantime::parse_duration, required_unless_present_any = ["requests", "stages"])]
     duration: Option<Duration>,
     /// Stop after this many requests.
     #[arg(long)]
@@ -79,6 +83,15 @@ struct RunArgs {
     /// Share of late events (hours old).
     #[arg(long, default_value_t = 0.02)]
     late_rate: f64,
+    /// Share of requests sent with an unknown write key (each must get 401).
+    #[arg(long, default_value_t = 0.0)]
+    unknown_key_rate: f64,
+    /// Speak cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// Send gzip-compressed bodies.
+    #[arg(long)]
+    gzip: bool,
     /// Write every request's events and answers here (for `verify`).
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -94,6 +107,29 @@ struct RunArgs {
     /// Fail when fewer events per second than this were sent.
     #[arg(long)]
     min_throughput: Option<f64>,
+}
+
+/// Parses `30s:1000,60s:5000` into ramp stages.
+fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
+    text.split(',')
+        .map(|stage| {
+            let (duration, rate) = stage
+                .split_once(':')
+                .ok_or_else(|| format!("{stage:?}: expected DURATION:RATE, e.g. 30s:1000"))?;
+            let duration = humantime::parse_duration(duration.trim())
+                .map_err(|e| format!("{stage:?}: {e}"))?;
+            let rate: f64 = rate
+                .trim()
+                .parse()
+                .map_err(|_| format!("{stage:?}: the rate is not a number"))?;
+            if duration.is_zero() || rate.is_nan() || rate < 0.0 {
+                return Err(format!(
+                    "{stage:?}: needs a positive duration and a rate >= 0"
+                ));
+            }
+            Ok(Stage { duration, rate })
+        })
+        .collect()
 }
 
 /// Accepts only URLs whose host is a loopback address: load tests never leave the machine.
@@ -118,7 +154,7 @@ fn loopback_url(text: &str) -> Result<String, String> {
 
 fn main() -> ExitCode {
     match Args::parse().command {
-        Command::Run(args) => exit(run_command(args)),
+        Command::Run(args) => exit(run_command(*args)),
         Command::Verify {
             manifest,
             log,
@@ -143,9 +179,11 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
     let config = RunConfig {
         target: args.target,
         write_key: args.write_key,
-        model: match args.rate {
-            Some(rate) => Model::Open { rate },
-            None => Model::Closed {
+        model: match (args.rate, args.stages) {
+            (Some(rate), _) => Model::Open { rate },
+            // Leaked once per process: the stages live as long as the run.
+            (None, Some(stages)) => Model::Ramp(Vec::leak(stages)),
+            (None, None) => Model::Closed {
                 connections: args.connections,
             },
         },
@@ -158,9 +196,12 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
             retry_rate: args.retry_rate,
             invalid_rate: args.invalid_rate,
             late_rate: args.late_rate,
+            unknown_key_rate: args.unknown_key_rate,
             ..Scenario::default()
         },
         manifest: args.manifest,
+        http2: args.http2,
+        gzip: args.gzip,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let report = runtime.block_on(run(config))?;
@@ -246,6 +287,27 @@ mod tests {
         assert!(loopback_url("http://10.0.0.5:8080").is_err());
         assert!(loopback_url("http://example.com").is_err());
         assert!(loopback_url("https://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn stages_parse() {
+        assert_eq!(
+            parse_stages("30s:1000,1m:5000").unwrap(),
+            vec![
+                Stage {
+                    duration: Duration::from_secs(30),
+                    rate: 1000.0
+                },
+                Stage {
+                    duration: Duration::from_secs(60),
+                    rate: 5000.0
+                },
+            ]
+        );
+        assert!(parse_stages("30s").is_err());
+        assert!(parse_stages("0s:10").is_err());
+        assert!(parse_stages("5s:fast").is_err());
+        assert!(parse_stages("5s:-1").is_err());
     }
 
     #[test]

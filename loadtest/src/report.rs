@@ -54,6 +54,9 @@ pub struct Report {
     pub outcomes: Outcomes,
     /// Requests without a 2xx answer, over all requests.
     pub error_rate: f64,
+    /// Per-second buckets of the run (requests, events, errors, slowest latency).
+    #[serde(default)]
+    pub series: Vec<crate::run::Second>,
 }
 
 impl Report {
@@ -78,6 +81,14 @@ impl Report {
             model: match config.model {
                 Model::Closed { connections } => format!("closed:{connections}"),
                 Model::Open { rate } => format!("open:{rate}/s"),
+                Model::Ramp(stages) => format!(
+                    "ramp:{}",
+                    stages
+                        .iter()
+                        .map(|s| format!("{}s->{}/s", s.duration.as_secs_f64(), s.rate))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
             },
             seconds,
             requests,
@@ -97,6 +108,7 @@ impl Report {
             } else {
                 failed as f64 / requests as f64
             },
+            series: Vec::new(),
         }
     }
 

@@ -30,6 +30,32 @@ pub enum Model {
     Closed { connections: usize },
     /// A constant rate of requests per second, whatever the answers do.
     Open { rate: f64 },
+    /// Open model whose rate ramps linearly through stages (`30s:1000,60s:5000`: from
+    /// 0 to 1000/s over 30 s, then to 5000/s over 60 s).
+    Ramp(&'static [Stage]),
+}
+
+/// One ramp stage: reach `rate` requests/s at the end of `duration`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stage {
+    pub duration: Duration,
+    pub rate: f64,
+}
+
+/// The rate `elapsed` into a ramp, or `None` once every stage is over.
+pub fn ramp_rate(stages: &[Stage], elapsed: Duration) -> Option<f64> {
+    let mut start = Duration::ZERO;
+    let mut from = 0.0;
+    for stage in stages {
+        let end = start + stage.duration;
+        if elapsed < end {
+            let progress = (elapsed - start).as_secs_f64() / stage.duration.as_secs_f64().max(1e-9);
+            return Some(from + (stage.rate - from) * progress);
+        }
+        start = end;
+        from = stage.rate;
+    }
+    None
 }
 
 /// One run's settings.
@@ -48,6 +74,10 @@ pub struct RunConfig {
     pub scenario: Scenario,
     /// Where to write the manifest (NDJSON, one line per request).
     pub manifest: Option<PathBuf>,
+    /// Speak HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    pub http2: bool,
+    /// Send bodies gzip-compressed.
+    pub gzip: bool,
 }
 
 /// One manifest line: a request, its events, and what the collector said of each.
@@ -55,6 +85,9 @@ pub struct RunConfig {
 pub struct ManifestEntry {
     pub seq: u64,
     pub retry: bool,
+    /// Sent with an unknown write key on purpose.
+    #[serde(default)]
+    pub bad_key: bool,
     /// HTTP status, or 0 when no answer came (connection error).
     pub status: u16,
     pub events: Vec<ManifestEvent>,
@@ -85,6 +118,9 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     url: http::Uri,
     auth: http::HeaderValue,
+    bad_auth: http::HeaderValue,
+    gzip: bool,
+    started: Instant,
     totals: Mutex<Totals>,
     manifest: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
@@ -92,6 +128,19 @@ struct Shared {
 struct Totals {
     latency: Histogram<u64>,
     outcomes: Outcomes,
+    /// One bucket per second of the run.
+    series: Vec<Second>,
+}
+
+/// What happened in one second of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub requests: u64,
+    pub events: u64,
+    /// Requests without a 2xx answer (refused write keys included).
+    pub errors: u64,
+    /// Slowest request finished in this second (µs).
+    pub max_latency_us: u64,
 }
 
 /// Runs the load and returns the report.
@@ -108,7 +157,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
+        .http2_only(config.http2)
         .build(connector);
+    let bad_auth = http::HeaderValue::from_str(&format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("wk_not_a_real_key:")
+    ))?;
     let manifest = match &config.manifest {
         Some(path) => Some(Mutex::new(std::io::BufWriter::new(std::fs::File::create(
             path,
@@ -124,9 +178,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         client,
         url,
         auth,
+        bad_auth,
+        gzip: config.gzip,
+        started: Instant::now(),
         totals: Mutex::new(Totals {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             outcomes: Outcomes::default(),
+            series: Vec::new(),
         }),
         manifest,
     });
@@ -163,7 +221,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         }
         Model::Open { rate } => {
             let interval = Duration::from_secs_f64(1.0 / rate.max(1e-9));
-            let mut next = Instant::now();
+            let mut next = started;
             let mut inflight = tokio::task::JoinSet::new();
             while take(next) {
                 tokio::time::sleep_until(next.into()).await;
@@ -174,18 +232,41 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             }
             while inflight.join_next().await.is_some() {}
         }
+        Model::Ramp(stages) => {
+            // The rate changes continuously, so the schedule is built in 10 ms ticks: each
+            // tick adds rate × 10 ms of credit, and every whole request of credit is sent
+            // at its own intended time, spread evenly over the tick.
+            const TICK: Duration = Duration::from_millis(10);
+            let mut tick = started;
+            let mut credit = 0.0;
+            let mut inflight = tokio::task::JoinSet::new();
+            'ramp: while let Some(rate) = ramp_rate(stages, tick - started) {
+                credit += rate * TICK.as_secs_f64();
+                let due = credit.floor() as u32;
+                credit -= f64::from(due);
+                for i in 0..due {
+                    let intended = tick + TICK * i / due;
+                    if !take(intended) {
+                        break 'ramp;
+                    }
+                    tokio::time::sleep_until(intended.into()).await;
+                    let shared = shared.clone();
+                    inflight.spawn(async move { send_one(&shared, intended).await });
+                }
+                tick += TICK;
+                while inflight.try_join_next().is_some() {}
+            }
+            while inflight.join_next().await.is_some() {}
+        }
     }
     let elapsed = started.elapsed();
     if let Some(manifest) = &shared.manifest {
         manifest.lock().expect("manifest lock").flush()?;
     }
     let totals = shared.totals.lock().expect("totals lock");
-    Ok(Report::new(
-        &config,
-        elapsed,
-        &totals.latency,
-        totals.outcomes.clone(),
-    ))
+    let mut report = Report::new(&config, elapsed, &totals.latency, totals.outcomes.clone());
+    report.series = totals.series.clone();
+    Ok(report)
 }
 
 async fn send_one(shared: &Shared, intended: Instant) {
@@ -194,11 +275,21 @@ async fn send_one(shared: &Shared, intended: Instant) {
         .lock()
         .expect("generator lock")
         .next_batch(OffsetDateTime::now_utc());
-    let request = http::Request::post(shared.url.clone())
+    let auth = if batch.bad_key {
+        &shared.bad_auth
+    } else {
+        &shared.auth
+    };
+    let mut request = http::Request::post(shared.url.clone())
         .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, shared.auth.clone())
-        .body(Full::new(batch.body.clone()))
-        .expect("a valid request");
+        .header(http::header::AUTHORIZATION, auth.clone());
+    let body = if shared.gzip {
+        request = request.header(http::header::CONTENT_ENCODING, "gzip");
+        gzip(&batch.body)
+    } else {
+        batch.body.clone()
+    };
+    let request = request.body(Full::new(body)).expect("a valid request");
     let answer = match shared.client.request(request).await {
         Ok(response) => {
             let status = response.status().as_u16();
@@ -237,16 +328,63 @@ fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency:
         totals
             .outcomes
             .count(status, events.iter().map(|e| e.outcome.as_str()));
+        let second = shared.started.elapsed().as_secs() as usize;
+        if totals.series.len() <= second {
+            totals.series.resize(second + 1, Second::default());
+        }
+        let bucket = &mut totals.series[second];
+        bucket.requests += 1;
+        bucket.events += events.len() as u64;
+        bucket.errors += u64::from(!(200..300).contains(&status));
+        bucket.max_latency_us = bucket.max_latency_us.max(micros);
     }
     if let Some(manifest) = &shared.manifest {
         let entry = ManifestEntry {
             seq: batch.seq,
             retry: batch.retry,
+            bad_key: batch.bad_key,
             status,
             events,
         };
         let mut out = manifest.lock().expect("manifest lock");
         let _ = serde_json::to_writer(&mut *out, &entry);
         let _ = out.write_all(b"\n");
+    }
+}
+
+fn gzip(body: &[u8]) -> Bytes {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(body.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder
+        .write_all(body)
+        .expect("writing to a Vec cannot fail");
+    Bytes::from(encoder.finish().expect("writing to a Vec cannot fail"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ramps_are_linear_within_a_stage() {
+        let stages = [
+            Stage {
+                duration: Duration::from_secs(10),
+                rate: 100.0,
+            },
+            Stage {
+                duration: Duration::from_secs(10),
+                rate: 300.0,
+            },
+        ];
+        let at = |s: f64| ramp_rate(&stages, Duration::from_secs_f64(s));
+        assert_eq!(at(0.0), Some(0.0));
+        assert_eq!(at(5.0), Some(50.0));
+        assert_eq!(at(10.0), Some(100.0));
+        assert_eq!(at(15.0), Some(200.0));
+        assert_eq!(at(20.0), None);
     }
 }

@@ -29,6 +29,10 @@ pub struct Verification {
     /// Events generated valid that the collector rejected (a schema or configuration
     /// mismatch worth a look; not a loss).
     pub valid_rejected: u64,
+    /// Requests sent with an unknown write key that were not answered 401.
+    pub unknown_key_not_refused: u64,
+    /// Events of such requests found in the log.
+    pub unknown_key_logged: u64,
     /// Up to ten example ids per problem.
     pub examples: HashMap<String, Vec<String>>,
 }
@@ -37,7 +41,11 @@ impl Verification {
     /// True when nothing was lost or double counted and every answered invalid event
     /// was quarantined.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.invalid_not_quarantined == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.invalid_not_quarantined == 0
+            && self.unknown_key_not_refused == 0
+            && self.unknown_key_logged == 0
     }
 
     fn example(&mut self, kind: &str, id: &str) {
@@ -58,6 +66,8 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
     let mut invalid_answered = HashSet::new();
     let mut retried = HashSet::new();
     let mut valid_rejected = HashSet::new();
+    let mut refused = HashSet::new();
+    let mut not_refused = 0;
     let mut run_prefix: Option<String> = None;
     for line in BufReader::new(std::fs::File::open(manifest)?).lines() {
         let line = line?;
@@ -65,6 +75,12 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
             continue;
         }
         let entry: ManifestEntry = serde_json::from_str(&line)?;
+        if entry.bad_key {
+            if entry.status != 401 {
+                not_refused += 1;
+            }
+            refused.extend(entry.events.iter().map(|e| e.id.clone()));
+        }
         for event in entry.events {
             if run_prefix.is_none() {
                 run_prefix = event.id.rsplitn(3, '-').nth(2).map(|p| format!("{p}-"));
@@ -112,8 +128,18 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
         logged: counts.len() as u64,
         quarantined: quarantined.len() as u64,
         valid_rejected: valid_rejected.len() as u64,
+        unknown_key_not_refused: not_refused,
         ..Verification::default()
     };
+    let mut leaked: Vec<&String> = refused
+        .iter()
+        .filter(|id| counts.contains_key(*id))
+        .collect();
+    leaked.sort();
+    for id in leaked {
+        v.unknown_key_logged += 1;
+        v.example("unknown_key_logged", id);
+    }
     let mut sorted: Vec<&String> = accepted.iter().collect();
     sorted.sort();
     for id in sorted {

@@ -47,9 +47,12 @@ fn config(
             invalid_rate: 0.05,
             late_rate: 0.05,
             skewed_device_rate: 0.2,
+            unknown_key_rate: 0.05,
             ..Scenario::default()
         },
         manifest: manifest.map(Path::to_owned),
+        http2: false,
+        gzip: false,
     }
 }
 
@@ -75,7 +78,13 @@ async fn a_realistic_run_reconciles_clean_and_damage_is_found() {
     // non-200 answer allowed here.
     let ok = report.outcomes.statuses.get(&200).copied().unwrap_or(0);
     let busy = report.outcomes.statuses.get(&503).copied().unwrap_or(0);
-    assert_eq!(ok + busy, 300, "{:?}", report.outcomes);
+    let refused = report.outcomes.statuses.get(&401).copied().unwrap_or(0);
+    assert!(
+        refused > 5,
+        "unknown write keys were injected: {:?}",
+        report.outcomes
+    );
+    assert_eq!(ok + busy + refused, 300, "{:?}", report.outcomes);
     assert!(busy < 30, "{:?}", report.outcomes);
     let outcome = |k: &str| report.outcomes.events.get(k).copied().unwrap_or(0);
     assert!(outcome("accepted") > 2000, "{:?}", report.outcomes);
@@ -137,11 +146,58 @@ async fn the_open_model_sends_at_its_rate() {
     stop.send(()).unwrap();
     task.await.unwrap();
     assert_eq!(report.requests, 400);
-    // Every request was answered: 200, or 503 for an injected retry racing its original.
-    let answered: u64 = [200, 503]
+    // Every request was answered: 200, 401 for an injected unknown key, or 503 for an
+    // injected retry racing its original.
+    let answered: u64 = [200, 401, 503]
         .iter()
         .filter_map(|s| report.outcomes.statuses.get(s))
         .sum();
     assert_eq!(answered, 400, "{:?}", report.outcomes);
     assert!(report.latency.p50_us > 0 && report.latency.max_us >= report.latency.p99_us);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_and_gzip_runs_reconcile_clean_and_ramps_follow_their_stages() {
+    use tollgate_loadtest::run::Stage;
+    let data = tempfile::tempdir().unwrap();
+    let manifest = data.path().join("manifest.ndjson");
+    let (url, stop, task) = collector(data.path()).await;
+    let mut cfg = config(
+        url.clone(),
+        Model::Closed { connections: 2 },
+        Some(60),
+        None,
+        Some(&manifest),
+    );
+    cfg.http2 = true;
+    cfg.gzip = true;
+    let report = run(cfg).await.unwrap();
+    assert_eq!(report.requests, 60);
+    let v = verify(&manifest, data.path()).unwrap();
+    assert!(v.clean() && v.acknowledged > 300, "{v:?}");
+
+    // 0 → 100 req/s over 1 s, then → 300 req/s over 1 s: 50 + 200 requests by schedule.
+    static STAGES: [Stage; 2] = [
+        Stage {
+            duration: Duration::from_secs(1),
+            rate: 100.0,
+        },
+        Stage {
+            duration: Duration::from_secs(1),
+            rate: 300.0,
+        },
+    ];
+    let report = run(config(url, Model::Ramp(&STAGES), None, None, None))
+        .await
+        .unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    assert!(
+        (235..=265).contains(&report.requests),
+        "{} requests",
+        report.requests
+    );
+    let first: u64 = report.series.first().map(|s| s.requests).unwrap_or(0);
+    let second: u64 = report.series.get(1).map(|s| s.requests).unwrap_or(0);
+    assert!(second > 2 * first, "the rate rises: {:?}", report.series);
 }
