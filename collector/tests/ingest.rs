@@ -794,3 +794,29 @@ async fn a_restart_on_the_same_data_dir_keeps_appending() {
         ["before-restart-1", "before-restart-2", "after-restart-1"]
     );
 }
+
+#[tokio::test]
+async fn segment_events_validate_against_the_newest_version_they_satisfy() {
+    let c = TestCollector::start().await;
+    let message = |id: &str, properties: Value| json!({"type": "track", "event": "Item View", "messageId": id, "userId": "u-1", "properties": properties});
+    let body = json!({"batch": [
+        message("seg-v1-00001", json!({"item_id": "i-1"})),
+        message("seg-v2-00001", json!({"item_id": "i-2", "ranking_request_id": "r-9"})),
+        message("seg-bad-0001", json!({"position": -1})),
+    ]});
+    let (status, _) = c.post("/v1/batch", STRICT_KEY, &body).await;
+    assert_eq!(status, 200);
+    let events = c.events();
+    let version = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["event_id"] == id)
+            .map(|e| e["schema_version"].clone())
+    };
+    assert_eq!(version("seg-v1-00001"), Some(json!(1)));
+    assert_eq!(version("seg-v2-00001"), Some(json!(2)));
+    // Satisfies no version: rejected with the newest version's violation.
+    let quarantine = c.quarantine();
+    assert_eq!(quarantine.len(), 1);
+    assert_eq!(quarantine[0]["error"]["code"], "schema_violation");
+}

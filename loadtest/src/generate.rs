@@ -32,6 +32,8 @@ pub struct Scenario {
     pub skewed_device_rate: f64,
     /// Share of requests sent with a write key the collector does not know (401).
     pub unknown_key_rate: f64,
+    /// Send Segment HTTP Tracking API batches (`/v1/batch`) instead of native ones.
+    pub segment: bool,
 }
 
 impl Default for Scenario {
@@ -44,6 +46,7 @@ impl Default for Scenario {
             late_rate: 0.02,
             skewed_device_rate: 0.05,
             unknown_key_rate: 0.0,
+            segment: false,
         }
     }
 }
@@ -78,6 +81,53 @@ const INVALID_KINDS: [&str; 4] = [
 
 const PLATFORMS: [&str; 3] = ["ios", "android", "web"];
 const APP_VERSIONS: [&str; 4] = ["5.12.0", "5.11.2", "5.10.0", "4.9.9"];
+
+/// Writes one Segment track call as analytics.js or a mobile SDK sends it. `invalid`
+/// breaks it in one of the ways Segment itself refuses (or a schema violation).
+#[allow(clippy::too_many_arguments)]
+fn write_segment_message(
+    body: &mut String,
+    event_id: &str,
+    name: &str,
+    properties: &str,
+    user: u64,
+    platform: &str,
+    app_version: &str,
+    happened: OffsetDateTime,
+    invalid: Option<&str>,
+) {
+    let mut stamp = [0u8; 30];
+    let mut timestamp = timefmt::format(happened, &mut stamp).to_owned();
+    let (mut call, mut event, mut properties) = (
+        "track",
+        match name {
+            "item_view" => "Item View",
+            "session_start" => "Session Start",
+            _ => "Button Click",
+        },
+        properties.to_owned(),
+    );
+    let mut ids = format!(r#""userId":"user-{user}","anonymousId":"device-{user}","#);
+    match invalid {
+        None => {}
+        Some("missing_timestamp") => timestamp = "yesterday".into(),
+        Some("wrong_type") => call = "bogus",
+        Some("unknown_platform") => ids.clear(),
+        Some(_) => {
+            event = "Item View";
+            properties = r#"{"position":-1}"#.into();
+        }
+    }
+    let device = match platform {
+        "ios" => r#""os":{"name":"iOS"},"library":{"name":"analytics-swift"}"#,
+        "android" => r#""os":{"name":"Android"},"library":{"name":"analytics-kotlin"}"#,
+        _ => r#""library":{"name":"analytics.js"}"#,
+    };
+    let _ = write!(
+        body,
+        r#"{{"type":"{call}","event":"{event}","messageId":"{event_id}",{ids}"timestamp":"{timestamp}","properties":{properties},"context":{{"app":{{"version":"{app_version}"}},{device},"locale":"en-GB"}}}}"#
+    );
+}
 
 /// Generates batches for one run.
 pub struct Generator {
@@ -132,11 +182,19 @@ impl Generator {
         // what limits the request rate. Every value written is plain ASCII.
         let mut body = String::with_capacity(450 * self.scenario.batch_size + 64);
         let mut stamp = [0u8; 30];
-        let _ = write!(
-            body,
-            r#"{{"sent_at":"{}","events":["#,
-            timefmt::format(device_now, &mut stamp)
-        );
+        let _ = if self.scenario.segment {
+            write!(
+                body,
+                r#"{{"sentAt":"{}","batch":["#,
+                timefmt::format(device_now, &mut stamp)
+            )
+        } else {
+            write!(
+                body,
+                r#"{{"sent_at":"{}","events":["#,
+                timefmt::format(device_now, &mut stamp)
+            )
+        };
         for i in 0..self.scenario.batch_size {
             // Zero-padded so that even a short run id makes a valid id (8+ characters).
             let event_id = format!("{}-{seq:08}-{i:04}", self.run_id);
@@ -157,6 +215,28 @@ impl Generator {
                 _ => ("button_click", r#"{"button":"share"}"#.to_owned()),
             };
             let valid = self.rng.random::<f64>() >= self.scenario.invalid_rate;
+            if i > 0 {
+                body.push(',');
+            }
+            if self.scenario.segment {
+                let kind = (!valid).then(|| {
+                    self.invalid_kind += 1;
+                    INVALID_KINDS[(self.invalid_kind - 1) % INVALID_KINDS.len()]
+                });
+                write_segment_message(
+                    &mut body,
+                    &event_id,
+                    name,
+                    &properties,
+                    user,
+                    platform,
+                    app_version,
+                    happened,
+                    kind,
+                );
+                planned.push(Planned { event_id, valid });
+                continue;
+            }
             let (mut schema_version, mut platform, mut timestamp) = ("1", platform, true);
             if !valid {
                 match INVALID_KINDS[self.invalid_kind % INVALID_KINDS.len()] {
@@ -169,9 +249,6 @@ impl Generator {
                     }
                 }
                 self.invalid_kind += 1;
-            }
-            if i > 0 {
-                body.push(',');
             }
             let _ = write!(
                 body,
@@ -286,6 +363,37 @@ mod tests {
                 // Schema violations pass the base model; the other invalid kinds do not.
                 if planned.valid {
                     assert!(parsed.is_ok(), "{event}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn segment_batches_map_to_the_planned_events() {
+        let now = datetime!(2026-11-29 12:00 UTC);
+        let scenario = Scenario {
+            invalid_rate: 0.3,
+            segment: true,
+            ..Scenario::default()
+        };
+        let mut g = Generator::new("run", 9, scenario);
+        for _ in 0..100 {
+            let batch = g.next_batch(now);
+            let body: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+            let messages = body["batch"].as_array().unwrap();
+            assert_eq!(messages.len(), batch.events.len());
+            for (message, planned) in messages.iter().zip(&batch.events) {
+                assert_eq!(message["messageId"], planned.event_id.as_str());
+                let mapped = tollgate_event::segment::map_message(
+                    message.clone(),
+                    None,
+                    Default::default(),
+                    now,
+                    &|_| 1,
+                    &|| "server-id".into(),
+                );
+                if planned.valid {
+                    assert!(mapped.is_ok(), "{message}");
                 }
             }
         }

@@ -92,6 +92,9 @@ struct RunArgs {
     /// Send gzip-compressed bodies.
     #[arg(long)]
     gzip: bool,
+    /// Send Segment HTTP Tracking API batches (/v1/batch), as Segment SDKs do.
+    #[arg(long)]
+    segment: bool,
     /// Write every request's events and answers here (for `verify`).
     #[arg(long)]
     manifest: Option<PathBuf>,
@@ -197,6 +200,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
             invalid_rate: args.invalid_rate,
             late_rate: args.late_rate,
             unknown_key_rate: args.unknown_key_rate,
+            segment: args.segment,
             ..Scenario::default()
         },
         manifest: args.manifest,

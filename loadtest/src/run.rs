@@ -148,7 +148,12 @@ pub struct Second {
 /// # Errors
 /// A bad target URL or an unwritable manifest.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
-    let url: http::Uri = format!("{}/v1/events", config.target.trim_end_matches('/')).parse()?;
+    let path = if config.scenario.segment {
+        "/v1/batch"
+    } else {
+        "/v1/events"
+    };
+    let url: http::Uri = format!("{}{path}", config.target.trim_end_matches('/')).parse()?;
     let auth = http::HeaderValue::from_str(&format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key))

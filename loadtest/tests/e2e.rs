@@ -201,3 +201,30 @@ async fn http2_and_gzip_runs_reconcile_clean_and_ramps_follow_their_stages() {
     let second: u64 = report.series.get(1).map(|s| s.requests).unwrap_or(0);
     assert!(second > 2 * first, "the rate rises: {:?}", report.series);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_run_reconciles_clean() {
+    let data = tempfile::tempdir().unwrap();
+    let manifest = data.path().join("manifest.ndjson");
+    let (url, stop, task) = collector(data.path()).await;
+    let mut cfg = config(
+        url,
+        Model::Closed { connections: 3 },
+        Some(120),
+        None,
+        Some(&manifest),
+    );
+    cfg.scenario.segment = true;
+    let report = run(cfg).await.unwrap();
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    // Segment answers carry no per-event outcomes; verify works from the statuses.
+    assert!(report.outcomes.events.get("none").copied().unwrap_or(0) > 1000);
+    let v = verify(&manifest, data.path()).unwrap();
+    assert!(v.clean(), "{v:?}");
+    assert!(v.acknowledged > 900 && v.quarantined > 20, "{v:?}");
+    let records = std::fs::read_dir(data.path().join("events"))
+        .unwrap()
+        .count();
+    assert!(records > 0);
+}

@@ -183,13 +183,17 @@ impl Pipeline {
                     ignored_fields: ignored,
                 } => {
                     ignored_fields += ignored;
-                    let version = event.schema_version;
-                    match self.schemas.validate_map(
-                        &event.event_name,
-                        version,
-                        &mut event.properties,
-                        unknown,
-                    ) {
+                    let validated = match api {
+                        Api::Native => self
+                            .schemas
+                            .validate_map(&event.event_name, event.schema_version, &mut event.properties, unknown),
+                        // Segment events carry no version: the newest one they satisfy.
+                        Api::Segment => self
+                            .schemas
+                            .validate_newest_matching(&event.event_name, &mut event.properties, unknown)
+                            .map(|version| event.schema_version = version),
+                    };
+                    match validated {
                         Ok(()) => {
                             let (policy, previous) = match &self.privacy {
                                 None => (None, None),

@@ -173,6 +173,43 @@ impl SchemaRegistry {
         ))
     }
 
+    /// For events that carry no version (Segment): the newest registered version that
+    /// `properties` satisfies, so that old clients keep validating while new versions
+    /// roll out. The version is 1 for an unregistered event the source allows.
+    ///
+    /// # Errors
+    /// `unknown_event`, or the newest version's violation when none is satisfied.
+    pub fn validate_newest_matching(
+        &self,
+        event_name: &str,
+        properties: &mut Map<String, Value>,
+        unknown: UnknownEvents,
+    ) -> Result<u32, EventError> {
+        let Some(schemas) = self.events.get(event_name) else {
+            return self
+                .validate_map(event_name, 1, properties, unknown)
+                .map(|()| 1);
+        };
+        let value = Value::Object(std::mem::take(properties));
+        let matched = schemas
+            .versions
+            .iter()
+            .rev()
+            .find(|(_, validator)| validator.is_valid(&value))
+            .map(|(version, _)| *version);
+        let newest = schemas.versions.last().map_or(1, |(v, _)| *v);
+        let result = match matched {
+            Some(version) => Ok(version),
+            None => self
+                .validate(event_name, newest, &value, unknown)
+                .map(|()| newest),
+        };
+        if let Value::Object(map) = value {
+            *properties = map;
+        }
+        result
+    }
+
     /// [`validate`](Self::validate) for a properties map, moved into a `Value` and back
     /// so that nothing is copied.
     ///
