@@ -194,6 +194,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         manifest,
     });
     let started = Instant::now();
+    let progress = progress_bar(&config, shared.clone());
     let deadline = config.duration.map(|d| started + d);
     let budget = config.requests.unwrap_or(u64::MAX);
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -265,6 +266,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         }
     }
     let elapsed = started.elapsed();
+    if let Some((updater, bar)) = progress {
+        updater.abort();
+        bar.finish_and_clear();
+    }
     if let Some(manifest) = &shared.manifest {
         manifest.lock().expect("manifest lock").flush()?;
     }
@@ -357,6 +362,65 @@ fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency:
     }
 }
 
+/// A live progress bar on stderr (only when it is a terminal): rate, errors, ETA.
+fn progress_bar(
+    config: &RunConfig,
+    shared: Arc<Shared>,
+) -> Option<(tokio::task::JoinHandle<()>, indicatif::ProgressBar)> {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let (length, by_time) = match (config.duration, config.requests) {
+        (Some(d), _) => (d.as_secs().max(1), true),
+        (None, Some(n)) => (n, false),
+        (None, None) => (0, true),
+    };
+    let bar = indicatif::ProgressBar::new(length);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} (eta {eta})")
+            .expect("a valid template"),
+    );
+    let shown = bar.clone();
+    let updater = tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (requests, errors) = {
+                let totals = shared.totals.lock().expect("totals lock");
+                let requests: u64 = totals.outcomes.statuses.values().sum();
+                let errors: u64 = totals
+                    .outcomes
+                    .statuses
+                    .iter()
+                    .filter(|(s, _)| !(200..300).contains(*s))
+                    .map(|(_, n)| n)
+                    .sum();
+                (requests, errors)
+            };
+            let rate = (requests - last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), requests);
+            bar.set_position(if by_time {
+                shared.started.elapsed().as_secs()
+            } else {
+                requests
+            });
+            bar.set_message(progress_message(rate, requests, errors));
+        }
+    });
+    Some((updater, shown))
+}
+
+/// The progress bar's message.
+fn progress_message(rate: f64, requests: u64, errors: u64) -> String {
+    let share = if requests == 0 {
+        0.0
+    } else {
+        errors as f64 * 100.0 / requests as f64
+    };
+    format!("{rate:.0} req/s, {requests} sent, {errors} errors ({share:.2} %)")
+}
+
 fn gzip(body: &[u8]) -> Bytes {
     use std::io::Write as _;
     let mut encoder = flate2::write::GzEncoder::new(
@@ -372,6 +436,18 @@ fn gzip(body: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_messages() {
+        assert_eq!(
+            progress_message(1234.4, 5000, 5),
+            "1234 req/s, 5000 sent, 5 errors (0.10 %)"
+        );
+        assert_eq!(
+            progress_message(0.0, 0, 0),
+            "0 req/s, 0 sent, 0 errors (0.00 %)"
+        );
+    }
 
     #[test]
     fn ramps_are_linear_within_a_stage() {
