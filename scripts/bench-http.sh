@@ -43,6 +43,9 @@ load "parse-only baseline" http://127.0.0.1:18090/v1/events | tee "$data/baselin
 echo "== tollgate-loadtest on the parse-only baseline"
 "${load_cpu[@]}" "$target/tollgate-loadtest" run --target http://127.0.0.1:18090 \
   --connections "$CONNECTIONS" --duration "$DURATION" --batch "$BATCH" --out "$data/lt.json" | sed -n 2,4p
+lt_rps=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['requests_per_second'])" "$data/lt.json")
+wrk_rps=$(tail -1 "$data/baseline.txt" | awk '{print $2}')
+echo "== tollgate-loadtest requests/s ÷ wrk requests/s on the baseline: $(awk -v a="$lt_rps" -v b="$wrk_rps" 'BEGIN{printf "%.2f", a/b}')"
 oha_bin=${OHA:-$(command -v oha || true)}
 if [ -n "$oha_bin" ]; then
   echo "== oha on the parse-only baseline (one fixed body)"

@@ -35,9 +35,10 @@ enum Command {
         /// The manifest written by `run --manifest`.
         #[arg(long)]
         manifest: PathBuf,
-        /// The collector's data directory (holding events/ and quarantine/).
-        #[arg(long)]
-        log: PathBuf,
+        /// The collector's data directory (holding events/ and quarantine/). Repeat it to
+        /// check several collectors' logs, e.g. a primary and a shadow: each is reported.
+        #[arg(long, required = true)]
+        log: Vec<PathBuf>,
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -248,35 +249,47 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
 
 fn verify_command(
     manifest: &std::path::Path,
-    log: &std::path::Path,
+    logs: &[PathBuf],
     json: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
-    let v = verify(manifest, log)?;
-    println!(
-        "acknowledged {}  logged {}  quarantined {}\nlost {}  duplicated {} (of which SDK retries {})  invalid not quarantined {}",
-        v.acknowledged,
-        v.logged,
-        v.quarantined,
-        v.lost,
-        v.duplicated,
-        v.retries_through,
-        v.invalid_not_quarantined
-    );
-    for (kind, ids) in &v.examples {
-        println!("  e.g. {kind}: {}", ids.join(", "));
+    let mut all_clean = true;
+    let mut findings = serde_json::Map::new();
+    for log in logs {
+        let v = verify(manifest, log)?;
+        println!("== {}", log.display());
+        println!(
+            "acknowledged {}  logged {}  quarantined {}\nlost {}  duplicated {} (of which SDK retries {})  invalid not quarantined {}  valid but rejected {}",
+            v.acknowledged,
+            v.logged,
+            v.quarantined,
+            v.lost,
+            v.duplicated,
+            v.retries_through,
+            v.invalid_not_quarantined,
+            v.valid_rejected
+        );
+        println!(
+            "unknown write keys: not refused {}  logged anyway {}",
+            v.unknown_key_not_refused, v.unknown_key_logged
+        );
+        for (kind, ids) in &v.examples {
+            println!("  e.g. {kind}: {}", ids.join(", "));
+        }
+        println!(
+            "{}",
+            if v.clean() {
+                "verify: clean"
+            } else {
+                "verify: FAILED"
+            }
+        );
+        all_clean &= v.clean();
+        findings.insert(log.display().to_string(), serde_json::to_value(&v)?);
     }
     if let Some(path) = json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&v)?)?;
+        std::fs::write(&path, serde_json::to_vec_pretty(&findings)?)?;
     }
-    println!(
-        "{}",
-        if v.clean() {
-            "verify: clean"
-        } else {
-            "verify: FAILED"
-        }
-    );
-    Ok(v.clean())
+    Ok(all_clean)
 }
 
 #[cfg(test)]
