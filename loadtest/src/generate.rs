@@ -15,8 +15,10 @@ use std::fmt::Write;
 use time::OffsetDateTime;
 use tollgate_event::timefmt;
 
-/// What the traffic looks like.
-#[derive(Debug, Clone)]
+/// What the traffic looks like. Read from a scenario file (TOML, every key optional;
+/// `config/loadtest-scenario.toml` documents them) or built from the defaults.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Scenario {
     /// Events per request.
     pub batch_size: usize,
@@ -34,6 +36,28 @@ pub struct Scenario {
     pub unknown_key_rate: f64,
     /// Send Segment HTTP Tracking API batches (`/v1/batch`) instead of native ones.
     pub segment: bool,
+    /// Event names and their relative weights. `item_view`, `session_start` and
+    /// `button_click` get realistic properties; any other name gets none.
+    pub event_mix: std::collections::BTreeMap<String, u32>,
+}
+
+impl Scenario {
+    /// Reads a scenario file.
+    ///
+    /// # Errors
+    /// Unreadable, not TOML, an unknown key, or an empty or all-zero event mix.
+    pub fn load(path: &std::path::Path) -> Result<Scenario, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let scenario: Scenario =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if scenario.event_mix.values().all(|w| *w == 0) {
+            return Err(format!(
+                "{}: event_mix needs at least one positive weight",
+                path.display()
+            ));
+        }
+        Ok(scenario)
+    }
 }
 
 impl Default for Scenario {
@@ -47,6 +71,10 @@ impl Default for Scenario {
             skewed_device_rate: 0.05,
             unknown_key_rate: 0.0,
             segment: false,
+            event_mix: [("item_view", 7), ("session_start", 2), ("button_click", 1)]
+                .into_iter()
+                .map(|(name, weight)| (name.to_owned(), weight))
+                .collect(),
         }
     }
 }
@@ -98,15 +126,20 @@ fn write_segment_message(
 ) {
     let mut stamp = [0u8; 30];
     let mut timestamp = timefmt::format(happened, &mut stamp).to_owned();
-    let (mut call, mut event, mut properties) = (
-        "track",
-        match name {
-            "item_view" => "Item View",
-            "session_start" => "Session Start",
-            _ => "Button Click",
-        },
-        properties.to_owned(),
-    );
+    // "item_view" → "Item View": what Segment SDK users write, and what the collector
+    // snake-cases back.
+    let title: String = name
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let (mut call, mut event, mut properties) = ("track", title.as_str(), properties.to_owned());
     let mut ids = format!(r#""userId":"user-{user}","anonymousId":"device-{user}","#);
     match invalid {
         None => {}
@@ -203,17 +236,17 @@ impl Generator {
             if self.rng.random::<f64>() < self.scenario.late_rate {
                 happened -= time::Duration::hours(self.rng.random_range(2..72));
             }
-            let (mut name, mut properties) = match self.rng.random_range(0..10) {
-                0..=6 => (
-                    "item_view",
-                    format!(
-                        r#"{{"item_id":"item-{}","position":{i}}}"#,
-                        self.rng.random_range(0..50_000)
-                    ),
+            let picked = self.pick_event();
+            let mut properties = match picked.as_str() {
+                "item_view" => format!(
+                    r#"{{"item_id":"item-{}","position":{i}}}"#,
+                    self.rng.random_range(0..50_000)
                 ),
-                7 | 8 => ("session_start", format!(r#"{{"cold_start":{}}}"#, i == 0)),
-                _ => ("button_click", r#"{"button":"share"}"#.to_owned()),
+                "session_start" => format!(r#"{{"cold_start":{}}}"#, i == 0),
+                "button_click" => r#"{"button":"share"}"#.to_owned(),
+                _ => "{}".to_owned(),
             };
+            let mut name: &str = &picked;
             let valid = self.rng.random::<f64>() >= self.scenario.invalid_rate;
             if i > 0 {
                 body.push(',');
@@ -284,6 +317,24 @@ impl Generator {
             self.recent.push_back(batch.clone());
         }
         batch
+    }
+
+    /// An event name, drawn by the scenario's weights.
+    fn pick_event(&mut self) -> String {
+        let total: u64 = self
+            .scenario
+            .event_mix
+            .values()
+            .map(|w| u64::from(*w))
+            .sum();
+        let mut draw = self.rng.random_range(0..total.max(1));
+        for (name, weight) in &self.scenario.event_mix {
+            if draw < u64::from(*weight) {
+                return name.clone();
+            }
+            draw -= u64::from(*weight);
+        }
+        "item_view".to_owned()
     }
 
     /// A user index from a Zipf-like distribution (s ≈ 1): user 0 is the most active.
@@ -397,6 +448,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_event_mix_follows_its_weights_and_the_shipped_scenario_parses() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../config/loadtest-scenario.toml");
+        let shipped = Scenario::load(&path).unwrap();
+        assert_eq!(
+            shipped,
+            Scenario::default(),
+            "the shipped file documents the defaults"
+        );
+        let mut scenario = Scenario {
+            invalid_rate: 0.0,
+            retry_rate: 0.0,
+            ..Scenario::default()
+        };
+        scenario.event_mix = [("checkout".to_owned(), 1), ("item_view".to_owned(), 3)]
+            .into_iter()
+            .collect();
+        let mut g = Generator::new("run", 2, scenario);
+        let (mut checkout, mut total) = (0, 0);
+        for _ in 0..200 {
+            let body: serde_json::Value =
+                serde_json::from_slice(&g.next_batch(datetime!(2026-11-29 12:00 UTC)).body)
+                    .unwrap();
+            for event in body["events"].as_array().unwrap() {
+                total += 1;
+                if event["event_name"] == "checkout" {
+                    checkout += 1;
+                    assert_eq!(event["properties"], serde_json::json!({}));
+                }
+            }
+        }
+        let share = checkout as f64 / total as f64;
+        assert!((0.22..0.28).contains(&share), "{share}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("s.toml");
+        std::fs::write(&bad, "retry_rat = 0.5\n").unwrap();
+        assert!(Scenario::load(&bad).unwrap_err().contains("retry_rat"));
     }
 
     #[test]

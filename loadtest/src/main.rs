@@ -69,24 +69,28 @@ struct RunArgs {
     /// Stop after this many requests.
     #[arg(long)]
     requests: Option<u64>,
-    /// Events per request.
-    #[arg(long, default_value_t = 20)]
-    batch: usize,
+    /// Traffic scenario file (TOML; see config/loadtest-scenario.toml). The flags below
+    /// override it.
+    #[arg(long)]
+    scenario: Option<PathBuf>,
+    /// Events per request [default: 20].
+    #[arg(long)]
+    batch: Option<usize>,
     /// Seed of the traffic generator: the same seed gives the same traffic.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Share of requests resent unchanged, as SDK retries do.
-    #[arg(long, default_value_t = 0.02)]
-    retry_rate: f64,
-    /// Share of invalid events.
-    #[arg(long, default_value_t = 0.01)]
-    invalid_rate: f64,
-    /// Share of late events (hours old).
-    #[arg(long, default_value_t = 0.02)]
-    late_rate: f64,
-    /// Share of requests sent with an unknown write key (each must get 401).
-    #[arg(long, default_value_t = 0.0)]
-    unknown_key_rate: f64,
+    /// Share of requests resent unchanged, as SDK retries do [default: 0.02].
+    #[arg(long)]
+    retry_rate: Option<f64>,
+    /// Share of invalid events [default: 0.01].
+    #[arg(long)]
+    invalid_rate: Option<f64>,
+    /// Share of late events, hours old [default: 0.02].
+    #[arg(long)]
+    late_rate: Option<f64>,
+    /// Share of requests sent with an unknown write key, each must get 401 [default: 0].
+    #[arg(long)]
+    unknown_key_rate: Option<f64>,
     /// Speak cleartext HTTP/2 (prior knowledge) instead of HTTP/1.1.
     #[arg(long)]
     http2: bool,
@@ -195,14 +199,26 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
         requests: args.requests,
         seed: args.seed,
         run_id,
-        scenario: Scenario {
-            batch_size: args.batch,
-            retry_rate: args.retry_rate,
-            invalid_rate: args.invalid_rate,
-            late_rate: args.late_rate,
-            unknown_key_rate: args.unknown_key_rate,
-            segment: args.segment,
-            ..Scenario::default()
+        scenario: {
+            let mut scenario = match &args.scenario {
+                Some(path) => Scenario::load(path).map_err(anyhow::Error::msg)?,
+                None => Scenario::default(),
+            };
+            if let Some(batch) = args.batch {
+                scenario.batch_size = batch;
+            }
+            for (flag, field) in [
+                (args.retry_rate, &mut scenario.retry_rate),
+                (args.invalid_rate, &mut scenario.invalid_rate),
+                (args.late_rate, &mut scenario.late_rate),
+                (args.unknown_key_rate, &mut scenario.unknown_key_rate),
+            ] {
+                if let Some(value) = flag {
+                    *field = value;
+                }
+            }
+            scenario.segment |= args.segment;
+            scenario
         },
         manifest: args.manifest,
         http2: args.http2,
