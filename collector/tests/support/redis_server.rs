@@ -30,8 +30,17 @@ impl RedisServer {
 
     /// Starts a server with extra `redis-server` arguments.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(false, |_| extra.clone())
+            .unwrap_or_else(|log| panic!("redis-server did not start (is it installed?): {log}"))
+    }
+
+    /// Starts `redis-server` on a free port with the arguments `args(port)` gives, and
+    /// returns its log when it would not start.
+    fn launch(tls: bool, args: impl Fn(u16) -> Vec<String>) -> Result<RedisServer, String> {
         // Pick a free port: bind port 0, read it, release it. redis-server 7 treats
         // `--port 0` as "no TCP", so it cannot pick one itself; a lost race is retried.
+        let mut last_log = String::new();
         for _ in 0..5 {
             let port = TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -42,14 +51,16 @@ impl RedisServer {
                 port,
                 child: None,
                 dir: tempfile::tempdir().unwrap(),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                tls: false,
+                extra: args(port),
+                tls,
             };
             if server.spawn() {
-                return server;
+                return Ok(server);
             }
+            last_log =
+                std::fs::read_to_string(server.dir.path().join("redis.log")).unwrap_or_default();
         }
-        panic!("redis-server did not start (is it installed?)");
+        Err(last_log)
     }
 
     pub fn url(&self) -> String {
@@ -74,46 +85,27 @@ impl RedisServer {
         std::fs::write(path("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(path("cert.pem"), leaf.pem()).unwrap();
         std::fs::write(path("key.pem"), leaf_key.serialize_pem()).unwrap();
-        let mut last_log = String::new();
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut server = RedisServer {
-                port,
-                child: None,
-                dir: tempfile::tempdir().unwrap(),
-                extra: vec![
-                    "--port".into(),
-                    "0".into(),
-                    "--tls-port".into(),
-                    port.to_string(),
-                    "--tls-cert-file".into(),
-                    path("cert.pem"),
-                    "--tls-key-file".into(),
-                    path("key.pem"),
-                    "--tls-ca-cert-file".into(),
-                    path("ca.pem"),
-                    "--tls-auth-clients".into(),
-                    "no".into(),
-                ],
-                tls: true,
-            };
-            if !server.spawn() {
-                last_log = std::fs::read_to_string(server.dir.path().join("redis.log"))
-                    .unwrap_or_default();
-                continue;
-            }
-            {
-                let ca = std::fs::read(path("ca.pem")).unwrap();
-                // The certificates' folder goes with the server.
-                std::mem::forget(dir);
-                return (server, ca);
-            }
-        }
-        panic!("redis-server with TLS did not start: {}", last_log);
+        let server = Self::launch(true, |port| {
+            vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port.to_string(),
+                "--tls-cert-file".into(),
+                path("cert.pem"),
+                "--tls-key-file".into(),
+                path("key.pem"),
+                "--tls-ca-cert-file".into(),
+                path("ca.pem"),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ]
+        })
+        .unwrap_or_else(|log| panic!("redis-server with TLS did not start: {log}"));
+        let ca = std::fs::read(path("ca.pem")).unwrap();
+        // The certificates' folder goes with the server.
+        std::mem::forget(dir);
+        (server, ca)
     }
 
     /// A server that also listens on a unix socket; returns its `redis+unix://` URL.
