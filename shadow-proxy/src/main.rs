@@ -1,27 +1,61 @@
-//! `tollgate-shadow-proxy`: sits in front of two collector versions during a logging
-//! migration. Only the command line exists so far; the proxy itself is not built yet.
+//! `tollgate-shadow-proxy`: parses arguments and runs the proxy.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Parser;
+use tollgate_shadow_proxy::{ProxyConfig, run};
 
-/// Mirror collector traffic to a shadow collector and measure old-vs-new logging.
-///
-/// Not implemented yet: this build only documents the planned command line.
+/// Mirror collector traffic to a shadow collector during a logging migration. Clients
+/// get the primary's answers unchanged; copies go to the shadow through a bounded
+/// queue and are dropped (and counted) rather than ever slowing the primary.
+/// GET /shadow/report shows per-event outcomes on both sides and the bridge ratios.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-shadow-proxy", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8081")]
-    listen: std::net::SocketAddr,
-    /// The collector whose answers clients receive.
+    listen: SocketAddr,
+    /// The collector whose answers clients receive, e.g. http://127.0.0.1:8080.
     #[arg(long)]
-    primary: Option<String>,
-    /// The collector that receives a sampled copy.
+    primary: String,
+    /// The collector that receives copies (marked X-Tollgate-Shadow: 1).
     #[arg(long)]
     shadow: Option<String>,
+    /// Copies waiting for the shadow before new ones are dropped.
+    #[arg(long, default_value_t = 10_000)]
+    queue: usize,
+    /// Longest the shadow may take for one copy.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    shadow_timeout: Duration,
+    /// A discontinuity is a bridge-ratio interval outside 1 ± this.
+    #[arg(long, default_value_t = 0.05)]
+    tolerance: f64,
 }
 
-fn main() {
-    let _args = Args::parse();
-    eprintln!("tollgate-shadow-proxy: not implemented yet; see --help");
-    std::process::exit(2);
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
+    let config = ProxyConfig {
+        primary: args.primary,
+        shadow: args.shadow,
+        queue: args.queue,
+        shadow_timeout: args.shadow_timeout,
+        tolerance: args.tolerance,
+        ..ProxyConfig::default()
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        tracing::info!(listen = %listener.local_addr()?, "tollgate-shadow-proxy ready");
+        run(config, listener, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })
 }

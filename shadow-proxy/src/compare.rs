@@ -1,0 +1,230 @@
+//! Live comparison of old and new logging over the same traffic.
+//!
+//! For every mirrored request, each event's outcome on the primary (old) and on the
+//! shadow (new) is counted per event name. The bridge ratio of a name is
+//! new accepted / old accepted; its 95 % interval comes from the Wilson score interval
+//! of p = new / (new + old) (the conditional binomial view of two counts over the same
+//! traffic), mapped back to a ratio with r = p / (1 − p). A discontinuity is an interval
+//! that lies entirely outside 1 ± tolerance.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// Outcome counts of one event name on both sides.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sides {
+    pub primary: BTreeMap<String, u64>,
+    pub shadow: BTreeMap<String, u64>,
+}
+
+/// One event name's line in the report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventReport {
+    pub outcomes: Sides,
+    /// shadow accepted / primary accepted.
+    pub ratio: Option<f64>,
+    /// 95 % interval of the ratio.
+    pub interval: Option<(f64, f64)>,
+    /// True when the interval lies outside 1 ± tolerance.
+    pub discontinuity: bool,
+}
+
+/// The live report (`GET /shadow/report`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub mirrored: u64,
+    /// Copies not compared, by reason: queue_full, shadow_error, shadow_timeout.
+    pub dropped: BTreeMap<String, u64>,
+    /// Mirrored requests whose HTTP status differed between the sides.
+    pub status_mismatches: u64,
+    pub tolerance: f64,
+    pub events: BTreeMap<String, EventReport>,
+    /// Event names flagged as discontinuous.
+    pub discontinuities: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    mirrored: u64,
+    dropped: BTreeMap<String, u64>,
+    status_mismatches: u64,
+    events: BTreeMap<String, Sides>,
+}
+
+/// Accumulates the comparison; shared by the mirror workers and the report endpoint.
+pub struct Comparison {
+    tolerance: f64,
+    state: Mutex<State>,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    events: Vec<NamedEvent>,
+}
+
+#[derive(Deserialize)]
+struct NamedEvent {
+    #[serde(default)]
+    event_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(default)]
+    results: Vec<AnswerResult>,
+}
+
+#[derive(Deserialize)]
+struct AnswerResult {
+    status: String,
+}
+
+impl Comparison {
+    pub fn new(tolerance: f64) -> Comparison {
+        Comparison {
+            tolerance,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    pub fn dropped(&self, reason: &str) {
+        *self
+            .state
+            .lock()
+            .expect("comparison lock")
+            .dropped
+            .entry(reason.to_owned())
+            .or_default() += 1;
+    }
+
+    /// Counts one mirrored request's outcomes on both sides.
+    pub fn record(
+        &self,
+        request: &Bytes,
+        primary_status: StatusCode,
+        primary: &Bytes,
+        shadow_status: StatusCode,
+        shadow: &Bytes,
+    ) {
+        let names: Vec<String> = serde_json::from_slice::<Envelope>(request)
+            .map(|e| {
+                e.events
+                    .into_iter()
+                    .map(|n| n.event_name.unwrap_or_else(|| "(unnamed)".into()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let outcomes = |body: &Bytes| -> Vec<String> {
+            serde_json::from_slice::<Answer>(body)
+                .map(|a| a.results.into_iter().map(|r| r.status).collect())
+                .unwrap_or_default()
+        };
+        let (old, new) = (outcomes(primary), outcomes(shadow));
+        let mut state = self.state.lock().expect("comparison lock");
+        state.mirrored += 1;
+        if primary_status != shadow_status {
+            state.status_mismatches += 1;
+        }
+        for (i, name) in names.into_iter().enumerate() {
+            let sides = state.events.entry(name).or_default();
+            let side = |list: &Vec<String>| list.get(i).cloned().unwrap_or_else(|| "none".into());
+            *sides.primary.entry(side(&old)).or_default() += 1;
+            *sides.shadow.entry(side(&new)).or_default() += 1;
+        }
+    }
+
+    pub fn report(&self) -> Report {
+        let state = self.state.lock().expect("comparison lock");
+        let mut discontinuities = Vec::new();
+        let events = state
+            .events
+            .iter()
+            .map(|(name, sides)| {
+                let old = sides.primary.get("accepted").copied().unwrap_or(0);
+                let new = sides.shadow.get("accepted").copied().unwrap_or(0);
+                let ratio = (old > 0).then(|| new as f64 / old as f64);
+                let interval = ratio_interval(new, old);
+                let discontinuity = interval
+                    .is_some_and(|(lo, hi)| hi < 1.0 - self.tolerance || lo > 1.0 + self.tolerance);
+                if discontinuity {
+                    discontinuities.push(name.clone());
+                }
+                (
+                    name.clone(),
+                    EventReport {
+                        outcomes: sides.clone(),
+                        ratio,
+                        interval,
+                        discontinuity,
+                    },
+                )
+            })
+            .collect();
+        Report {
+            mirrored: state.mirrored,
+            dropped: state.dropped.clone(),
+            status_mismatches: state.status_mismatches,
+            tolerance: self.tolerance,
+            events,
+            discontinuities,
+        }
+    }
+}
+
+/// 95 % interval of new/old from the Wilson interval of p = new / (new + old).
+pub fn ratio_interval(new: u64, old: u64) -> Option<(f64, f64)> {
+    let n = (new + old) as f64;
+    if n == 0.0 || old == 0 {
+        return None;
+    }
+    let z = 1.96_f64;
+    let p = new as f64 / n;
+    let center = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt() / (1.0 + z * z / n);
+    let (lo, hi) = ((center - half).max(0.0), (center + half).min(1.0));
+    // JSON has no infinity: an unbounded upper end is reported as f64::MAX.
+    let to_ratio = |q: f64| if q >= 1.0 { f64::MAX } else { q / (1.0 - q) };
+    Some((to_ratio(lo), to_ratio(hi)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn equal_counts_give_an_interval_around_one() {
+        let (lo, hi) = ratio_interval(1000, 1000).unwrap();
+        assert!(lo < 1.0 && hi > 1.0);
+        assert!(lo > 0.9 && hi < 1.1, "{lo} {hi}");
+        // Small samples give wide intervals.
+        let (lo, hi) = ratio_interval(10, 10).unwrap();
+        assert!(lo < 0.5 && hi > 2.0, "{lo} {hi}");
+        assert_eq!(ratio_interval(0, 0), None);
+    }
+
+    #[test]
+    fn a_halved_count_is_flagged_and_a_steady_one_is_not() {
+        let c = Comparison::new(0.05);
+        let request = Bytes::from(r#"{"events":[{"event_name":"a"},{"event_name":"b"}]}"#);
+        let both = Bytes::from(r#"{"results":[{"status":"accepted"},{"status":"accepted"}]}"#);
+        let only_a = Bytes::from(r#"{"results":[{"status":"accepted"},{"status":"rejected"}]}"#);
+        for i in 0..400 {
+            let shadow = if i % 2 == 0 { &both } else { &only_a };
+            c.record(&request, StatusCode::OK, &both, StatusCode::OK, shadow);
+        }
+        let report = c.report();
+        assert_eq!(report.mirrored, 400);
+        assert_eq!(report.discontinuities, vec!["b".to_owned()]);
+        assert_eq!(report.events["b"].ratio, Some(0.5));
+        assert_eq!(
+            report.events["b"].outcomes.shadow.get("rejected"),
+            Some(&200)
+        );
+        assert!(!report.events["a"].discontinuity);
+    }
+}

@@ -1,0 +1,205 @@
+//! The proxy in front of two real collectors on 127.0.0.1: the client gets the primary's
+//! answer, the shadow gets every copy, and the comparison flags exactly what differs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tollgate_collector::Collector;
+use tollgate_collector::config::Config;
+use tollgate_shadow_proxy::compare::Report;
+use tollgate_shadow_proxy::{ProxyConfig, run};
+
+struct Running {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+async fn collector(data: &Path, allow_unknown: bool) -> Running {
+    let mut config = Config::embedded();
+    config.log.data_dir = data.to_owned();
+    config.schemas.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas");
+    config.sources[0].allow_unknown_events = allow_unknown;
+    let collector = Collector::build(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(collector.run(listener, None, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        url,
+        stop: Some(stop),
+    }
+}
+
+async fn proxy(primary: &str, shadow: &str) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let config = ProxyConfig {
+        primary: primary.to_owned(),
+        shadow: Some(shadow.to_owned()),
+        shadow_timeout: Duration::from_secs(5),
+        ..ProxyConfig::default()
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(run(config, listener, async move {
+        let _ = stopped.await;
+    }));
+    Running {
+        url,
+        stop: Some(stop),
+    }
+}
+
+fn batch(n: usize) -> Value {
+    let events: Vec<Value> = (0..10)
+        .map(|i| {
+            let (name, properties) = if i % 3 == 0 {
+                ("button_click", json!({"button": "share"}))
+            } else {
+                ("item_view", json!({"item_id": format!("item-{i}"), "position": i}))
+            };
+            json!({
+                "event_id": format!("mirror-{n:05}-{i:02}"), "event_name": name, "schema_version": 1,
+                "user_id": format!("user-{}", n % 7), "device_id": "device-1",
+                "timestamp_event": "2026-11-29T10:00:00Z", "platform": "web", "properties": properties
+            })
+        })
+        .collect();
+    json!({"events": events})
+}
+
+/// Sends `requests` batches through the proxy; returns the answers' request ids.
+async fn send_through(proxy: &str, requests: usize) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for n in 0..requests {
+        let r = client
+            .post(format!("{proxy}/v1/events"))
+            .basic_auth("dev", Some(""))
+            .json(&batch(n))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        ids.push(r.headers()["x-request-id"].to_str().unwrap().to_owned());
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["accepted"], 10, "{body}");
+    }
+    ids
+}
+
+async fn report_after(proxy: &str, mirrored: u64) -> Report {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let report: Report = reqwest::get(format!("{proxy}/shadow/report"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let settled = report.mirrored + report.dropped.values().sum::<u64>();
+        if settled >= mirrored {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies never settled: {report:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn logged(dir: &Path) -> Vec<Value> {
+    let Ok(entries) = std::fs::read_dir(dir.join("events")) else {
+        return Vec::new();
+    };
+    entries
+        .flat_map(|e| {
+            std::fs::read_to_string(e.unwrap().path())
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_to_a_mirrors_everything_and_flags_nothing() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    let new = collector(new_dir.path(), true).await;
+    let proxy = proxy(&old.url, &new.url).await;
+    let request_ids = send_through(&proxy.url, 150).await;
+    let report = report_after(&proxy.url, 150).await;
+
+    assert_eq!(report.mirrored, 150, "{report:?}");
+    assert!(report.discontinuities.is_empty(), "{report:?}");
+    assert_eq!(report.status_mismatches, 0);
+    for name in ["item_view", "button_click"] {
+        assert_eq!(report.events[name].ratio, Some(1.0));
+    }
+    // The client's answers are the primary's: their request ids are in the primary's log.
+    let primary = logged(old_dir.path());
+    assert_eq!(primary.len(), 1500);
+    for id in &request_ids {
+        assert!(primary.iter().any(|r| r["request_id"] == id.as_str()));
+    }
+    assert_eq!(
+        logged(new_dir.path()).len(),
+        1500,
+        "the shadow got every copy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    // The new logging rejects events without a registered schema: button_click has none.
+    let new = collector(new_dir.path(), false).await;
+    let proxy = proxy(&old.url, &new.url).await;
+    send_through(&proxy.url, 120).await;
+    let report = report_after(&proxy.url, 120).await;
+    assert_eq!(
+        report.discontinuities,
+        vec!["button_click".to_owned()],
+        "{report:?}"
+    );
+    assert_eq!(
+        report.events["button_click"]
+            .outcomes
+            .shadow
+            .get("rejected"),
+        Some(&480)
+    );
+    assert_eq!(report.events["item_view"].ratio, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_shadow_changes_nothing_for_clients_and_drops_are_counted() {
+    let old_dir = tempfile::tempdir().unwrap();
+    let old = collector(old_dir.path(), true).await;
+    // Nothing listens here.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let proxy = proxy(&old.url, &dead).await;
+    send_through(&proxy.url, 40).await;
+    let report = report_after(&proxy.url, 40).await;
+    assert_eq!(report.mirrored, 0);
+    assert_eq!(report.dropped.get("shadow_error"), Some(&40), "{report:?}");
+    assert_eq!(logged(old_dir.path()).len(), 400);
+}
