@@ -43,7 +43,9 @@ pub struct Report {
     pub status_mismatches: u64,
     pub tolerance: f64,
     pub events: BTreeMap<String, EventReport>,
-    /// Event names flagged as discontinuous.
+    /// All events by segment: `platform=ios`, `app_version=5.1.0`.
+    pub segments: BTreeMap<String, EventReport>,
+    /// Event names and segments flagged as discontinuous.
     pub discontinuities: Vec<String>,
 }
 
@@ -53,6 +55,7 @@ struct State {
     dropped: BTreeMap<String, u64>,
     status_mismatches: u64,
     events: BTreeMap<String, Sides>,
+    segments: BTreeMap<String, Sides>,
 }
 
 /// Accumulates the comparison; shared by the mirror workers and the report endpoint.
@@ -71,6 +74,10 @@ struct Envelope {
 struct NamedEvent {
     #[serde(default)]
     event_name: Option<String>,
+    #[serde(default)]
+    platform: Option<String>,
+    #[serde(default)]
+    app_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -111,13 +118,8 @@ impl Comparison {
         shadow_status: StatusCode,
         shadow: &Bytes,
     ) {
-        let names: Vec<String> = serde_json::from_slice::<Envelope>(request)
-            .map(|e| {
-                e.events
-                    .into_iter()
-                    .map(|n| n.event_name.unwrap_or_else(|| "(unnamed)".into()))
-                    .collect()
-            })
+        let events: Vec<NamedEvent> = serde_json::from_slice::<Envelope>(request)
+            .map(|e| e.events)
             .unwrap_or_default();
         let outcomes = |body: &Bytes| -> Vec<String> {
             serde_json::from_slice::<Answer>(body)
@@ -130,48 +132,73 @@ impl Comparison {
         if primary_status != shadow_status {
             state.status_mismatches += 1;
         }
-        for (i, name) in names.into_iter().enumerate() {
-            let sides = state.events.entry(name).or_default();
+        for (i, event) in events.into_iter().enumerate() {
             let side = |list: &Vec<String>| list.get(i).cloned().unwrap_or_else(|| "none".into());
-            *sides.primary.entry(side(&old)).or_default() += 1;
-            *sides.shadow.entry(side(&new)).or_default() += 1;
+            let (o, n) = (side(&old), side(&new));
+            let count = |sides: &mut Sides| {
+                *sides.primary.entry(o.clone()).or_default() += 1;
+                *sides.shadow.entry(n.clone()).or_default() += 1;
+            };
+            count(
+                state
+                    .events
+                    .entry(event.event_name.unwrap_or_else(|| "(unnamed)".into()))
+                    .or_default(),
+            );
+            for (dimension, value) in [
+                ("platform", event.platform),
+                ("app_version", event.app_version),
+            ] {
+                if let Some(value) = value {
+                    count(
+                        state
+                            .segments
+                            .entry(format!("{dimension}={value}"))
+                            .or_default(),
+                    );
+                }
+            }
         }
     }
 
     pub fn report(&self) -> Report {
         let state = self.state.lock().expect("comparison lock");
         let mut discontinuities = Vec::new();
-        let events = state
-            .events
-            .iter()
-            .map(|(name, sides)| {
-                let old = sides.primary.get("accepted").copied().unwrap_or(0);
-                let new = sides.shadow.get("accepted").copied().unwrap_or(0);
-                let ratio = (old > 0).then(|| new as f64 / old as f64);
-                let interval = ratio_interval(new, old);
-                let discontinuity = interval
-                    .is_some_and(|(lo, hi)| hi < 1.0 - self.tolerance || lo > 1.0 + self.tolerance);
-                if discontinuity {
-                    discontinuities.push(name.clone());
-                }
-                (
-                    name.clone(),
-                    EventReport {
-                        outcomes: sides.clone(),
-                        ratio,
-                        interval,
-                        discontinuity,
-                    },
-                )
-            })
-            .collect();
+        let mut judge = |groups: &BTreeMap<String, Sides>| -> BTreeMap<String, EventReport> {
+            groups
+                .iter()
+                .map(|(name, sides)| {
+                    let report = self.judge(sides);
+                    if report.discontinuity {
+                        discontinuities.push(name.clone());
+                    }
+                    (name.clone(), report)
+                })
+                .collect()
+        };
+        let events = judge(&state.events);
+        let segments = judge(&state.segments);
         Report {
             mirrored: state.mirrored,
             dropped: state.dropped.clone(),
             status_mismatches: state.status_mismatches,
             tolerance: self.tolerance,
             events,
+            segments,
             discontinuities,
+        }
+    }
+
+    fn judge(&self, sides: &Sides) -> EventReport {
+        let old = sides.primary.get("accepted").copied().unwrap_or(0);
+        let new = sides.shadow.get("accepted").copied().unwrap_or(0);
+        let interval = ratio_interval(new, old);
+        EventReport {
+            outcomes: sides.clone(),
+            ratio: (old > 0).then(|| new as f64 / old as f64),
+            interval,
+            discontinuity: interval
+                .is_some_and(|(lo, hi)| hi < 1.0 - self.tolerance || lo > 1.0 + self.tolerance),
         }
     }
 }

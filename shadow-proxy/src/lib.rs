@@ -48,6 +48,11 @@ pub struct ProxyConfig {
     pub max_body: usize,
     /// A discontinuity is a bridge-ratio interval that excludes 1 ± this.
     pub tolerance: f64,
+    /// Share of traffic mirrored, chosen by a stable hash of `sample_key`.
+    pub sample_rate: f64,
+    /// The event field whose hash decides sampling (`user_id`, `device_id` or
+    /// `event_id`), read from a request's first event: a sampled user is mirrored whole.
+    pub sample_key: String,
 }
 
 impl Default for ProxyConfig {
@@ -60,6 +65,8 @@ impl Default for ProxyConfig {
             shadow_timeout: Duration::from_secs(2),
             max_body: 4 << 20,
             tolerance: 0.05,
+            sample_rate: 1.0,
+            sample_key: "user_id".into(),
         }
     }
 }
@@ -156,6 +163,26 @@ pub async fn run(
 }
 
 impl Proxy {
+    /// Whether this request is mirrored: a stable hash of the first event's sample key
+    /// (falling back to its event id) against the sample rate.
+    fn sampled(&self, body: &Bytes) -> bool {
+        if self.config.sample_rate >= 1.0 {
+            return true;
+        }
+        let key = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                let first = v.get("events")?.get(0)?.clone();
+                first
+                    .get(&self.config.sample_key)
+                    .or_else(|| first.get("event_id"))
+                    .and_then(|k| k.as_str())
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default();
+        stable_fraction(&key) < self.config.sample_rate
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.uri().path() == "/shadow/report" {
             let body =
@@ -200,7 +227,7 @@ impl Proxy {
                 );
             }
         };
-        if let Some(copies) = &self.copies {
+        if let Some(copies) = self.copies.as_ref().filter(|_| self.sampled(&body)) {
             let copy = Copy {
                 method: parts.method.clone(),
                 path,
@@ -299,6 +326,22 @@ async fn mirror(
     }
 }
 
+/// A value in [0, 1) from a hash that is the same in every process and release, so the
+/// same users are mirrored across restarts and replicas: FNV-1a, then the splitmix64
+/// finalizer (FNV alone barely moves its high bits when only the last byte differs,
+/// and ids like `user-1`, `user-2` do exactly that).
+pub fn stable_fraction(key: &str) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
 /// Headers passed on: all but hop-by-hop ones and `Host` (set from the upstream URL).
 fn forwardable(headers: &http::HeaderMap) -> http::HeaderMap {
     let mut out = headers.clone();
@@ -324,4 +367,24 @@ fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Respo
         http::HeaderValue::from_static(content_type),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stable_fraction;
+
+    #[test]
+    fn similar_keys_spread_evenly_and_stably() {
+        let below = (0..10_000)
+            .filter(|i| stable_fraction(&format!("user-{i}")) < 0.5)
+            .count();
+        assert!((4_800..5_200).contains(&below), "{below}");
+        // Fixed across processes and releases: sampled users stay sampled.
+        assert_eq!(stable_fraction("user-1"), stable_fraction("user-1"));
+        assert!(
+            (0.76..0.77).contains(&stable_fraction("user-1")),
+            "{}",
+            stable_fraction("user-1")
+        );
+    }
 }

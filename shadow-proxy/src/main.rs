@@ -32,6 +32,13 @@ struct Args {
     /// A discontinuity is a bridge-ratio interval outside 1 ± this.
     #[arg(long, default_value_t = 0.05)]
     tolerance: f64,
+    /// Share of traffic mirrored, by a stable hash of --sample-key (whole users stay
+    /// together, across restarts and replicas).
+    #[arg(long, default_value_t = 1.0)]
+    sample_rate: f64,
+    /// Event field whose hash decides sampling: user_id, device_id or event_id.
+    #[arg(long, default_value = "user_id")]
+    sample_key: String,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -45,6 +52,8 @@ fn main() -> anyhow::Result<()> {
         queue: args.queue,
         shadow_timeout: args.shadow_timeout,
         tolerance: args.tolerance,
+        sample_rate: args.sample_rate,
+        sample_key: args.sample_key,
         ..ProxyConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

@@ -25,10 +25,14 @@ impl Drop for Running {
 }
 
 async fn collector(data: &Path, allow_unknown: bool) -> Running {
+    collector_with(data, |c| c.sources[0].allow_unknown_events = allow_unknown).await
+}
+
+async fn collector_with(data: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
     let mut config = Config::embedded();
     config.log.data_dir = data.to_owned();
     config.schemas.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas");
-    config.sources[0].allow_unknown_events = allow_unknown;
+    tweak(&mut config);
     let collector = Collector::build(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -43,14 +47,19 @@ async fn collector(data: &Path, allow_unknown: bool) -> Running {
 }
 
 async fn proxy(primary: &str, shadow: &str) -> Running {
+    proxy_with(primary, shadow, |_| {}).await
+}
+
+async fn proxy_with(primary: &str, shadow: &str, tweak: impl FnOnce(&mut ProxyConfig)) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let config = ProxyConfig {
+    let mut config = ProxyConfig {
         primary: primary.to_owned(),
         shadow: Some(shadow.to_owned()),
         shadow_timeout: Duration::from_secs(5),
         ..ProxyConfig::default()
     };
+    tweak(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(run(config, listener, async move {
         let _ = stopped.await;
@@ -72,7 +81,8 @@ fn batch(n: usize) -> Value {
             json!({
                 "event_id": format!("mirror-{n:05}-{i:02}"), "event_name": name, "schema_version": 1,
                 "user_id": format!("user-{}", n % 7), "device_id": "device-1",
-                "timestamp_event": "2026-11-29T10:00:00Z", "platform": "web", "properties": properties
+                "timestamp_event": "2026-11-29T10:00:00Z",
+                "platform": if n.is_multiple_of(2) { "web" } else { "android" }, "properties": properties
             })
         })
         .collect();
@@ -81,9 +91,13 @@ fn batch(n: usize) -> Value {
 
 /// Sends `requests` batches through the proxy; returns the answers' request ids.
 async fn send_through(proxy: &str, requests: usize) -> Vec<String> {
+    send_range(proxy, 0..requests).await
+}
+
+async fn send_range(proxy: &str, requests: std::ops::Range<usize>) -> Vec<String> {
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
-    for n in 0..requests {
+    for n in requests {
         let r = client
             .post(format!("{proxy}/v1/events"))
             .basic_auth("dev", Some(""))
@@ -172,11 +186,15 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
     let proxy = proxy(&old.url, &new.url).await;
     send_through(&proxy.url, 120).await;
     let report = report_after(&proxy.url, 120).await;
-    assert_eq!(
-        report.discontinuities,
-        vec!["button_click".to_owned()],
-        "{report:?}"
-    );
+    // Among event names, exactly the changed one is flagged (its drop shows in every
+    // platform segment too, since both platforms send it).
+    let flagged: Vec<&String> = report
+        .events
+        .iter()
+        .filter(|(_, e)| e.discontinuity)
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(flagged, ["button_click"], "{report:?}");
     assert_eq!(
         report.events["button_click"]
             .outcomes
@@ -202,4 +220,59 @@ async fn a_dead_shadow_changes_nothing_for_clients_and_drops_are_counted() {
     assert_eq!(report.mirrored, 0);
     assert_eq!(report.dropped.get("shadow_error"), Some(&40), "{report:?}");
     assert_eq!(logged(old_dir.path()).len(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_drops_one_platform_is_flagged_for_that_segment() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    let new = collector_with(new_dir.path(), |c| c.platforms.retain(|p| p != "android")).await;
+    let proxy = proxy(&old.url, &new.url).await;
+    send_through(&proxy.url, 100).await;
+    let report = report_after(&proxy.url, 100).await;
+    assert!(
+        report.segments["platform=android"].discontinuity,
+        "{report:?}"
+    );
+    assert_eq!(report.segments["platform=android"].ratio, Some(0.0));
+    assert!(!report.segments["platform=web"].discontinuity, "{report:?}");
+    assert_eq!(report.segments["platform=web"].ratio, Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_keeps_whole_users() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    let new = collector(new_dir.path(), true).await;
+    let proxy = proxy_with(&old.url, &new.url, |c| c.sample_rate = 0.5).await;
+    send_through(&proxy.url, 140).await;
+    // Every user sends 20 batches (n % 7): at least one sampled user's copies settle.
+    let report = report_after(&proxy.url, 20).await;
+    let per_user = |dir: &Path| {
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for r in logged(dir) {
+            *counts
+                .entry(r["user_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+        counts
+    };
+    let settle = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (primary, shadow) = loop {
+        let (p, s) = (per_user(old_dir.path()), per_user(new_dir.path()));
+        let expected: usize = s.keys().map(|u| p[u]).sum();
+        if s.values().sum::<usize>() == expected || tokio::time::Instant::now() > settle {
+            break (p, s);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(primary.len(), 7);
+    assert!(
+        !shadow.is_empty() && shadow.len() < 7,
+        "some users sampled: {shadow:?}"
+    );
+    for (user, count) in &shadow {
+        assert_eq!(*count, primary[user], "user {user} is mirrored whole");
+    }
+    assert!(report.mirrored > 0);
 }
