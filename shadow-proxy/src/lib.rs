@@ -6,9 +6,11 @@
 //! # Layout
 //! - [`ProxyConfig`] and [`run`]: the listener, the primary path, the mirror queue;
 //! - [`compare`]: per-event outcomes of both sides, counted per event name, and the
-//!   bridge ratio new/old with a confidence interval.
+//!   bridge ratio new/old with a confidence interval;
+//! - [`offline`]: the same questions over what two collectors logged.
 
 pub mod compare;
+pub mod offline;
 
 use std::convert::Infallible;
 use std::sync::Arc;

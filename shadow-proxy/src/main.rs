@@ -14,12 +14,14 @@ use tollgate_shadow_proxy::{ProxyConfig, run};
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-shadow-proxy", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8081")]
     listen: SocketAddr,
     /// The collector whose answers clients receive, e.g. http://127.0.0.1:8080.
     #[arg(long)]
-    primary: String,
+    primary: Option<String>,
     /// The collector that receives copies (marked X-Tollgate-Shadow: 1).
     #[arg(long)]
     shadow: Option<String>,
@@ -41,13 +43,71 @@ struct Args {
     sample_key: String,
 }
 
-fn main() -> anyhow::Result<()> {
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Compare what two collectors logged (old and new logging over the same traffic).
+    /// Exits 1 when a discontinuity or drift is found: usable as a migration gate.
+    Compare {
+        /// The old collector's data directory.
+        #[arg(long)]
+        old: std::path::PathBuf,
+        /// The new collector's data directory.
+        #[arg(long)]
+        new: std::path::PathBuf,
+        /// TOML with `[rename] old_name = "new_name"` entries.
+        #[arg(long)]
+        mapping: Option<std::path::PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A discontinuity is a bridge-ratio interval outside 1 ± this.
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("tollgate-shadow-proxy: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main() -> anyhow::Result<bool> {
     let args = Args::parse();
+    if let Some(Command::Compare {
+        old,
+        new,
+        mapping,
+        json,
+        tolerance,
+    }) = args.command
+    {
+        let mapping = match mapping {
+            Some(path) => toml::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("reading {}", path.display()))?,
+            None => tollgate_shadow_proxy::offline::Mapping::default(),
+        };
+        let comparison = tollgate_shadow_proxy::offline::compare(&old, &new, &mapping, tolerance)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&comparison)?);
+        } else {
+            print!("{}", comparison.human());
+        }
+        return Ok(comparison.clean());
+    }
+    let primary = args
+        .primary
+        .ok_or_else(|| anyhow::anyhow!("--primary is required to run the proxy"))?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
     let config = ProxyConfig {
-        primary: args.primary,
+        primary,
         shadow: args.shadow,
         queue: args.queue,
         shadow_timeout: args.shadow_timeout,
@@ -66,5 +126,6 @@ fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
-    })
+    })?;
+    Ok(true)
 }

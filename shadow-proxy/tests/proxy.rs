@@ -276,3 +276,118 @@ async fn sampling_keeps_whole_users() {
     }
     assert!(report.mirrored > 0);
 }
+
+/// Posts `events` straight to a collector.
+async fn post_direct(collector: &str, events: Vec<Value>) {
+    let r = reqwest::Client::new()
+        .post(format!("{collector}/v1/events"))
+        .basic_auth("dev", Some(""))
+        .json(&json!({ "events": events }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_compare_reports_the_known_differences_exactly() {
+    use tollgate_shadow_proxy::offline::{Mapping, compare};
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    // The new logging drops android and the web client renamed button_click.
+    let new = collector_with(new_dir.path(), |c| c.platforms.retain(|p| p != "android")).await;
+    let event = |id: String, name: &str, platform: &str, properties: Value, session: Value| {
+        json!({"event_id": id, "event_name": name, "schema_version": 1, "user_id": "u-1",
+               "session_id": session, "timestamp_event": "2026-11-29T10:00:00Z",
+               "platform": platform, "properties": properties})
+    };
+    for n in 0..150 {
+        let platform = if n % 3 == 0 { "android" } else { "web" };
+        let item = json!({"item_id": "i-1", "position": 1});
+        let mut old_events = vec![
+            event(
+                format!("cmp-{n:04}-a"),
+                "item_view",
+                platform,
+                item.clone(),
+                json!("s-1"),
+            ),
+            event(
+                format!("cmp-{n:04}-b"),
+                "button_click",
+                platform,
+                json!({"button": "share"}),
+                json!("s-1"),
+            ),
+        ];
+        let mut new_events = vec![
+            // New logging stopped sending session ids for item_view.
+            event(
+                format!("cmp-{n:04}-a"),
+                "item_view",
+                platform,
+                item,
+                Value::Null,
+            ),
+            event(
+                format!("cmp-{n:04}-b"),
+                "button_tap",
+                platform,
+                json!({"button": "share", "variant": "b"}),
+                json!("s-1"),
+            ),
+        ];
+        post_direct(&old.url, std::mem::take(&mut old_events)).await;
+        post_direct(&new.url, std::mem::take(&mut new_events)).await;
+    }
+
+    let plain = compare(old_dir.path(), new_dir.path(), &Mapping::default(), 0.05).unwrap();
+    assert_eq!(plain.events["button_click"].new, 0);
+    assert_eq!(plain.events["button_tap"].old, 0);
+    assert!(plain.discontinuities.contains(&"button_click".to_owned()));
+    assert!(plain.discontinuities.contains(&"button_tap".to_owned()));
+
+    let mapping: Mapping = toml::from_str("[rename]\nbutton_click = \"button_tap\"\n").unwrap();
+    let mapped = compare(old_dir.path(), new_dir.path(), &mapping, 0.05).unwrap();
+    // 50 of 150 requests were android: the new side lost a third of each event.
+    let tap = &mapped.events["button_tap"];
+    assert_eq!((tap.old, tap.new), (150, 100));
+    assert_eq!(tap.new_fields, ["variant"]);
+    assert!(tap.discontinuity);
+    let view = &mapped.events["item_view"];
+    assert_eq!((view.old, view.new), (150, 100));
+    assert_eq!(view.null_rate_changes.get("session_id"), Some(&(0.0, 1.0)));
+    assert_eq!(mapped.only_in_old, 100, "the android events' ids");
+    assert_eq!(mapped.only_in_new, 0);
+    assert!(
+        mapped.drifted.contains(&"platform".to_owned()),
+        "{:?}",
+        mapped.psi
+    );
+    assert!(!mapped.drifted.contains(&"surface".to_owned()));
+    assert!(!mapped.clean());
+
+    // A/A: the old log against itself is clean, and the binary says so with exit 0.
+    let same = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-shadow-proxy"))
+        .args(["compare", "--old"])
+        .arg(old_dir.path())
+        .arg("--new")
+        .arg(old_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        same.status.success(),
+        "{}",
+        String::from_utf8_lossy(&same.stdout)
+    );
+    let differs = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-shadow-proxy"))
+        .args(["compare", "--json", "--old"])
+        .arg(old_dir.path())
+        .arg("--new")
+        .arg(new_dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(differs.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&differs.stdout).unwrap();
+    assert_eq!(json["only_in_old"], 100);
+}

@@ -1,0 +1,317 @@
+//! Offline comparison of what two collectors actually logged (old and new logging over
+//! the same traffic): counts and bridge ratios per event, events present on one side
+//! only, field null-rate changes, new or vanished fields, and drift of categorical
+//! fields (population stability index).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::compare::ratio_interval;
+
+/// Old → new event names (renames); names not listed map to themselves.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mapping {
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// Categorical fields whose distribution is compared.
+const CATEGORICAL: [&str; 3] = ["platform", "app_version", "surface"];
+/// Optional fields whose null rate is compared.
+const NULLABLE: [&str; 4] = ["user_id", "device_id", "session_id", "app_version"];
+/// PSI above this is reported as drift (0.1–0.25 is the usual "moderate" band).
+const PSI_DRIFT: f64 = 0.1;
+/// A null-rate change larger than this (absolute) is reported.
+const NULL_RATE_CHANGE: f64 = 0.05;
+
+#[derive(Debug, Default)]
+struct Side {
+    ids: HashSet<String>,
+    /// Event name → count.
+    counts: BTreeMap<String, u64>,
+    /// Event name → field → nulls.
+    nulls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Event name → property keys seen.
+    keys: BTreeMap<String, BTreeSet<String>>,
+    /// Field → value → count.
+    categories: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// One event name's comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDiff {
+    pub old: u64,
+    pub new: u64,
+    pub ratio: Option<f64>,
+    pub interval: Option<(f64, f64)>,
+    pub discontinuity: bool,
+    /// field → (old null rate, new null rate), for changes above 5 points.
+    pub null_rate_changes: BTreeMap<String, (f64, f64)>,
+    pub new_fields: Vec<String>,
+    pub vanished_fields: Vec<String>,
+}
+
+/// The whole offline comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    pub tolerance: f64,
+    pub events: BTreeMap<String, EventDiff>,
+    pub only_in_old: u64,
+    pub only_in_new: u64,
+    /// field → population stability index between old and new.
+    pub psi: BTreeMap<String, f64>,
+    pub discontinuities: Vec<String>,
+    pub drifted: Vec<String>,
+}
+
+impl Comparison {
+    /// True when nothing needs a look before cutting over.
+    pub fn clean(&self) -> bool {
+        self.discontinuities.is_empty() && self.drifted.is_empty()
+    }
+
+    /// A table for people.
+    pub fn human(&self) -> String {
+        let mut out = format!(
+            "{:<28} {:>10} {:>10} {:>8}  {:<20} flag\n",
+            "event", "old", "new", "ratio", "95% interval"
+        );
+        for (name, e) in &self.events {
+            let ratio = e.ratio.map_or("-".into(), |r| format!("{r:.3}"));
+            let interval = e
+                .interval
+                .map_or("-".into(), |(lo, hi)| format!("[{lo:.3}, {hi:.3}]"));
+            let flag = if e.discontinuity { "DISCONTINUITY" } else { "" };
+            out.push_str(&format!(
+                "{name:<28} {:>10} {:>10} {ratio:>8}  {interval:<20} {flag}\n",
+                e.old, e.new
+            ));
+            for (field, (old, new)) in &e.null_rate_changes {
+                out.push_str(&format!(
+                    "    null rate of {field}: {:.1}% -> {:.1}%\n",
+                    old * 100.0,
+                    new * 100.0
+                ));
+            }
+            if !e.new_fields.is_empty() {
+                out.push_str(&format!("    new fields: {}\n", e.new_fields.join(", ")));
+            }
+            if !e.vanished_fields.is_empty() {
+                out.push_str(&format!(
+                    "    vanished fields: {}\n",
+                    e.vanished_fields.join(", ")
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "events only in old: {}, only in new: {}\n",
+            self.only_in_old, self.only_in_new
+        ));
+        for (field, psi) in &self.psi {
+            let flag = if *psi > PSI_DRIFT { "  DRIFT" } else { "" };
+            out.push_str(&format!("PSI {field}: {psi:.4}{flag}\n"));
+        }
+        out
+    }
+}
+
+/// Compares the `events/` logs of two collector data dirs.
+///
+/// # Errors
+/// Unreadable log files.
+pub fn compare(
+    old: &Path,
+    new: &Path,
+    mapping: &Mapping,
+    tolerance: f64,
+) -> anyhow::Result<Comparison> {
+    let old_side = read_side(old, &mapping.rename)?;
+    let new_side = read_side(new, &BTreeMap::new())?;
+    let names: BTreeSet<&String> = old_side
+        .counts
+        .keys()
+        .chain(new_side.counts.keys())
+        .collect();
+    let mut discontinuities = Vec::new();
+    let mut events = BTreeMap::new();
+    for name in names {
+        let old_n = old_side.counts.get(name).copied().unwrap_or(0);
+        let new_n = new_side.counts.get(name).copied().unwrap_or(0);
+        let interval = ratio_interval(new_n, old_n);
+        let discontinuity = match interval {
+            Some((lo, hi)) => hi < 1.0 - tolerance || lo > 1.0 + tolerance,
+            // A name on one side only is a discontinuity of its own.
+            None => new_n > 0,
+        };
+        if discontinuity {
+            discontinuities.push(name.clone());
+        }
+        let rate = |side: &Side, field: &str, n: u64| {
+            let nulls = side
+                .nulls
+                .get(name)
+                .and_then(|f| f.get(field))
+                .copied()
+                .unwrap_or(0);
+            if n == 0 { 0.0 } else { nulls as f64 / n as f64 }
+        };
+        let mut null_rate_changes = BTreeMap::new();
+        if old_n > 0 && new_n > 0 {
+            for field in NULLABLE {
+                let (a, b) = (rate(&old_side, field, old_n), rate(&new_side, field, new_n));
+                if (a - b).abs() > NULL_RATE_CHANGE {
+                    null_rate_changes.insert(field.to_owned(), (a, b));
+                }
+            }
+        }
+        let empty = BTreeSet::new();
+        let (old_keys, new_keys) = (
+            old_side.keys.get(name).unwrap_or(&empty),
+            new_side.keys.get(name).unwrap_or(&empty),
+        );
+        let (new_fields, vanished_fields) = if old_n > 0 && new_n > 0 {
+            (
+                new_keys.difference(old_keys).cloned().collect(),
+                old_keys.difference(new_keys).cloned().collect(),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        events.insert(
+            name.clone(),
+            EventDiff {
+                old: old_n,
+                new: new_n,
+                ratio: (old_n > 0).then(|| new_n as f64 / old_n as f64),
+                interval,
+                discontinuity,
+                null_rate_changes,
+                new_fields,
+                vanished_fields,
+            },
+        );
+    }
+    let mut psi = BTreeMap::new();
+    let mut drifted = Vec::new();
+    for field in CATEGORICAL {
+        let empty = BTreeMap::new();
+        let value = population_stability(
+            old_side.categories.get(field).unwrap_or(&empty),
+            new_side.categories.get(field).unwrap_or(&empty),
+        );
+        if value > PSI_DRIFT {
+            drifted.push(field.to_owned());
+        }
+        psi.insert(field.to_owned(), value);
+    }
+    Ok(Comparison {
+        tolerance,
+        events,
+        only_in_old: old_side.ids.difference(&new_side.ids).count() as u64,
+        only_in_new: new_side.ids.difference(&old_side.ids).count() as u64,
+        psi,
+        discontinuities,
+        drifted,
+    })
+}
+
+/// Population stability index: Σ (new − old) · ln(new / old) over the categories, with
+/// a small floor so that a category on one side only counts instead of dividing by 0.
+pub fn population_stability(old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>) -> f64 {
+    let (old_total, new_total) = (
+        old.values().sum::<u64>() as f64,
+        new.values().sum::<u64>() as f64,
+    );
+    if old_total == 0.0 || new_total == 0.0 {
+        return 0.0;
+    }
+    let categories: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    categories
+        .into_iter()
+        .map(|c| {
+            let o = (old.get(c).copied().unwrap_or(0) as f64 / old_total).max(1e-4);
+            let n = (new.get(c).copied().unwrap_or(0) as f64 / new_total).max(1e-4);
+            (n - o) * (n / o).ln()
+        })
+        .sum()
+}
+
+fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Side> {
+    let mut side = Side::default();
+    let events = dir.join("events");
+    let Ok(entries) = std::fs::read_dir(&events) else {
+        return Ok(side);
+    };
+    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
+    files.sort();
+    let mut seen_per_name: HashMap<String, u64> = HashMap::new();
+    for file in files {
+        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
+            let Ok(record) = serde_json::from_str::<Value>(&line?) else {
+                continue;
+            };
+            let raw_name = record["event_name"].as_str().unwrap_or("(unnamed)");
+            let name = rename
+                .get(raw_name)
+                .map_or(raw_name, String::as_str)
+                .to_owned();
+            if let Some(id) = record["event_id"].as_str() {
+                side.ids.insert(id.to_owned());
+            }
+            *side.counts.entry(name.clone()).or_default() += 1;
+            *seen_per_name.entry(name.clone()).or_default() += 1;
+            for field in NULLABLE {
+                if record.get(field).is_none_or(Value::is_null) {
+                    *side
+                        .nulls
+                        .entry(name.clone())
+                        .or_default()
+                        .entry(field.to_owned())
+                        .or_default() += 1;
+                }
+            }
+            if let Some(properties) = record["properties"].as_object() {
+                side.keys
+                    .entry(name.clone())
+                    .or_default()
+                    .extend(properties.keys().cloned());
+            }
+            for field in CATEGORICAL {
+                let value = record[field].as_str().unwrap_or("(null)").to_owned();
+                *side
+                    .categories
+                    .entry(field.to_owned())
+                    .or_default()
+                    .entry(value)
+                    .or_default() += 1;
+            }
+        }
+    }
+    Ok(side)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psi_is_zero_for_equal_distributions_and_grows_with_shift() {
+        let a: BTreeMap<String, u64> = [("ios".to_owned(), 50), ("android".to_owned(), 50)].into();
+        assert!(population_stability(&a, &a).abs() < 1e-12);
+        let b: BTreeMap<String, u64> = [("ios".to_owned(), 80), ("android".to_owned(), 20)].into();
+        let shifted = population_stability(&a, &b);
+        assert!(shifted > 0.2, "{shifted}");
+        let c: BTreeMap<String, u64> = [
+            ("ios".to_owned(), 50),
+            ("android".to_owned(), 45),
+            ("web".to_owned(), 5),
+        ]
+        .into();
+        assert!(population_stability(&a, &c) > 0.0);
+    }
+}
