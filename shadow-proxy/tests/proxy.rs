@@ -29,21 +29,34 @@ async fn collector(data: &Path, allow_unknown: bool) -> Running {
 }
 
 async fn collector_with(data: &Path, tweak: impl FnOnce(&mut Config)) -> Running {
+    collector_metrics(data, tweak).await.0
+}
+
+/// A collector and the metrics it counts.
+async fn collector_metrics(
+    data: &Path,
+    tweak: impl FnOnce(&mut Config),
+) -> (
+    Running,
+    std::sync::Arc<tollgate_collector::telemetry::Metrics>,
+) {
     let mut config = Config::embedded();
     config.log.data_dir = data.to_owned();
     config.schemas.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas");
     tweak(&mut config);
     let collector = Collector::build(config).unwrap();
+    let metrics = collector.metrics();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(collector.run(listener, None, async move {
         let _ = stopped.await;
     }));
-    Running {
+    let running = Running {
         url,
         stop: Some(stop),
-    }
+    };
+    (running, metrics)
 }
 
 async fn proxy(primary: &str, shadow: &str) -> Running {
@@ -152,8 +165,8 @@ fn logged(dir: &Path) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_to_a_mirrors_everything_and_flags_nothing() {
     let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let old = collector(old_dir.path(), true).await;
-    let new = collector(new_dir.path(), true).await;
+    let (old, old_metrics) = collector_metrics(old_dir.path(), |_| {}).await;
+    let (new, new_metrics) = collector_metrics(new_dir.path(), |_| {}).await;
     let proxy = proxy(&old.url, &new.url).await;
     let request_ids = send_through(&proxy.url, 150).await;
     let report = report_after(&proxy.url, 150).await;
@@ -174,6 +187,17 @@ async fn a_to_a_mirrors_everything_and_flags_nothing() {
         logged(new_dir.path()).len(),
         1500,
         "the shadow got every copy"
+    );
+    // The shadow counts the copies apart; the primary saw none.
+    assert!(
+        new_metrics
+            .render()
+            .contains("tollgate_shadow_requests_total{route=\"native\"} 150")
+    );
+    assert!(
+        !old_metrics
+            .render()
+            .contains("tollgate_shadow_requests_total{")
     );
 }
 

@@ -23,6 +23,9 @@ use crate::error::{ApiError, json_bytes_response, json_response};
 use crate::ingest::{DecodeLimits, Pipeline, Source, decode};
 use crate::telemetry::Metrics;
 
+/// Marks copies a shadow proxy sends, so that they are counted apart.
+pub const SHADOW_HEADER: &str = "x-tollgate-shadow";
+
 /// Header carrying the client's send time for NDJSON bodies (JSON bodies use `sent_at`).
 pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
 
@@ -150,6 +153,12 @@ impl App {
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
         let route = Route::find(req.uri().path(), listener);
+        if req.headers().get(SHADOW_HEADER).is_some_and(|v| v == "1") {
+            self.metrics.shadow_requests.add(
+                1,
+                &[opentelemetry::KeyValue::new("route", Route::label(route))],
+            );
+        }
         let result = match route {
             None => Err(ApiError::NotFound),
             Some(r)

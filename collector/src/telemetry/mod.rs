@@ -55,6 +55,8 @@ pub struct Metrics {
     pub privacy_drops: Counter<u64>,
     /// PII found in free-text property values, by detector.
     pub privacy_pii: Counter<u64>,
+    /// Requests marked `X-Tollgate-Shadow: 1` (copies from a shadow proxy), by route.
+    pub shadow_requests: Counter<u64>,
 }
 
 impl Metrics {
@@ -145,6 +147,10 @@ impl Metrics {
             privacy_drops: counter(
                 "tollgate_privacy_drops",
                 "Events removed by the privacy policy before they were written, by reason",
+            ),
+            shadow_requests: counter(
+                "tollgate_shadow_requests",
+                "Requests copied here by a shadow proxy (X-Tollgate-Shadow: 1), by route",
             ),
             privacy_pii: counter(
                 "tollgate_privacy_pii",
