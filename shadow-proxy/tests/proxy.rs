@@ -415,3 +415,69 @@ async fn offline_compare_reports_the_known_differences_exactly() {
     let json: Value = serde_json::from_slice(&differs.stdout).unwrap();
     assert_eq!(json["only_in_old"], 100);
 }
+
+/// A misbehaving shadow: answers every request with `status` after `delay`.
+async fn misbehaving_shadow(status: u16, delay: Duration) -> String {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(delay).await;
+                    let mut response =
+                        hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                    *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_shadow_times_out_copies_and_a_failing_one_is_counted_as_mismatch() {
+    let old_dir = tempfile::tempdir().unwrap();
+    let old = collector(old_dir.path(), true).await;
+
+    // Far slower than the shadow timeout: every copy times out, clients are unaffected.
+    let slow = misbehaving_shadow(200, Duration::from_secs(30)).await;
+    let slow_proxy = proxy_with(&old.url, &slow, |c| {
+        c.shadow_timeout = Duration::from_millis(100)
+    })
+    .await;
+    send_range(&slow_proxy.url, 0..20).await;
+    let report = report_after(&slow_proxy.url, 20).await;
+    assert_eq!(
+        report.dropped.get("shadow_timeout"),
+        Some(&20),
+        "{report:?}"
+    );
+    assert_eq!(report.mirrored, 0);
+
+    // Answers 500: compared, and every request is a status mismatch.
+    let failing = misbehaving_shadow(500, Duration::ZERO).await;
+    let failing_proxy = proxy(&old.url, &failing).await;
+    send_range(&failing_proxy.url, 20..50).await;
+    let report = report_after(&failing_proxy.url, 30).await;
+    assert_eq!(
+        (report.mirrored, report.status_mismatches),
+        (30, 30),
+        "{report:?}"
+    );
+    assert_eq!(
+        logged(old_dir.path()).len(),
+        500,
+        "the primary logged every event"
+    );
+}
