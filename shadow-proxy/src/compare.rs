@@ -47,6 +47,17 @@ pub struct Report {
     pub segments: BTreeMap<String, EventReport>,
     /// Event names and segments flagged as discontinuous.
     pub discontinuities: Vec<String>,
+    /// Round-trip latency of each side, as the proxy saw it.
+    pub latency: BTreeMap<String, Latency>,
+}
+
+/// Latency percentiles of one side, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub max_us: u64,
 }
 
 #[derive(Default)]
@@ -56,6 +67,8 @@ struct State {
     status_mismatches: u64,
     events: BTreeMap<String, Sides>,
     segments: BTreeMap<String, Sides>,
+    primary_latency: Option<hdrhistogram::Histogram<u64>>,
+    shadow_latency: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Accumulates the comparison; shared by the mirror workers and the report endpoint.
@@ -97,6 +110,20 @@ impl Comparison {
             tolerance,
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Records one round trip of the primary (`shadow == false`) or the shadow.
+    pub fn latency(&self, shadow: bool, took: std::time::Duration) {
+        let mut state = self.state.lock().expect("comparison lock");
+        let histogram = if shadow {
+            &mut state.shadow_latency
+        } else {
+            &mut state.primary_latency
+        };
+        let histogram = histogram.get_or_insert_with(|| {
+            hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
+        });
+        let _ = histogram.record(took.as_micros().clamp(1, 600_000_000) as u64);
     }
 
     pub fn dropped(&self, reason: &str) {
@@ -178,7 +205,21 @@ impl Comparison {
         };
         let events = judge(&state.events);
         let segments = judge(&state.segments);
+        let summary = |h: &Option<hdrhistogram::Histogram<u64>>| {
+            h.as_ref().map_or_else(Latency::default, |h| Latency {
+                count: h.len(),
+                p50_us: h.value_at_quantile(0.5),
+                p99_us: h.value_at_quantile(0.99),
+                max_us: h.max(),
+            })
+        };
+        let latency = [
+            ("primary".to_owned(), summary(&state.primary_latency)),
+            ("shadow".to_owned(), summary(&state.shadow_latency)),
+        ]
+        .into();
         Report {
+            latency,
             mirrored: state.mirrored,
             dropped: state.dropped.clone(),
             status_mismatches: state.status_mismatches,

@@ -208,6 +208,7 @@ impl Proxy {
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         let headers = forwardable(&parts.headers);
+        let started = std::time::Instant::now();
         let answer = send(
             &self.client,
             &self.primary,
@@ -219,7 +220,10 @@ impl Proxy {
         )
         .await;
         let (status, response_headers, response_body) = match answer {
-            Ok(answer) => answer,
+            Ok(answer) => {
+                self.comparison.latency(false, started.elapsed());
+                answer
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "primary unreachable");
                 return respond(
@@ -300,6 +304,7 @@ async fn mirror(
         let timeout = config.shadow_timeout;
         tokio::spawn(async move {
             let _permit = permit;
+            let started = std::time::Instant::now();
             let sent = tokio::time::timeout(
                 timeout,
                 send(
@@ -314,13 +319,16 @@ async fn mirror(
             )
             .await;
             match sent {
-                Ok(Ok((status, _, body))) => comparison.record(
-                    &copy.body,
-                    copy.primary_status,
-                    &copy.primary_body,
-                    status,
-                    &body,
-                ),
+                Ok(Ok((status, _, body))) => {
+                    comparison.latency(true, started.elapsed());
+                    comparison.record(
+                        &copy.body,
+                        copy.primary_status,
+                        &copy.primary_body,
+                        status,
+                        &body,
+                    )
+                }
                 Ok(Err(_)) => comparison.dropped("shadow_error"),
                 Err(_) => comparison.dropped("shadow_timeout"),
             }

@@ -174,6 +174,9 @@ async fn a_to_a_mirrors_everything_and_flags_nothing() {
     assert_eq!(report.mirrored, 150, "{report:?}");
     assert!(report.discontinuities.is_empty(), "{report:?}");
     assert_eq!(report.status_mismatches, 0);
+    assert_eq!(report.latency["primary"].count, 150);
+    assert_eq!(report.latency["shadow"].count, 150);
+    assert!(report.latency["shadow"].p50_us > 0);
     for name in ["item_view", "button_click"] {
         assert_eq!(report.events[name].ratio, Some(1.0));
     }
