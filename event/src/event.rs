@@ -27,6 +27,8 @@ pub const SERVER_FIELDS: &[&str] = &[
     "source",
     "region",
     "privacy_policy",
+    "privacy_key",
+    "pseudonyms_previous",
     "dedupe",
     "collector_version",
     "request_id",
