@@ -48,14 +48,7 @@ fn bench_decode(c: &mut Criterion) {
     let received = time::OffsetDateTime::now_utc();
     group.bench_function("segment_20", |b| {
         b.iter(|| {
-            decode::segment(
-                black_box(&segment),
-                None,
-                received,
-                &limits(&platforms),
-                &|_| 1,
-            )
-            .unwrap()
+            decode::segment(black_box(&segment), None, received, &limits(&platforms)).unwrap()
         })
     });
     group.finish();

@@ -71,9 +71,9 @@ pub struct BatchDefaults<'a> {
 /// Maps one Segment message.
 ///
 /// `route_type` is the call type of a single-call route; in a batch it is `None` and
-/// the message's `type` decides. `schema_version` picks the version to validate against
-/// for an event name (Segment messages carry none). `server_id` supplies an id when the
-/// message has no `messageId`.
+/// the message's `type` decides. `server_id` supplies an id when the message has no
+/// `messageId`. `schema_version` is left at 1: the collector sets the version when it
+/// validates the properties.
 ///
 /// # Errors
 /// Only for what Segment itself requires: a JSON object, a known `type`, `event` on a
@@ -83,7 +83,6 @@ pub fn map_message(
     route_type: Option<CallType>,
     defaults: BatchDefaults<'_>,
     received_at: OffsetDateTime,
-    schema_version: &dyn Fn(&str) -> u32,
     server_id: &dyn Fn() -> String,
 ) -> Result<Mapped, EventError> {
     let Value::Object(mut msg) = value else {
@@ -204,12 +203,13 @@ pub fn map_message(
         CallType::Track | CallType::Identify => {}
     }
 
-    let schema_version = schema_version(&event_name);
     Ok(Mapped {
         event: Event {
             event_id,
             event_name,
-            schema_version,
+            // Segment messages carry no version: the collector sets the newest one the
+            // properties satisfy when it validates them.
+            schema_version: 1,
             user_id,
             device_id,
             session_id: None,
@@ -342,7 +342,6 @@ mod tests {
             route,
             BatchDefaults::default(),
             datetime!(2026-11-29 12:00 UTC),
-            &|_| 1,
             &|| "server-generated-id".to_owned(),
         )
     }

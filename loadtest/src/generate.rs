@@ -440,7 +440,6 @@ mod tests {
                     None,
                     Default::default(),
                     now,
-                    &|_| 1,
                     &|| "server-id".into(),
                 );
                 if planned.valid {

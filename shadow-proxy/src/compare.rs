@@ -41,6 +41,9 @@ pub struct Report {
     pub dropped: BTreeMap<String, u64>,
     /// Mirrored requests whose HTTP status differed between the sides.
     pub status_mismatches: u64,
+    /// Requests the primary did not answer (the client got 502 primary_unavailable).
+    #[serde(default)]
+    pub primary_errors: u64,
     pub tolerance: f64,
     pub events: BTreeMap<String, EventReport>,
     /// All events by segment: `platform=ios`, `app_version=5.1.0`.
@@ -65,6 +68,7 @@ struct State {
     mirrored: u64,
     dropped: BTreeMap<String, u64>,
     status_mismatches: u64,
+    primary_errors: u64,
     events: BTreeMap<String, Sides>,
     segments: BTreeMap<String, Sides>,
     primary_latency: Option<hdrhistogram::Histogram<u64>>,
@@ -124,6 +128,11 @@ impl Comparison {
             hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
         });
         let _ = histogram.record(took.as_micros().clamp(1, 600_000_000) as u64);
+    }
+
+    /// Counts a request the primary did not answer.
+    pub fn primary_error(&self) {
+        self.state.lock().expect("comparison lock").primary_errors += 1;
     }
 
     pub fn dropped(&self, reason: &str) {
@@ -223,6 +232,7 @@ impl Comparison {
             mirrored: state.mirrored,
             dropped: state.dropped.clone(),
             status_mismatches: state.status_mismatches,
+            primary_errors: state.primary_errors,
             tolerance: self.tolerance,
             events,
             segments,

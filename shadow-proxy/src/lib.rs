@@ -226,6 +226,7 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "primary unreachable");
+                self.comparison.primary_error();
                 return respond(
                     StatusCode::BAD_GATEWAY,
                     Bytes::from_static(br#"{"error":{"code":"primary_unavailable","message":"the primary collector did not answer"}}"#),

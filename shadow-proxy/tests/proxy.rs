@@ -484,3 +484,29 @@ async fn a_slow_shadow_times_out_copies_and_a_failing_one_is_counted_as_mismatch
         "the primary logged every event"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_answers_502_and_is_counted() {
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let proxy = proxy(&dead, &dead).await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/events", proxy.url))
+        .basic_auth("dev", Some(""))
+        .json(&batch(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 502);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "primary_unavailable");
+    let report: Report = reqwest::get(format!("{}/shadow/report", proxy.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((report.primary_errors, report.mirrored), (1, 0));
+}

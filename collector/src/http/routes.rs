@@ -297,9 +297,7 @@ impl App {
                 (Api::Native, Framing::Ndjson) => {
                     decode::native_ndjson(&bytes, sent_at_header.as_deref(), &limits)?
                 }
-                (Api::Segment, _) => decode::segment(&bytes, call, received_at, &limits, &|name| {
-                    app.pipeline.schemas.latest_version(name)
-                })?,
+                (Api::Segment, _) => decode::segment(&bytes, call, received_at, &limits)?,
             };
             let source = match (header_source, &decoded.body_write_key) {
                 (Some(source), _) => source,

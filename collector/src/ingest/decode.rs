@@ -154,7 +154,6 @@ pub fn segment(
     route: Option<CallType>,
     received_at: OffsetDateTime,
     limits: &DecodeLimits<'_>,
-    schema_version: &dyn Fn(&str) -> u32,
 ) -> Result<Decoded, ApiError> {
     let server_id = || uuid::Uuid::now_v7().to_string();
     let map = |value: Value, defaults: BatchDefaults<'_>| match map_message(
@@ -162,7 +161,6 @@ pub fn segment(
         route,
         defaults,
         received_at,
-        schema_version,
         &server_id,
     ) {
         Ok(mapped) => Item::Event {

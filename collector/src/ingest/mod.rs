@@ -254,12 +254,12 @@ impl Pipeline {
         if let Some(privacy) = &self.privacy {
             for slot in &mut slots {
                 if let Slot::Rejected { raw, .. } = slot {
+                    let empty = serde_json::Map::new();
                     let context = raw
                         .get("context")
                         .and_then(|c| c.as_object())
-                        .cloned()
-                        .unwrap_or_default();
-                    let policy = privacy.policy_for(edge_country, &context).clone();
+                        .unwrap_or(&empty);
+                    let policy = privacy.policy_for(edge_country, context).clone();
                     privacy.apply_raw(&policy, raw);
                 }
             }

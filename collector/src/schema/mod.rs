@@ -113,15 +113,6 @@ impl SchemaRegistry {
         self.events.is_empty()
     }
 
-    /// The newest registered version of `event_name`, used for Segment messages, which
-    /// carry no version; 1 when the event has no schema.
-    pub fn latest_version(&self, event_name: &str) -> u32 {
-        self.events
-            .get(event_name)
-            .and_then(|e| e.versions.last())
-            .map_or(1, |(v, _)| *v)
-    }
-
     /// Validates `properties` against `event_name` at `version`.
     ///
     /// # Errors
