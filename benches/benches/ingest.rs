@@ -17,7 +17,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use tollgate_benches::{DiscardLog, native_batch, segment_batch};
 use tollgate_collector::config::FailurePolicy;
 use tollgate_collector::dedupe::MemoryStore;
-use tollgate_collector::ingest::{DecodeLimits, Pipeline, Source, decode};
+use tollgate_collector::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
 use tollgate_collector::schema::SchemaRegistry;
 use tollgate_collector::telemetry::Metrics;
 use tollgate_event::{Api, Platforms};
@@ -92,9 +92,12 @@ fn bench_pipeline(c: &mut Criterion) {
                         &source,
                         Api::Native,
                         decoded,
-                        time::OffsetDateTime::now_utc(),
-                        "bench-request",
-                        None,
+                        RequestInfo {
+                            received_at: time::OffsetDateTime::now_utc(),
+                            request_id: "bench-request",
+                            edge_country: None,
+                            shadow: false,
+                        },
                     ))
                     .unwrap();
                 assert_eq!(outcome.accepted, BATCH);

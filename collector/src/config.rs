@@ -134,6 +134,73 @@ pub struct LogConfig {
     /// commit (one fsync). Trades that much latency for fewer fsyncs; `0s` disables.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
+    /// Where records go: `file` (the local log above) or `kafka` (see `[log.kafka]`).
+    pub sink: SinkKind,
+    /// Settings of the `kafka` sink.
+    pub kafka: KafkaConfig,
+}
+
+/// Which log the collector appends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// Local NDJSON segment files under `data_dir`, fsynced: one machine.
+    File,
+    /// A Kafka-compatible broker, acknowledged with `acks=all`: many collectors.
+    Kafka,
+}
+
+/// The Kafka sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Topic of accepted events.
+    pub topic: String,
+    /// Topic of rejected events, with their reason.
+    pub quarantine_topic: String,
+    /// Topic for requests from a shadow proxy (`X-Tollgate-Shadow: 1`), accepted and
+    /// rejected alike; unset: the same topics as other traffic.
+    pub shadow_topic: Option<String>,
+    /// Field that keys each message, so one user's events stay in order in one
+    /// partition: `user_id` (falls back to `device_id`), `device_id`, `session_id`,
+    /// `event_id`.
+    pub key: crate::sink::PartitionKey,
+    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Most bytes in one produce batch (`batch.size`).
+    pub batch_size: ByteSize,
+    /// Messages queued or in flight before requests get 503 at once
+    /// (`queue.buffering.max.messages`).
+    pub queue_max_messages: NonZeroUsize,
+    /// How long one message may take to be acknowledged, retries included
+    /// (`message.timeout.ms`); past it the request gets 503.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Further librdkafka properties, e.g. `"security.protocol" = "SASL_SSL"`.
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: "tollgate.events".into(),
+            quarantine_topic: "tollgate.quarantine".into(),
+            shadow_topic: None,
+            key: crate::sink::PartitionKey::UserId,
+            compression: "lz4".into(),
+            linger: Duration::from_millis(5),
+            batch_size: ByteSize::mib(1),
+            queue_max_messages: NonZeroUsize::new(100_000).unwrap(),
+            delivery_timeout: Duration::from_secs(5),
+            properties: Default::default(),
+        }
+    }
 }
 
 /// What happens when the idempotency store cannot answer.
@@ -275,6 +342,8 @@ impl Default for LogConfig {
             queue_capacity: NonZeroUsize::new(1024).unwrap(),
             max_group_bytes: ByteSize::mib(8),
             commit_delay: Duration::from_millis(1),
+            sink: SinkKind::File,
+            kafka: KafkaConfig::default(),
         }
     }
 }
@@ -418,6 +487,34 @@ impl Config {
                 problem("platforms", format!("{p:?} must be snake_case"));
             }
         }
+        if self.log.sink == SinkKind::Kafka {
+            let k = &self.log.kafka;
+            if k.brokers.trim().is_empty() {
+                problem("log.kafka.brokers", "give at least one host:port".into());
+            }
+            if k.topic.is_empty() || k.quarantine_topic.is_empty() {
+                problem("log.kafka.topic", "topics must not be empty".into());
+            }
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&k.compression.as_str()) {
+                problem(
+                    "log.kafka.compression",
+                    format!(
+                        "{:?} is not one of none, gzip, snappy, lz4, zstd",
+                        k.compression
+                    ),
+                );
+            }
+            // librdkafka checks message timeouts about once a second: leave that much
+            // room so that the request gets the precise answer, not request_timeout.
+            if k.delivery_timeout.is_zero()
+                || k.delivery_timeout + Duration::from_secs(1) >= self.server.request_timeout
+            {
+                problem(
+                    "log.kafka.delivery_timeout",
+                    "must be above 0 and at least 1s below server.request_timeout".into(),
+                );
+            }
+        }
         let l = &self.limits;
         if l.max_event > l.max_decompressed {
             problem(
@@ -524,6 +621,31 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         config.validate().unwrap();
         assert!(!config.sources.is_empty());
+    }
+
+    #[test]
+    fn kafka_settings_are_checked_only_when_kafka_is_the_sink() {
+        let mut c = Config::embedded();
+        c.log.kafka.compression = "brotli".into();
+        c.log.kafka.delivery_timeout = c.server.request_timeout;
+        c.validate().unwrap();
+        c.log.sink = SinkKind::Kafka;
+        let ConfigError::Invalid(problems) = c.validate().unwrap_err() else {
+            panic!("expected validation problems")
+        };
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("log.kafka.compression"))
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("log.kafka.delivery_timeout"))
+        );
+        c.log.kafka.compression = "zstd".into();
+        c.log.kafka.delivery_timeout = Duration::from_secs(5);
+        c.validate().unwrap();
     }
 
     #[test]

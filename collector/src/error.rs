@@ -54,7 +54,9 @@ pub enum ApiError {
     Timeout,
     #[error("the log queue is full; retry shortly")]
     LogQueueFull,
-    #[error("the log is unavailable; nothing of this request was kept; retry")]
+    #[error(
+        "the log did not confirm this request's events; retry (any it did keep are answered duplicate)"
+    )]
     LogUnavailable,
     #[error("the idempotency store is unavailable; retry")]
     IdempotencyUnavailable,

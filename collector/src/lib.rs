@@ -36,13 +36,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, IdempotencyBackend};
+use crate::config::{Config, ConfigError, IdempotencyBackend, SinkKind};
 use crate::dedupe::{IdempotencyStore, MemoryStore, RedisOptions, RedisStore, RedisTarget};
 use crate::http::body::BodyLimits;
 use crate::http::{App, Listener};
 use crate::ingest::{Pipeline, Source};
 use crate::schema::SchemaRegistry;
-use crate::sink::{EventLog, FileLog, FileLogOptions};
+use crate::sink::{EventLog, FileLog, FileLogOptions, KafkaLog, KafkaLogOptions};
 use crate::telemetry::Metrics;
 
 /// A collector that failed to start.
@@ -99,23 +99,7 @@ impl Collector {
             .unwrap_or_else(|| Arc::new(Metrics::new()));
         let log = match overrides.log {
             Some(log) => log,
-            None => Arc::new(
-                FileLog::open(
-                    FileLogOptions {
-                        data_dir: config.log.data_dir.clone(),
-                        segment_max_bytes: config.log.segment_max_bytes.as_u64(),
-                        segment_max_age: config.log.segment_max_age,
-                        queue_capacity: config.log.queue_capacity.get(),
-                        max_group_bytes: config.log.max_group_bytes.as_u64() as usize,
-                        commit_delay: config.log.commit_delay,
-                    },
-                    metrics.clone(),
-                )
-                .map_err(|source| BuildError::Log {
-                    dir: config.log.data_dir.clone(),
-                    source,
-                })?,
-            ),
+            None => open_log(&config, &metrics)?,
         };
         let idem = &config.idempotency;
         let store: Arc<dyn IdempotencyStore> = match (overrides.store, idem.backend) {
@@ -252,6 +236,53 @@ impl Collector {
         self.app.pipeline.log.close().await;
         tracing::info!("log flushed; bye");
     }
+}
+
+fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>, BuildError> {
+    let log = &config.log;
+    Ok(match log.sink {
+        SinkKind::File => Arc::new(
+            FileLog::open(
+                FileLogOptions {
+                    data_dir: log.data_dir.clone(),
+                    segment_max_bytes: log.segment_max_bytes.as_u64(),
+                    segment_max_age: log.segment_max_age,
+                    queue_capacity: log.queue_capacity.get(),
+                    max_group_bytes: log.max_group_bytes.as_u64() as usize,
+                    commit_delay: log.commit_delay,
+                },
+                metrics.clone(),
+            )
+            .map_err(|source| BuildError::Log {
+                dir: log.data_dir.clone(),
+                source,
+            })?,
+        ),
+        SinkKind::Kafka => {
+            let k = &log.kafka;
+            Arc::new(
+                KafkaLog::open(
+                    KafkaLogOptions {
+                        brokers: k.brokers.clone(),
+                        topic: k.topic.clone(),
+                        quarantine_topic: k.quarantine_topic.clone(),
+                        shadow_topic: k.shadow_topic.clone(),
+                        key: k.key,
+                        compression: k.compression.clone(),
+                        linger: k.linger,
+                        batch_bytes: k.batch_size.as_u64(),
+                        queue_max_messages: k.queue_max_messages.get(),
+                        delivery_timeout: k.delivery_timeout,
+                        properties: k.properties.clone(),
+                    },
+                    metrics.clone(),
+                )
+                .map_err(|e| {
+                    BuildError::Config(ConfigError::Invalid(vec![format!("log.kafka: {e}")]))
+                })?,
+            )
+        }
+    })
 }
 
 fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError> {

@@ -46,6 +46,16 @@ struct Args {
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Log output format.
+    /// Append to a Kafka-compatible broker instead of local files (sets log.sink =
+    /// "kafka" and log.kafka.brokers): host:port[,host:port…].
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
+    /// Topic of accepted events (log.kafka.topic).
+    #[arg(long, value_name = "TOPIC")]
+    kafka_topic: Option<String>,
+    /// Topic of rejected events (log.kafka.quarantine_topic).
+    #[arg(long, value_name = "TOPIC")]
+    kafka_quarantine_topic: Option<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -104,6 +114,16 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.idempotency.redis.url = url;
         config.idempotency.redis.cluster_nodes.clear();
     }
+    if let Some(brokers) = args.kafka {
+        config.log.sink = tollgate_collector::config::SinkKind::Kafka;
+        config.log.kafka.brokers = brokers;
+    }
+    if let Some(topic) = args.kafka_topic {
+        config.log.kafka.topic = topic;
+    }
+    if let Some(topic) = args.kafka_quarantine_topic {
+        config.log.kafka.quarantine_topic = topic;
+    }
     match args.command {
         Some(Command::CheckConfig) => return check_config(&config),
         Some(Command::PrivacyCheck { event, region }) => {
@@ -130,6 +150,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(
             listen = %public.local_addr()?,
             admin = ?admin.as_ref().map(|a| a.local_addr()).transpose()?,
+            sink = ?collector.config().log.sink,
             data_dir = %collector.config().log.data_dir.display(),
             "tollgate-collector ready"
         );

@@ -655,6 +655,29 @@ async fn a_failed_log_write_answers_503_releases_claims_and_the_retry_lands_once
 }
 
 #[tokio::test]
+async fn a_partly_delivered_batch_commits_what_landed_so_the_retry_logs_only_the_rest() {
+    let (c, log) = start_with_faulty_log(|_| {}).await;
+    *log.deliver_only.lock().unwrap() = Some(vec![true, false, true]);
+    let body = batch(&["partial-001", "partial-002", "partial-003"]);
+    let r = send(&c.client, &c.url("/v1/events"), &body).await;
+    expect_error(r, 503, "log_unavailable").await;
+    assert_eq!(c.events().len(), 2, "the broker kept two of three");
+
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["duplicate"].as_u64()),
+        (Some(1), Some(2)),
+        "{answer}"
+    );
+    assert_eq!(answer["results"][1]["status"], "accepted");
+    let events = c.events();
+    for id in ["partial-001", "partial-002", "partial-003"] {
+        assert_eq!(count_id(&events, id), 1, "{id} logged exactly once");
+    }
+}
+
+#[tokio::test]
 async fn a_concurrent_send_of_the_same_event_gets_retry_while_the_first_is_written() {
     let (c, log) = start_with_faulty_log(|_| {}).await;
     let gate = log.hold();

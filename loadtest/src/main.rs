@@ -7,8 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_loadtest::generate::Scenario;
+use tollgate_loadtest::kafka::TopicSource;
 use tollgate_loadtest::run::{Model, RunConfig, Stage, run};
-use tollgate_loadtest::verify::verify;
+use tollgate_loadtest::verify::{LogSource, verify_source};
 
 /// Load-test a Tollgate collector with realistic SDK traffic, then prove from its log
 /// that nothing acknowledged was lost or counted twice.
@@ -30,15 +31,28 @@ struct Args {
 enum Command {
     /// Send load and report throughput, latency percentiles and outcomes.
     Run(Box<RunArgs>),
-    /// Reconcile a run's manifest against a collector's data directory.
+    /// Reconcile a run's manifest against a collector's data directory or Kafka topic.
     Verify {
         /// The manifest written by `run --manifest`.
         #[arg(long)]
         manifest: PathBuf,
         /// The collector's data directory (holding events/ and quarantine/). Repeat it to
         /// check several collectors' logs, e.g. a primary and a shadow: each is reported.
-        #[arg(long, required = true)]
+        #[arg(long, required_unless_present = "kafka")]
         log: Vec<PathBuf>,
+        /// Read the collectors' records from Kafka instead: bootstrap brokers
+        /// host:port[,…]. The topics are read from the beginning.
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
+        /// Topic of accepted events (with --kafka).
+        #[arg(long, default_value = "tollgate.events", requires = "kafka")]
+        topic: String,
+        /// Topic of rejected events (with --kafka); "" skips the quarantine check.
+        #[arg(long, default_value = "tollgate.quarantine", requires = "kafka")]
+        quarantine_topic: String,
+        /// Stop reading a topic after this long without a new message.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        idle: Duration,
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -47,9 +61,11 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Collector base URL. Loopback only (127.0.0.1, [::1], localhost).
-    #[arg(long, value_parser = loopback_url)]
-    target: String,
+    /// Collector base URL. Loopback only (127.0.0.1, [::1], localhost). Repeat it to
+    /// spread the load over several collectors: batches go round-robin, and an SDK
+    /// retry goes to a different collector than the first send.
+    #[arg(long, value_parser = loopback_url, required = true)]
+    target: Vec<String>,
     /// Write key sent as the HTTP Basic user.
     #[arg(long, default_value = "dev")]
     write_key: String,
@@ -166,8 +182,23 @@ fn main() -> ExitCode {
         Command::Verify {
             manifest,
             log,
+            kafka,
+            topic,
+            quarantine_topic,
+            idle,
             json,
-        } => exit(verify_command(&manifest, &log, json)),
+        } => {
+            let mut sources: Vec<LogSource> = log.into_iter().map(LogSource::Dir).collect();
+            if let Some(brokers) = kafka {
+                sources.push(LogSource::Kafka(TopicSource {
+                    brokers,
+                    topic,
+                    quarantine_topic: Some(quarantine_topic).filter(|t| !t.is_empty()),
+                    idle,
+                }));
+            }
+            exit(verify_command(&manifest, &sources, json))
+        }
     }
 }
 
@@ -185,7 +216,7 @@ fn exit(result: anyhow::Result<bool>) -> ExitCode {
 fn run_command(args: RunArgs) -> anyhow::Result<bool> {
     let run_id = format!("lt{}x{}", std::process::id(), args.seed);
     let config = RunConfig {
-        target: args.target,
+        targets: args.target,
         write_key: args.write_key,
         model: match (args.rate, args.stages) {
             (Some(rate), _) => Model::Open { rate },
@@ -265,14 +296,14 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
 
 fn verify_command(
     manifest: &std::path::Path,
-    logs: &[PathBuf],
+    logs: &[LogSource],
     json: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let mut all_clean = true;
     let mut findings = serde_json::Map::new();
     for log in logs {
-        let v = verify(manifest, log)?;
-        println!("== {}", log.display());
+        let v = verify_source(manifest, log)?;
+        println!("== {}", log.describe());
         println!(
             "acknowledged {}  logged {}  quarantined {}\nlost {}  duplicated {} (of which SDK retries {})  invalid not quarantined {}  valid but rejected {}",
             v.acknowledged,
@@ -300,7 +331,7 @@ fn verify_command(
             }
         );
         all_clean &= v.clean();
-        findings.insert(log.display().to_string(), serde_json::to_value(&v)?);
+        findings.insert(log.describe(), serde_json::to_value(&v)?);
     }
     if let Some(path) = json {
         std::fs::write(&path, serde_json::to_vec_pretty(&findings)?)?;

@@ -77,7 +77,7 @@ impl Report {
         let seconds = elapsed.as_secs_f64().max(1e-9);
         Report {
             run_id: config.run_id.clone(),
-            target: config.target.clone(),
+            target: config.targets.join(","),
             model: match config.model {
                 Model::Closed { connections } => format!("closed:{connections}"),
                 Model::Open { rate } => format!("open:{rate}/s"),

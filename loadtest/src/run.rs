@@ -61,8 +61,10 @@ pub fn ramp_rate(stages: &[Stage], elapsed: Duration) -> Option<f64> {
 /// One run's settings.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    /// Collector base URL (`http://127.0.0.1:8080`).
-    pub target: String,
+    /// Collector base URLs (`http://127.0.0.1:8080`). With several, new batches go
+    /// round-robin and an SDK retry goes to a different collector than its first send,
+    /// as it would behind a load balancer.
+    pub targets: Vec<String>,
     pub write_key: String,
     pub model: Model,
     /// Stop after this long …
@@ -116,7 +118,7 @@ struct AnswerResult<'a> {
 struct Shared {
     generator: Mutex<Generator>,
     client: Client<HttpConnector, Full<Bytes>>,
-    url: http::Uri,
+    urls: Vec<http::Uri>,
     auth: http::HeaderValue,
     bad_auth: http::HeaderValue,
     gzip: bool,
@@ -153,7 +155,12 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     } else {
         "/v1/events"
     };
-    let url: http::Uri = format!("{}{path}", config.target.trim_end_matches('/')).parse()?;
+    anyhow::ensure!(!config.targets.is_empty(), "give at least one target");
+    let urls = config
+        .targets
+        .iter()
+        .map(|target| format!("{}{path}", target.trim_end_matches('/')).parse())
+        .collect::<Result<Vec<http::Uri>, _>>()?;
     let auth = http::HeaderValue::from_str(&format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key))
@@ -181,7 +188,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
             config.scenario.clone(),
         )),
         client,
-        url,
+        urls,
         auth,
         bad_auth,
         gzip: config.gzip,
@@ -290,7 +297,9 @@ async fn send_one(shared: &Shared, intended: Instant) {
     } else {
         &shared.auth
     };
-    let mut request = http::Request::post(shared.url.clone())
+    // The first send of batch n goes to target n mod N, its retries to the next one.
+    let target = (batch.seq + u64::from(batch.retry)) as usize % shared.urls.len();
+    let mut request = http::Request::post(shared.urls[target].clone())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::AUTHORIZATION, auth.clone());
     let body = if shared.gzip {

@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -56,11 +56,55 @@ impl Verification {
     }
 }
 
+/// Where the collector's records are read from.
+#[derive(Debug, Clone)]
+pub enum LogSource {
+    /// A collector's data directory (`events/` and `quarantine/` segments).
+    Dir(PathBuf),
+    /// Kafka topics, consumed from the beginning.
+    Kafka(crate::kafka::TopicSource),
+}
+
+impl LogSource {
+    /// A short name for reports.
+    pub fn describe(&self) -> String {
+        match self {
+            LogSource::Dir(dir) => dir.display().to_string(),
+            LogSource::Kafka(k) => format!("kafka {} topic {}", k.brokers, k.topic),
+        }
+    }
+
+    fn events(&self, f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+        match self {
+            LogSource::Dir(dir) => for_each_record(&dir.join("events"), f),
+            LogSource::Kafka(k) => k.read(&k.topic, f),
+        }
+    }
+
+    fn quarantine(&self, f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+        match self {
+            LogSource::Dir(dir) => for_each_record(&dir.join("quarantine"), f),
+            LogSource::Kafka(k) => match &k.quarantine_topic {
+                Some(topic) => k.read(topic, f),
+                None => Ok(()),
+            },
+        }
+    }
+}
+
 /// Reconciles `manifest` against the collector data dir `log`.
 ///
 /// # Errors
 /// Unreadable manifest or log files.
 pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
+    verify_source(manifest, &LogSource::Dir(log.to_owned()))
+}
+
+/// Reconciles `manifest` against what `log` holds.
+///
+/// # Errors
+/// Unreadable manifest, log files or topics.
+pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verification> {
     let mut accepted = HashSet::new();
     let mut rejected = HashSet::new();
     let mut invalid_answered = HashSet::new();
@@ -113,7 +157,7 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
     }
     let prefix = run_prefix.unwrap_or_default();
     let mut counts: HashMap<String, u64> = HashMap::new();
-    for_each_record(&log.join("events"), |record| {
+    log.events(|record| {
         if let Some(id) = record.get("event_id").and_then(|v| v.as_str())
             && id.starts_with(&prefix)
         {
@@ -121,7 +165,7 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
         }
     })?;
     let mut quarantined = HashSet::new();
-    for_each_record(&log.join("quarantine"), |record| {
+    log.quarantine(|record| {
         // A native event names itself `event_id`; a Segment message that failed its
         // mapping is kept as received, with `messageId`.
         let id = record

@@ -34,7 +34,7 @@ fn config(
     manifest: Option<&Path>,
 ) -> RunConfig {
     RunConfig {
-        target,
+        targets: vec![target],
         write_key: "dev".into(),
         model,
         duration,

@@ -20,7 +20,7 @@ use super::Listener;
 use super::body::{self, BodyLimits, Framing};
 use crate::clock::Clock;
 use crate::error::{ApiError, json_bytes_response, json_response};
-use crate::ingest::{DecodeLimits, Pipeline, Source, decode};
+use crate::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
 use crate::telemetry::Metrics;
 
 /// Marks copies a shadow proxy sends, so that they are counted apart.
@@ -276,6 +276,7 @@ impl App {
             let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0);
             privacy.edge_country(header, peer)
         });
+        let shadow = parts.headers.get(SHADOW_HEADER).is_some_and(|v| v == "1");
         let sent_at_header = parts
             .headers
             .get(SENT_AT_HEADER)
@@ -325,9 +326,12 @@ impl App {
                     &source,
                     api,
                     decoded,
-                    received_at,
-                    &request_id,
-                    edge_country.as_deref(),
+                    RequestInfo {
+                        received_at,
+                        request_id: &request_id,
+                        edge_country: edge_country.as_deref(),
+                        shadow,
+                    },
                 )
                 .await?;
             let status = if outcome.retry > 0 {

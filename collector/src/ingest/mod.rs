@@ -31,7 +31,7 @@ use crate::dedupe::{ClaimOutcome, IdempotencyStore, StoreError};
 use crate::error::ApiError;
 use crate::privacy::{Policy, Privacy, Verdict};
 use crate::schema::{SchemaRegistry, UnknownEvents};
-use crate::sink::{AppendBatch, EventLog, LogError};
+use crate::sink::{AppendBatch, BatchMeta, EventLog, LogError, PartitionKey, RecordMeta};
 use crate::telemetry::Metrics;
 
 /// The version stamped on every record.
@@ -105,6 +105,19 @@ pub struct IngestOutcome {
     pub results: Vec<EventResult>,
 }
 
+/// What the pipeline knows about a request besides its events.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestInfo<'a> {
+    /// When the request arrived: every event's `timestamp_server`.
+    pub received_at: OffsetDateTime,
+    pub request_id: &'a str,
+    /// The country a trusted edge header or proxy named, for the privacy policy.
+    pub edge_country: Option<&'a str>,
+    /// A copy from a shadow proxy (`X-Tollgate-Shadow: 1`): logged to the shadow stream
+    /// where the log has one.
+    pub shadow: bool,
+}
+
 /// Everything the pipeline needs, shared by all requests.
 pub struct Pipeline {
     pub schemas: SchemaRegistry,
@@ -161,10 +174,14 @@ impl Pipeline {
         source: &Source,
         api: Api,
         decoded: Decoded,
-        received_at: OffsetDateTime,
-        request_id: &str,
-        edge_country: Option<&str>,
+        request: RequestInfo<'_>,
     ) -> Result<IngestOutcome, ApiError> {
+        let RequestInfo {
+            received_at,
+            request_id,
+            edge_country,
+            shadow,
+        } = request;
         let unknown = if source.allow_unknown_events {
             UnknownEvents::Allow
         } else {
@@ -373,25 +390,46 @@ impl Pipeline {
             }
         }
 
-        let batch = self.serialize(&slots, source, api, received_at, request_id);
+        let mut batch = self.serialize(&slots, source, api, received_at, request_id);
+        batch.shadow = shadow;
         if !batch.is_empty()
             && let Err(e) = self.log.append(batch).await
         {
-            if !claimed.is_empty()
-                && let Err(release) = self
+            // Claims of records that are durable all the same (a broker acknowledged
+            // part of the batch) are committed: the client's retry then logs only the
+            // rest. Every other claim is released so that the retry is not refused.
+            let (commit, release) = match &e {
+                LogError::Delivery {
+                    delivered_events, ..
+                } => split_delivered(&slots, claimed, delivered_events),
+                _ => (Vec::new(), claimed),
+            };
+            if !commit.is_empty()
+                && let Err(e) = self
                     .store_call(
-                        "release",
-                        claimed.len(),
-                        self.store.release(&claimed, request_id),
+                        "commit",
+                        commit.len(),
+                        self.store.commit(&commit, request_id),
                     )
                     .await
             {
-                tracing::warn!(error = %release, "releasing claims failed; they expire after the claim TTL");
+                tracing::warn!(error = %e, "committing the claims of delivered records failed");
+            }
+            if !release.is_empty()
+                && let Err(e) = self
+                    .store_call(
+                        "release",
+                        release.len(),
+                        self.store.release(&release, request_id),
+                    )
+                    .await
+            {
+                tracing::warn!(error = %e, "releasing claims failed; they expire after the claim TTL");
             }
             return Err(match e {
                 LogError::QueueFull => ApiError::LogQueueFull,
                 LogError::Closed => ApiError::ShuttingDown,
-                LogError::Io(_) => ApiError::LogUnavailable,
+                LogError::Io(_) | LogError::Delivery { .. } => ApiError::LogUnavailable,
             });
         }
         if !claimed.is_empty()
@@ -456,6 +494,11 @@ impl Pipeline {
         request_id: &str,
     ) -> AppendBatch {
         let mut batch = AppendBatch::default();
+        let key_field = self.log.record_meta();
+        let mut meta = key_field.map(|_| BatchMeta {
+            source: source.id.clone(),
+            ..BatchMeta::default()
+        });
         for (index, slot) in slots.iter().enumerate() {
             match slot {
                 Slot::Valid {
@@ -488,6 +531,16 @@ impl Pipeline {
                     serde_json::to_writer(&mut batch.events, &record)
                         .expect("records serialize into a Vec");
                     batch.events.push(b'\n');
+                    if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
+                        meta.events.push(RecordMeta {
+                            end: batch.events.len(),
+                            key: partition_key(event, key_field).map(str::to_owned),
+                            event_name: Some(event.event_name.clone()),
+                            schema_version: Some(event.schema_version),
+                            region: Some(record.region.clone().into_owned()),
+                            error_code: None,
+                        });
+                    }
                 }
                 Slot::Rejected { error, raw } => {
                     let record = QuarantineRecord {
@@ -503,10 +556,25 @@ impl Pipeline {
                     serde_json::to_writer(&mut batch.quarantine, &record)
                         .expect("records serialize into a Vec");
                     batch.quarantine.push(b'\n');
+                    if let Some(meta) = &mut meta {
+                        meta.quarantine.push(RecordMeta {
+                            end: batch.quarantine.len(),
+                            key: None,
+                            event_name: raw
+                                .get("event_name")
+                                .or_else(|| raw.get("event"))
+                                .and_then(|v| v.as_str())
+                                .map(str::to_owned),
+                            schema_version: None,
+                            region: None,
+                            error_code: Some(error.code.as_str()),
+                        });
+                    }
                 }
                 Slot::Duplicate(_) | Slot::Retry(_) | Slot::Dropped { .. } => {}
             }
         }
+        batch.meta = meta;
         batch
     }
 
@@ -603,4 +671,45 @@ impl Pipeline {
         }
         outcome
     }
+}
+
+/// The value of the field that keys an event's record in a partitioned log.
+fn partition_key(event: &Event, key: PartitionKey) -> Option<&str> {
+    match key {
+        PartitionKey::UserId => event.user_id.as_deref().or(event.device_id.as_deref()),
+        PartitionKey::DeviceId => event.device_id.as_deref(),
+        PartitionKey::SessionId => event.session_id.as_deref(),
+        PartitionKey::EventId => Some(&event.event_id),
+    }
+}
+
+/// Splits a request's claimed keys into those whose records a broker acknowledged
+/// (`delivered`, by position among the accepted records) and the rest.
+///
+/// The claimed keys are in the order of the claimed valid slots, and the accepted
+/// records in the order of all valid slots, so one walk pairs them.
+fn split_delivered(
+    slots: &[Slot],
+    claimed: Vec<String>,
+    delivered: &[bool],
+) -> (Vec<String>, Vec<String>) {
+    let mut keys = claimed.into_iter();
+    let (mut commit, mut release) = (Vec::new(), Vec::new());
+    let valid = slots.iter().filter_map(|slot| match slot {
+        Slot::Valid { claim, .. } => Some(claim.is_some()),
+        _ => None,
+    });
+    for (record, was_claimed) in valid.enumerate() {
+        if !was_claimed {
+            continue;
+        }
+        let Some(key) = keys.next() else { break };
+        if delivered.get(record).copied().unwrap_or(false) {
+            commit.push(key);
+        } else {
+            release.push(key);
+        }
+    }
+    release.extend(keys);
+    (commit, release)
 }

@@ -435,6 +435,7 @@ mod tests {
                 } else {
                     Vec::new()
                 },
+                ..AppendBatch::default()
             };
             log.append(batch).await.unwrap();
         }
@@ -454,7 +455,7 @@ mod tests {
         let log = FileLog::open(options(dir.path()), metrics).unwrap();
         log.append(AppendBatch {
             events: b"{\"n\":5}\n".to_vec(),
-            quarantine: Vec::new(),
+            ..AppendBatch::default()
         })
         .await
         .unwrap();

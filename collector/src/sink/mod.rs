@@ -7,8 +7,10 @@
 //! collector buffering without limit.
 
 mod file;
+mod kafka;
 
 pub use file::{FileLog, FileLogOptions, segments};
+pub use kafka::{KafkaLog, KafkaLogOptions};
 
 use std::sync::Arc;
 
@@ -21,6 +23,48 @@ pub struct AppendBatch {
     pub events: Vec<u8>,
     /// Quarantined (rejected) records, same format.
     pub quarantine: Vec<u8>,
+    /// Per-record routing facts, one per line of `events` and then of `quarantine`,
+    /// filled only for a log that asks for them ([`EventLog::record_meta`]).
+    pub meta: Option<BatchMeta>,
+    /// The request came from a shadow proxy (`X-Tollgate-Shadow: 1`).
+    pub shadow: bool,
+}
+
+/// What a message-oriented log needs to route records without parsing them.
+#[derive(Debug, Default)]
+pub struct BatchMeta {
+    /// The source (write key's owner) of the whole request.
+    pub source: String,
+    /// One per accepted record, in order.
+    pub events: Vec<RecordMeta>,
+    /// One per quarantined record, in order.
+    pub quarantine: Vec<RecordMeta>,
+}
+
+/// One record's routing facts.
+#[derive(Debug, Default, Clone)]
+pub struct RecordMeta {
+    /// Offset just past the record's `\n` in its stream's bytes.
+    pub end: usize,
+    /// Partition key (see [`PartitionKey`]); `None` lets the log spread records.
+    pub key: Option<String>,
+    pub event_name: Option<String>,
+    pub schema_version: Option<u32>,
+    pub region: Option<String>,
+    /// Why a quarantined record was rejected.
+    pub error_code: Option<&'static str>,
+}
+
+/// Which event field keys a record, so that one user's events stay in order in one
+/// partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionKey {
+    /// `user_id`, else `device_id` (anonymous users), else none.
+    UserId,
+    DeviceId,
+    SessionId,
+    EventId,
 }
 
 impl AppendBatch {
@@ -45,6 +89,17 @@ pub enum LogError {
     /// Writing or syncing failed (disk full, I/O error). The partial write was undone.
     #[error("writing the log failed: {0}")]
     Io(#[source] Arc<std::io::Error>),
+    /// A broker did not acknowledge some records. Those marked `true` in
+    /// `delivered_events` (by position among the batch's accepted records) are durable
+    /// all the same: their idempotency claims are committed so that the client's retry
+    /// logs only the rest.
+    #[error("the broker did not acknowledge every record: {reason}")]
+    Delivery {
+        delivered_events: Arc<[bool]>,
+        /// The librdkafka error, as a metric label (e.g. `MessageTimedOut`).
+        kind: &'static str,
+        reason: String,
+    },
 }
 
 impl LogError {
@@ -54,6 +109,7 @@ impl LogError {
             LogError::QueueFull => "queue_full",
             LogError::Closed => "closed",
             LogError::Io(_) => "io",
+            LogError::Delivery { kind, .. } => kind,
         }
     }
 }
@@ -69,6 +125,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Whether appends are expected to succeed right now (for `/readyz`).
     fn ready(&self) -> bool;
+
+    /// The partition key a message-oriented log wants, which makes the pipeline fill
+    /// [`AppendBatch::meta`]; `None` (the default) for the local log, which needs none.
+    fn record_meta(&self) -> Option<PartitionKey> {
+        None
+    }
 
     /// Stops accepting appends, finishes the queued ones and syncs.
     async fn close(&self);

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Histogram, MeterProvider};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
@@ -57,6 +57,14 @@ pub struct Metrics {
     pub privacy_pii: Counter<u64>,
     /// Requests marked `X-Tollgate-Shadow: 1` (copies from a shadow proxy), by route.
     pub shadow_requests: Counter<u64>,
+    /// Messages the Kafka broker acknowledged.
+    pub kafka_messages: Counter<u64>,
+    /// Messages queued in or in flight from the Kafka producer, after each append.
+    pub kafka_in_flight: Gauge<i64>,
+    /// Average broker round-trip time from librdkafka's statistics, by broker.
+    pub kafka_broker_rtt: Gauge<f64>,
+    /// Kafka producers replaced because the broker refused their identity.
+    pub kafka_producer_resets: Counter<u64>,
 }
 
 impl Metrics {
@@ -155,6 +163,23 @@ impl Metrics {
             privacy_pii: counter(
                 "tollgate_privacy_pii",
                 "PII found in free-text property values, by detector",
+            ),
+            kafka_messages: counter(
+                "tollgate_kafka_messages",
+                "Messages acknowledged by the Kafka broker",
+            ),
+            kafka_in_flight: meter
+                .i64_gauge("tollgate_kafka_in_flight")
+                .with_description("Messages queued in or in flight from the Kafka producer")
+                .build(),
+            kafka_broker_rtt: meter
+                .f64_gauge("tollgate_kafka_broker_rtt")
+                .with_unit("s")
+                .with_description("Average broker round-trip time (librdkafka statistics)")
+                .build(),
+            kafka_producer_resets: counter(
+                "tollgate_kafka_producer_resets",
+                "Kafka producers replaced because the broker refused their producer id",
             ),
             registry,
             _provider: provider,

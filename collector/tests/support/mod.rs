@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod kafka_broker;
 pub mod redis_server;
 
 use std::net::SocketAddr;
@@ -261,6 +262,9 @@ pub struct FaultyLog {
     pub fail_next: AtomicUsize,
     pub hold: std::sync::Mutex<Option<Arc<Notify>>>,
     pub appends: AtomicUsize,
+    /// The next append writes only the accepted records marked `true` and reports the
+    /// rest undelivered, as a broker that acknowledged part of a batch does.
+    pub deliver_only: std::sync::Mutex<Option<Vec<bool>>>,
 }
 
 impl FaultyLog {
@@ -270,6 +274,7 @@ impl FaultyLog {
             fail_next: AtomicUsize::new(0),
             hold: std::sync::Mutex::new(None),
             appends: AtomicUsize::new(0),
+            deliver_only: std::sync::Mutex::new(None),
         })
     }
 
@@ -307,6 +312,27 @@ impl EventLog for FaultyLog {
                 "No space left on device (injected)",
             ))));
         }
+        let partial = self.deliver_only.lock().unwrap().take();
+        if let Some(delivered) = partial {
+            let kept: Vec<u8> = batch
+                .events
+                .split_inclusive(|b| *b == b'\n')
+                .zip(&delivered)
+                .filter(|(_, keep)| **keep)
+                .flat_map(|(line, _)| line.iter().copied())
+                .collect();
+            self.inner
+                .append(AppendBatch {
+                    events: kept,
+                    ..AppendBatch::default()
+                })
+                .await?;
+            return Err(LogError::Delivery {
+                delivered_events: delivered.into(),
+                kind: "timed_out",
+                reason: "injected partial delivery".into(),
+            });
+        }
         self.inner.append(batch).await
     }
 
@@ -317,4 +343,107 @@ impl EventLog for FaultyLog {
     async fn close(&self) {
         self.inner.close().await
     }
+}
+
+/// Starts the real binary on loopback port 0 with `--data-dir data` and `extra`
+/// arguments, and returns it with its public address once it logged that it is ready.
+pub fn spawn_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(extra)
+        .env("TOLLGATE_SCHEMAS__DIR", schemas_dir())
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the collector binary starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the collector logs its address")
+            .unwrap();
+        let Ok(entry) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if entry["fields"]["message"] == "tollgate-collector ready" {
+            break entry["fields"]["listen"].as_str().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+/// Eight clients send 5-event batches to the binary at `addr`; after 200 answered
+/// batches it gets SIGTERM. Waits for the clients (each stops at its first refusal) and
+/// for the process, asserts it exited 0, and returns the event ids it acknowledged.
+pub async fn load_then_sigterm(mut child: std::process::Child, addr: &str) -> Vec<String> {
+    let url = format!("http://{addr}/v1/events");
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let answered = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut clients = Vec::new();
+    for client_no in 0..8 {
+        let (url, acknowledged, answered) = (url.clone(), acknowledged.clone(), answered.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            // Bounded: each client stops at the first refusal or after 2000 batches.
+            for n in 0..2000 {
+                let ids: Vec<String> = (0..5).map(|i| format!("c{client_no}-b{n}-e{i}")).collect();
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                let sent = client
+                    .post(&url)
+                    .basic_auth(DEV_KEY, Some(""))
+                    .json(&batch(&refs))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { break };
+                if response.status() != 200 {
+                    break;
+                }
+                let body: Value = response.json().await.unwrap();
+                for result in body["results"].as_array().unwrap() {
+                    if result["status"] == "accepted" {
+                        acknowledged
+                            .lock()
+                            .unwrap()
+                            .push(result["event_id"].as_str().unwrap().to_owned());
+                    }
+                }
+                answered.add_permits(1);
+            }
+        }));
+    }
+    // Load is flowing: 200 batches answered. Now SIGTERM.
+    answered.acquire_many(200).await.unwrap().forget();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for client in clients {
+        tokio::time::timeout(std::time::Duration::from_secs(60), client)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        exit.success(),
+        "the collector exits 0 after draining: {exit:?}"
+    );
+    std::mem::take(&mut *acknowledged.lock().unwrap())
 }

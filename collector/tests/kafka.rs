@@ -1,0 +1,333 @@
+//! The Kafka sink against a real Kafka-protocol broker on loopback: records land once,
+//! keyed and with headers; a dead broker means 503 and released claims; three collector
+//! processes with one Redis and one broker lose and double nothing; SIGTERM flushes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use serde_json::{Value, json};
+use support::kafka_broker::{KafkaBroker, TcpProxy};
+use support::redis_server::RedisServer;
+use support::{TestCollector, batch, event, load_then_sigterm, spawn_binary};
+use tollgate_collector::Overrides;
+use tollgate_collector::config::{Config, SinkKind};
+use tollgate_loadtest::generate::Scenario;
+use tollgate_loadtest::kafka::{TopicSource, for_each_message};
+use tollgate_loadtest::run::{Model, RunConfig, run};
+use tollgate_loadtest::verify::{LogSource, verify_source};
+
+const EVENTS: &str = "tollgate.events";
+const QUARANTINE: &str = "tollgate.quarantine";
+/// Long enough for every record of a finished request to be readable.
+const IDLE: Duration = Duration::from_secs(3);
+
+fn broker_with_topics() -> KafkaBroker {
+    with_topics(KafkaBroker::start())
+}
+
+fn with_topics(broker: KafkaBroker) -> KafkaBroker {
+    broker.create_topic(EVENTS, 3);
+    broker.create_topic(QUARANTINE, 1);
+    broker
+}
+
+fn use_kafka(config: &mut Config, broker: &KafkaBroker) {
+    config.log.sink = SinkKind::Kafka;
+    config.log.kafka.brokers = broker.address();
+    config.log.kafka.delivery_timeout = Duration::from_secs(2);
+    config.log.kafka.linger = Duration::from_millis(1);
+    if std::env::var_os("KDEBUG").is_some() {
+        config
+            .log
+            .kafka
+            .properties
+            .insert("debug".into(), "broker,msg,protocol,eos".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .try_init();
+    }
+}
+
+/// One message as read back: key, headers and parsed payload.
+struct Read {
+    key: Option<String>,
+    headers: HashMap<String, String>,
+    record: Value,
+}
+
+/// Reads a whole topic from the beginning with an independent consumer.
+async fn read_topic(broker: &KafkaBroker, topic: &str) -> Vec<Read> {
+    let (address, topic) = (broker.address(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for_each_message(&address, &topic, IDLE, |message| {
+            let mut headers = HashMap::new();
+            if let Some(h) = message.headers() {
+                for header in h.iter() {
+                    let value = header
+                        .value
+                        .map(|v| String::from_utf8_lossy(v).into_owned());
+                    headers.insert(header.key.to_owned(), value.unwrap_or_default());
+                }
+            }
+            out.push(Read {
+                key: message
+                    .key()
+                    .map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers,
+                record: serde_json::from_slice(message.payload().unwrap()).unwrap(),
+            });
+        })
+        .unwrap();
+        out
+    })
+    .await
+    .unwrap()
+}
+
+async fn wait_ready(collector: &TestCollector, ready: bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = collector
+            .client
+            .get(collector.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if (status == 200) == ready {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never became {}",
+            if ready { "ready" } else { "not ready" }
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_batch_is_on_the_topic_once_keyed_and_with_headers() {
+    let broker = broker_with_topics();
+    let mut collector =
+        TestCollector::start_with(|c| use_kafka(c, &broker), Overrides::default()).await;
+    wait_ready(&collector, true).await;
+
+    let mut anonymous = event("kafka-anon");
+    anonymous["user_id"] = Value::Null;
+    anonymous["device_id"] = json!("device-anon");
+    let mut other_user = event("kafka-two");
+    other_user["user_id"] = json!("user-2");
+    let mut invalid = event("kafka-bad");
+    invalid["timestamp_event"] = json!("yesterday");
+    let body = json!({"events": [event("kafka-one"), other_user, anonymous, invalid]});
+    let (status, answer) = collector.post_events(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(3), Some(1)),
+        "{answer}"
+    );
+    // The same batch again: duplicates and the rejected one, nothing new accepted.
+    let (status, again) = collector.post_events(&body).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["duplicate"], 3, "{again}");
+
+    let events = read_topic(&broker, EVENTS).await;
+    let mut ids: Vec<&str> = events
+        .iter()
+        .map(|r| r.record["event_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["kafka-anon", "kafka-one", "kafka-two"],
+        "each accepted event exactly once"
+    );
+    for read in &events {
+        let id = read.record["event_id"].as_str().unwrap();
+        let expected_key = match id {
+            "kafka-one" => "user-1",
+            "kafka-two" => "user-2",
+            _ => "device-anon",
+        };
+        assert_eq!(read.key.as_deref(), Some(expected_key), "key of {id}");
+        assert_eq!(read.headers["event_name"], "item_view");
+        assert_eq!(read.headers["schema_version"], "1");
+        assert_eq!(read.headers["source"], "dev");
+        assert_eq!(
+            read.headers["region"],
+            read.record["region"].as_str().unwrap()
+        );
+        assert_eq!(
+            read.record["source"], "dev",
+            "the same record as the local log"
+        );
+        assert!(read.record["timestamp_server"].is_string());
+    }
+    let quarantined = read_topic(&broker, QUARANTINE).await;
+    // The rejected event was sent twice and is quarantined twice (as on the local log).
+    assert_eq!(quarantined.len(), 2);
+    assert_eq!(quarantined[0].headers["error_code"], "invalid_value");
+    assert_eq!(quarantined[0].record["event"]["event_id"], "kafka-bad");
+    assert!(
+        collector
+            .metrics()
+            .await
+            .contains("tollgate_kafka_messages_total")
+    );
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_means_503_and_released_claims_and_the_retry_lands_once() {
+    // The collector reaches the broker only through a proxy that the test cuts.
+    let (listener, proxy_port) = TcpProxy::bind().await;
+    let broker = with_topics(KafkaBroker::start_advertising(Some(proxy_port)));
+    let proxy = TcpProxy::forward_to(listener, broker.port);
+    let mut collector =
+        TestCollector::start_with(|c| use_kafka(c, &broker), Overrides::default()).await;
+    wait_ready(&collector, true).await;
+    let (status, _) = collector.post_events(&batch(&["before-0001"])).await;
+    assert_eq!(status, 200);
+
+    proxy.cut();
+    let down = batch(&["down-0001", "down-0002", "down-0003"]);
+    let (status, answer) = collector.post_events(&down).await;
+    assert_eq!(status, 503, "never 200 for unacknowledged events: {answer}");
+    assert_eq!(answer["error"]["code"], "log_unavailable");
+    wait_ready(&collector, false).await;
+    let metrics = collector.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("tollgate_log_errors_total") && !l.contains("queue_full")),
+        "{metrics}"
+    );
+
+    proxy.restore();
+    wait_ready(&collector, true).await;
+    // The SDK retries until it gets an answer (a producer whose identity the broker no
+    // longer accepts is replaced on the first failure). The retry is accepted, not
+    // answered `duplicate`: the failed requests' claims were released.
+    let mut answer = Value::Null;
+    for _ in 0..5 {
+        let (status, body) = collector.post_events(&down).await;
+        answer = body;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(answer["error"]["code"], "log_unavailable", "{answer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(answer["accepted"], 3, "{answer}");
+    let events = read_topic(&broker, EVENTS).await;
+    for id in ["down-0001", "down-0002", "down-0003"] {
+        let n = events.iter().filter(|r| r.record["event_id"] == id).count();
+        assert_eq!(n, 1, "{id} is on the topic exactly once");
+    }
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_collectors_one_redis_one_broker_lose_and_double_nothing() {
+    let broker = broker_with_topics();
+    let redis = RedisServer::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut children = Vec::new();
+    let mut targets = Vec::new();
+    for dir in &dirs {
+        let (child, addr) = spawn_binary(
+            dir.path(),
+            &["--kafka", &broker.address(), "--redis", &redis.url()],
+        );
+        children.push(child);
+        targets.push(format!("http://{addr}"));
+    }
+    let manifest = dirs[0].path().join("manifest.ndjson");
+    let report = run(RunConfig {
+        targets,
+        write_key: "dev".into(),
+        model: Model::Closed { connections: 12 },
+        duration: None,
+        requests: Some(1500),
+        seed: 7,
+        run_id: "kafka3".into(),
+        scenario: Scenario {
+            batch_size: 10,
+            // Every retry goes to a different collector than its first send.
+            retry_rate: 0.15,
+            invalid_rate: 0.02,
+            late_rate: 0.02,
+            ..Scenario::default()
+        },
+        manifest: Some(manifest.clone()),
+        http2: false,
+        gzip: false,
+    })
+    .await
+    .unwrap();
+    assert!(
+        report
+            .outcomes
+            .events
+            .get("duplicate")
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "retries on another collector are answered duplicate: {:?}",
+        report.outcomes
+    );
+    let source = LogSource::Kafka(TopicSource {
+        brokers: broker.address(),
+        topic: EVENTS.into(),
+        quarantine_topic: Some(QUARANTINE.into()),
+        idle: IDLE,
+    });
+    let verification = tokio::task::spawn_blocking(move || verify_source(&manifest, &source))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(verification.acknowledged > 10_000, "{verification:?}");
+    assert_eq!(verification.lost, 0, "{verification:?}");
+    assert_eq!(verification.duplicated, 0, "{verification:?}");
+    assert_eq!(verification.invalid_not_quarantined, 0, "{verification:?}");
+    assert!(verification.clean(), "{verification:?}");
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_leaves_every_acknowledged_event_on_the_topic() {
+    let broker = broker_with_topics();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, addr) = spawn_binary(dir.path(), &["--kafka", &broker.address()]);
+    let acknowledged = load_then_sigterm(child, &addr).await;
+    assert!(acknowledged.len() >= 1000);
+    let events = read_topic(&broker, EVENTS).await;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for read in &events {
+        *counts
+            .entry(read.record["event_id"].as_str().unwrap())
+            .or_default() += 1;
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events missing, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "on the topic twice: {doubled:?}");
+}
