@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # HTTP throughput of tollgate-collector on its embedded defaults (memory idempotency,
 # local fsynced log) against a parse-only hyper baseline, same load, same run; then,
-# where redis-server is installed, the collector deduplicating in Redis.
+# where redis-server is installed, the collector deduplicating in Redis; then, where the
+# Kafka test broker (tansu) is installed, the collector appending to Kafka.
 #
 #   scripts/bench-http.sh            # 20 s per target, 64 connections, 20-event batches
-#   DURATION=60s CONNECTIONS=128 BATCH=20 REDIS=0 scripts/bench-http.sh
+#   DURATION=60s CONNECTIONS=128 BATCH=20 REDIS=0 KAFKA=0 scripts/bench-http.sh
 #
-# Loopback only. Where `taskset` exists the servers run on CPU 0 and wrk (and Redis,
-# standing in for a Redis on another machine) on CPU 1.
+# Loopback only. Where `taskset` exists the servers run on CPU 0 and wrk (and Redis and
+# the Kafka broker, standing in for ones on other machines) on CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-20s}
@@ -93,4 +94,41 @@ if [ -f "$data/redis.txt" ]; then
   red=$(tail -1 "$data/redis.txt" | awk '{print $4}')
   echo "== Redis idempotency events/s ÷ memory idempotency events/s: $(awk -v a="$red" -v b="$coll" 'BEGIN{printf "%.2f", a/b}')"
   echo "== events logged with Redis: $(cat "$data"/collector-redis/events/*.ndjson | wc -l)"
+fi
+
+tansu=${TANSU:-${HOME:-/root}/.cache/tollgate/tansu/bin/tansu}
+if [ "${KAFKA:-1}" = 1 ] && [ -x "$tansu" ]; then
+  kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+  mkdir -p "$data/tansu"
+  (cd "$data/tansu" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL \
+    "${load_cpu[@]}" "$tansu" broker --listener-url tcp://127.0.0.1:19092 \
+    --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ --silent) & pids+=($!)
+  wait_port 19092
+  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 3 tollgate.events >/dev/null
+  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 1 tollgate.quarantine >/dev/null
+  RUST_LOG=warn "${server_cpu[@]}" "$target/tollgate-collector" --listen 127.0.0.1:18082 \
+    --admin-listen 127.0.0.1:19093 --data-dir "$data/collector-kafka" \
+    --kafka 127.0.0.1:19092 & pids+=($!)
+  wait_port 18082
+  for _ in $(seq 100); do
+    curl -sf http://127.0.0.1:19093/readyz >/dev/null && break; sleep 0.1
+  done
+  load "tollgate-collector, Kafka sink" http://127.0.0.1:18082/v1/events | tee "$data/kafka.txt"
+  kaf=$(tail -1 "$data/kafka.txt" | awk '{print $4}')
+  echo "== Kafka sink events/s ÷ local log events/s: $(awk -v a="$kaf" -v b="$coll" 'BEGIN{printf "%.2f", a/b}')"
+  # Produce latency: the request's records handed to the producer → all acknowledged.
+  curl -s http://127.0.0.1:19093/metrics | python3 -c '
+import sys
+buckets = []
+for line in sys.stdin:
+    if line.startswith("tollgate_log_append_duration_seconds_bucket"):
+        le = line.split("le=\"")[1].split("\"")[0]
+        buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
+total = buckets[-1][1] if buckets else 0
+out = []
+for q in (0.5, 0.9, 0.99):
+    bound = next((b for b, n in buckets if n >= q * total), float("nan"))
+    out.append("p%g <= %gms" % (q * 100, bound * 1000))
+print("== Kafka produce latency per request (histogram bucket bounds): " + ", ".join(out))
+'
 fi
