@@ -22,6 +22,7 @@ use tollgate_loadtest::verify::{LogSource, verify_source};
 
 const EVENTS: &str = "tollgate.events";
 const QUARANTINE: &str = "tollgate.quarantine";
+const SHADOW: &str = "tollgate.shadow";
 /// Long enough for every record of a finished request to be readable.
 const IDLE: Duration = Duration::from_secs(3);
 
@@ -114,8 +115,15 @@ async fn wait_ready(collector: &TestCollector, ready: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_batch_is_on_the_topic_once_keyed_and_with_headers() {
     let broker = broker_with_topics();
-    let mut collector =
-        TestCollector::start_with(|c| use_kafka(c, &broker), Overrides::default()).await;
+    broker.create_topic(SHADOW, 1);
+    let mut collector = TestCollector::start_with(
+        |c| {
+            use_kafka(c, &broker);
+            c.log.kafka.shadow_topic = Some(SHADOW.into());
+        },
+        Overrides::default(),
+    )
+    .await;
     wait_ready(&collector, true).await;
 
     let mut anonymous = event("kafka-anon");
