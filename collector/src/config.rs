@@ -58,6 +58,27 @@ pub struct ServerConfig {
     /// flushed and the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Serve the public listener over TLS (HTTP/2 and HTTP/1.1 by ALPN). Unset: plain
+    /// HTTP, for local use or behind a TLS-terminating load balancer.
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS on the public listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// How often the files are checked for a renewed certificate (SIGHUP reloads at
+    /// once). Open connections are never dropped by a reload.
+    #[serde(with = "humantime_serde", default = "default_tls_reload")]
+    pub reload_interval: Duration,
+}
+
+fn default_tls_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Size limits on what clients send.
@@ -300,6 +321,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             max_concurrent_requests: NonZeroUsize::new(2048).unwrap(),
             shutdown_timeout: Duration::from_secs(25),
+            tls: None,
         }
     }
 }

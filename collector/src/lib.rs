@@ -39,7 +39,7 @@ use crate::clock::Clock;
 use crate::config::{Config, ConfigError, IdempotencyBackend, SinkKind};
 use crate::dedupe::{IdempotencyStore, MemoryStore, RedisOptions, RedisStore, RedisTarget};
 use crate::http::body::BodyLimits;
-use crate::http::{App, Listener};
+use crate::http::{App, Listener, ServeOptions};
 use crate::ingest::{Pipeline, Source};
 use crate::schema::SchemaRegistry;
 use crate::sink::{EventLog, FileLog, FileLogOptions, KafkaLog, KafkaLogOptions};
@@ -54,6 +54,8 @@ pub enum BuildError {
     Schemas(Vec<String>),
     #[error("privacy:\n  - {}", .0.join("\n  - "))]
     Privacy(Vec<String>),
+    #[error("server.tls: {0}")]
+    Tls(#[from] tollgate_edge::TlsError),
     #[error("opening the log in {dir}: {source}")]
     Log {
         dir: std::path::PathBuf,
@@ -75,6 +77,8 @@ pub struct Overrides {
 pub struct Collector {
     app: Arc<App>,
     config: Config,
+    /// The public listener's certificate, when it speaks TLS.
+    tls: Option<Arc<tollgate_edge::CertStore>>,
 }
 
 impl Collector {
@@ -93,6 +97,13 @@ impl Collector {
     /// As [`build`](Self::build).
     pub fn build_with(config: Config, overrides: Overrides) -> Result<Collector, BuildError> {
         config.validate()?;
+        let tls = match &config.server.tls {
+            Some(t) => Some(tollgate_edge::CertStore::load(tollgate_edge::TlsFiles {
+                cert: t.cert_file.clone(),
+                key: t.key_file.clone(),
+            })?),
+            None => None,
+        };
         let schemas = load_schemas(&config)?;
         let metrics = overrides
             .metrics
@@ -185,7 +196,7 @@ impl Collector {
             answer_ttl: idem.dedupe_window,
             tasks: TaskTracker::new(),
         });
-        Ok(Collector { app, config })
+        Ok(Collector { app, config, tls })
     }
 
     /// The configuration this collector was built from.
@@ -208,21 +219,36 @@ impl Collector {
         shutdown: impl Future<Output = ()>,
     ) {
         let token = CancellationToken::new();
-        let grace = self.config.server.shutdown_timeout;
+        let plain = ServeOptions {
+            grace: self.config.server.shutdown_timeout,
+            ..ServeOptions::default()
+        };
+        let mut public_options = plain.clone();
+        if let (Some(store), Some(settings)) = (&self.tls, &self.config.server.tls) {
+            store
+                .clone()
+                .watch(settings.reload_interval, token.child_token());
+            public_options.tls = Some(
+                store
+                    .server_config()
+                    .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3"),
+            );
+        }
         let mut servers = vec![tokio::spawn(http::serve(
             public,
             self.app.clone(),
             Listener::Public,
             token.clone(),
-            grace,
+            public_options,
         ))];
         if let Some(admin) = admin {
+            // The admin listener stays cleartext: it is only reachable privately.
             servers.push(tokio::spawn(http::serve(
                 admin,
                 self.app.clone(),
                 Listener::Admin,
                 token.clone(),
-                grace,
+                plain,
             )));
         }
         shutdown.await;

@@ -46,6 +46,13 @@ struct Args {
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// Log output format.
+    /// Serve the public listener over TLS with this PEM certificate chain (with
+    /// --tls-key; sets server.tls). Reloaded on SIGHUP and when the file changes.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
     /// Append to a Kafka-compatible broker instead of local files (sets log.sink =
     /// "kafka" and log.kafka.brokers): host:port[,host:port…].
     #[arg(long, value_name = "BROKERS")]
@@ -114,6 +121,18 @@ fn run(args: Args) -> anyhow::Result<()> {
         config.idempotency.redis.url = url;
         config.idempotency.redis.cluster_nodes.clear();
     }
+    if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
+        let reload_interval = config
+            .server
+            .tls
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(10), |t| t.reload_interval);
+        config.server.tls = Some(tollgate_collector::config::TlsConfig {
+            cert_file,
+            key_file,
+            reload_interval,
+        });
+    }
     if let Some(brokers) = args.kafka {
         config.log.sink = tollgate_collector::config::SinkKind::Kafka;
         config.log.kafka.brokers = brokers;
@@ -150,6 +169,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!(
             listen = %public.local_addr()?,
             admin = ?admin.as_ref().map(|a| a.local_addr()).transpose()?,
+            tls = collector.config().server.tls.is_some(),
             sink = ?collector.config().log.sink,
             data_dir = %collector.config().log.data_dir.display(),
             "tollgate-collector ready"

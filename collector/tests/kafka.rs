@@ -277,6 +277,7 @@ async fn three_collectors_one_redis_one_broker_lose_and_double_nothing() {
         manifest: Some(manifest.clone()),
         http2: false,
         gzip: false,
+        ca_file: None,
     })
     .await
     .unwrap();

@@ -113,6 +113,10 @@ struct RunArgs {
     /// Send gzip-compressed bodies.
     #[arg(long)]
     gzip: bool,
+    /// For https:// targets: PEM file of the CA (or the self-signed certificate) to
+    /// trust. HTTP/2 over TLS is negotiated by ALPN with --http2.
+    #[arg(long, value_name = "FILE")]
+    ca_file: Option<PathBuf>,
     /// Send Segment HTTP Tracking API batches (/v1/batch), as Segment SDKs do.
     #[arg(long)]
     segment: bool,
@@ -159,8 +163,8 @@ fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
 /// Accepts only URLs whose host is a loopback address: load tests never leave the machine.
 fn loopback_url(text: &str) -> Result<String, String> {
     let uri: http::Uri = text.parse().map_err(|e| format!("not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err("only http:// targets are supported".into());
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err("targets are http:// or https:// URLs".into());
     }
     let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
     let loopback = host == "localhost"
@@ -254,6 +258,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
         manifest: args.manifest,
         http2: args.http2,
         gzip: args.gzip,
+        ca_file: args.ca_file,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let report = runtime.block_on(run(config))?;
@@ -350,7 +355,9 @@ mod tests {
         assert!(loopback_url("http://localhost:1").is_ok());
         assert!(loopback_url("http://10.0.0.5:8080").is_err());
         assert!(loopback_url("http://example.com").is_err());
-        assert!(loopback_url("https://127.0.0.1").is_err());
+        assert!(loopback_url("https://127.0.0.1").is_ok());
+        assert!(loopback_url("https://10.0.0.5").is_err());
+        assert!(loopback_url("ftp://127.0.0.1").is_err());
     }
 
     #[test]

@@ -14,6 +14,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -80,6 +81,8 @@ pub struct RunConfig {
     pub http2: bool,
     /// Send bodies gzip-compressed.
     pub gzip: bool,
+    /// PEM file of the CA (or self-signed certificate) that https:// targets present.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One manifest line: a request, its events, and what the collector said of each.
@@ -117,7 +120,7 @@ struct AnswerResult<'a> {
 
 struct Shared {
     generator: Mutex<Generator>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     urls: Vec<http::Uri>,
     auth: http::HeaderValue,
     bad_auth: http::HeaderValue,
@@ -165,8 +168,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key))
     ))?;
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    // http:// targets go straight over TCP; https:// ones through rustls (ALPN h2 with
+    // --http2, else http/1.1).
+    let tls = HttpsConnectorBuilder::new()
+        .with_tls_config(client_tls(config.ca_file.as_deref())?)
+        .https_or_http();
+    let connector = if config.http2 {
+        tls.enable_http2().wrap_connector(http)
+    } else {
+        tls.enable_http1().wrap_connector(http)
+    };
     let client = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(4096)
         .http2_only(config.http2)
@@ -284,6 +298,27 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let mut report = Report::new(&config, elapsed, &totals.latency, totals.outcomes.clone());
     report.series = totals.series.clone();
     Ok(report)
+}
+
+/// TLS client settings trusting only `ca_file` (load tests target this machine, whose
+/// certificates no public root signs).
+fn client_tls(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(path) = ca_file {
+        for cert in CertificateDer::pem_file_iter(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
+        {
+            roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 async fn send_one(shared: &Shared, intended: Instant) {

@@ -53,6 +53,7 @@ fn config(
         manifest: manifest.map(Path::to_owned),
         http2: false,
         gzip: false,
+        ca_file: None,
     }
 }
 

@@ -22,8 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +54,8 @@ pub struct ProxyConfig {
     /// The event field whose hash decides sampling (`user_id`, `device_id` or
     /// `event_id`), read from a request's first event: a sampled user is mirrored whole.
     pub sample_key: String,
+    /// Serve clients over TLS with this certificate (reloaded on SIGHUP or change).
+    pub tls: Option<tollgate_edge::TlsFiles>,
 }
 
 impl Default for ProxyConfig {
@@ -69,6 +70,7 @@ impl Default for ProxyConfig {
             tolerance: 0.05,
             sample_rate: 1.0,
             sample_key: "user_id".into(),
+            tls: None,
         }
     }
 }
@@ -131,36 +133,29 @@ pub async fn run(
         comparison,
     });
     let token = CancellationToken::new();
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let token = token.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
+    let mut options = tollgate_edge::ServeOptions::default();
+    if let Some(files) = &proxy.config.tls {
+        let store = tollgate_edge::CertStore::load(files.clone())?;
+        store
+            .clone()
+            .watch(Duration::from_secs(10), token.child_token());
+        options.tls = Some(store.server_config()?);
+    }
+    let server = tokio::spawn(tollgate_edge::serve(
+        listener,
+        options,
+        token.clone(),
+        move |_peer| {
+            let proxy = proxy.clone();
+            hyper::service::service_fn(move |req| {
                 let proxy = proxy.clone();
                 async move { Ok::<_, Infallible>(proxy.handle(req).await) }
-            });
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = connection => {}
-                () = token.cancelled() => {}
-            }
-        });
-    }
+            })
+        },
+    ));
+    shutdown.await;
     token.cancel();
+    let _ = server.await;
     Ok(())
 }
 

@@ -41,6 +41,13 @@ struct Args {
     /// Event field whose hash decides sampling: user_id, device_id or event_id.
     #[arg(long, default_value = "user_id")]
     sample_key: String,
+    /// Serve clients over TLS with this PEM certificate chain (with --tls-key); it is
+    /// reloaded on SIGHUP and when the file changes.
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -114,6 +121,10 @@ fn real_main() -> anyhow::Result<bool> {
         tolerance: args.tolerance,
         sample_rate: args.sample_rate,
         sample_key: args.sample_key,
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| tollgate_edge::TlsFiles { cert, key }),
         ..ProxyConfig::default()
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;

@@ -510,3 +510,39 @@ async fn a_dead_primary_answers_502_and_is_counted() {
         .unwrap();
     assert_eq!((report.primary_errors, report.mirrored), (1, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_can_reach_the_proxy_over_tls() {
+    let (primary_dir, shadow_dir, certs) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let files = tollgate_edge::TlsFiles {
+        cert: certs.path().join("cert.pem"),
+        key: certs.path().join("key.pem"),
+    };
+    std::fs::write(&files.cert, cert.cert.pem()).unwrap();
+    std::fs::write(&files.key, cert.signing_key.serialize_pem()).unwrap();
+    let primary = collector(primary_dir.path(), true).await;
+    let shadow = collector(shadow_dir.path(), true).await;
+    let proxy = proxy_with(&primary.url, &shadow.url, |c| c.tls = Some(files)).await;
+    let url = proxy.url.replace("http://", "https://");
+
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let response = client
+        .post(format!("{url}/v1/events"))
+        .basic_auth("dev", Some(""))
+        .json(&batch(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2, "ALPN picks h2");
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["accepted"], 10, "{body}");
+}

@@ -1,6 +1,7 @@
 //! The HTTP edge: listeners, the tower stack around the handlers, and routing.
 //!
-//! Enters: TCP connections (HTTP/1.1 and h2c from one auto builder). Leaves: for ingest
+//! Enters: TCP connections, cleartext or TLS (HTTP/1.1 and HTTP/2 from one auto
+//! builder; the accept loop is `tollgate_edge`'s). Leaves: for ingest
 //! routes, the authenticated and decompressed body handed to [`crate::ingest`]; for the
 //! probes and `/metrics`, their answers.
 //!
@@ -19,15 +20,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +32,7 @@ use tower::{BoxError, ServiceBuilder, ServiceExt};
 use tower_http::trace::TraceLayer;
 
 pub use routes::App;
+pub use tollgate_edge::ServeOptions;
 
 use crate::error::ApiError;
 
@@ -51,14 +49,15 @@ pub enum Listener {
     Admin,
 }
 
-/// Serves `listener` until `shutdown` is cancelled, then lets open connections finish
-/// their requests for up to `grace`.
+/// Serves `listener` (cleartext, or TLS when `options.tls` is set) until `shutdown` is
+/// cancelled, then lets open connections finish their requests for up to
+/// `options.grace`.
 pub async fn serve(
     listener: TcpListener,
     app: Arc<App>,
     kind: Listener,
     shutdown: CancellationToken,
-    grace: Duration,
+    options: ServeOptions,
 ) {
     let handler = {
         let app = app.clone();
@@ -78,24 +77,7 @@ pub async fn serve(
             inner: guarded,
             metrics: app.metrics.clone(),
         });
-
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let graceful = GracefulShutdown::new();
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Typically EMFILE: back off briefly rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let (stream, peer) = stream;
-        let _ = stream.set_nodelay(true);
+    tollgate_edge::serve(listener, options, shutdown, move |peer| {
         // The peer's address travels with each request: privacy believes a region
         // header only from trusted proxies.
         let service =
@@ -103,26 +85,9 @@ pub async fn serve(
                 req.extensions_mut().insert(PeerAddr(peer.ip()));
                 req
             });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            ?grace,
-            "connections still open after the shutdown grace period"
-        );
-    }
+        TowerToHyperService::new(service)
+    })
+    .await;
 }
 
 /// Turns the errors of the guard layers (shed, timed out) into JSON responses, so the
