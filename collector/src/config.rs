@@ -61,6 +61,30 @@ pub struct ServerConfig {
     /// Serve the public listener over TLS (HTTP/2 and HTTP/1.1 by ALPN). Unset: plain
     /// HTTP, for local use or behind a TLS-terminating load balancer.
     pub tls: Option<TlsConfig>,
+    /// Load balancers and proxies (CIDR or address) whose `X-Forwarded-For` names the
+    /// client, for per-IP rate limits. Anyone else's header is ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Most client IPs tracked by per-IP rate limits; entries back to a full budget
+    /// are pruned, and past this new addresses are not limited per IP until there is
+    /// room (the source's own limits still apply).
+    pub max_tracked_ips: NonZeroUsize,
+}
+
+/// A source's rate limits (GCRA). Each is off unless its rate is set; a burst defaults
+/// to one second of its rate.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second of the whole source (all its write keys, all clients).
+    pub requests_per_second: Option<NonZeroU32>,
+    pub request_burst: Option<NonZeroU32>,
+    /// Events per second of the whole source; a batch counts all its events.
+    pub events_per_second: Option<NonZeroU32>,
+    /// At least `limits.max_events_per_batch`, so that any accepted batch can pass.
+    pub event_burst: Option<NonZeroU32>,
+    /// Requests per second of each client IP sending with this source's keys.
+    pub ip_requests_per_second: Option<NonZeroU32>,
+    pub ip_request_burst: Option<NonZeroU32>,
 }
 
 /// TLS on the public listener.
@@ -311,6 +335,18 @@ pub struct SourceConfig {
     /// model only). For development sources.
     #[serde(default)]
     pub allow_unknown_events: bool,
+    /// Rate limits; over them requests get 429 with Retry-After.
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+}
+
+/// A CIDR block, or one address as a /32 or /128.
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    text.parse().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
 }
 
 impl Default for ServerConfig {
@@ -322,6 +358,8 @@ impl Default for ServerConfig {
             max_concurrent_requests: NonZeroUsize::new(2048).unwrap(),
             shutdown_timeout: Duration::from_secs(25),
             tls: None,
+            trusted_proxies: Vec::new(),
+            max_tracked_ips: NonZeroUsize::new(100_000).unwrap(),
         }
     }
 }
@@ -422,6 +460,7 @@ impl Config {
                 id: "dev".into(),
                 write_keys: vec!["dev".into()],
                 allow_unknown_events: true,
+                rate_limit: RateLimitConfig::default(),
             }],
             ..Config::default()
         }
@@ -499,6 +538,29 @@ impl Config {
                         "a write key is used by two sources".into(),
                     );
                 }
+            }
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            let r = &source.rate_limit;
+            let burst = r.event_burst.or(r.events_per_second);
+            if let Some(burst) = burst
+                && (burst.get() as usize) < self.limits.max_events_per_batch.get()
+            {
+                problem(
+                    &format!("sources[{i}].rate_limit.event_burst"),
+                    format!(
+                        "{burst} is below limits.max_events_per_batch ({}): a full batch could never pass",
+                        self.limits.max_events_per_batch
+                    ),
+                );
+            }
+        }
+        for proxy in &self.server.trusted_proxies {
+            if parse_net(proxy).is_none() {
+                problem(
+                    "server.trusted_proxies",
+                    format!("{proxy:?} is neither a CIDR block nor an IP address"),
+                );
             }
         }
         if self.platforms.is_empty() {

@@ -48,6 +48,15 @@ pub enum ApiError {
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was used with a different request body")]
     IdempotencyKeyReused,
+    #[error("over the {limit} rate limit of this {scope}; retry after the Retry-After seconds")]
+    RateLimited {
+        /// `requests` or `events`.
+        limit: &'static str,
+        /// `source` or `client IP`.
+        scope: &'static str,
+        /// Whole seconds until the request would be allowed (at least 1).
+        retry_after_secs: u64,
+    },
     #[error("the collector is at its concurrency limit; retry shortly")]
     Overloaded,
     #[error("the request took longer than the configured timeout")]
@@ -86,6 +95,7 @@ impl ApiError {
             ApiError::NotFound => "not_found",
             ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
             ApiError::Timeout => "request_timeout",
             ApiError::LogQueueFull => "log_queue_full",
@@ -114,6 +124,7 @@ impl ApiError {
             ApiError::MissingWriteKey | ApiError::UnknownWriteKey => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded
             | ApiError::Timeout
             | ApiError::LogQueueFull
@@ -133,6 +144,9 @@ impl ApiError {
             ApiError::LogUnavailable
             | ApiError::IdempotencyUnavailable
             | ApiError::ShuttingDown => Some(Duration::from_secs(5)),
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some(Duration::from_secs(*retry_after_secs)),
             _ => None,
         }
     }

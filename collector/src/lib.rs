@@ -23,6 +23,7 @@ pub mod error;
 pub mod http;
 pub mod ingest;
 pub mod privacy;
+pub mod ratelimit;
 pub mod schema;
 pub mod sink;
 pub mod telemetry;
@@ -71,6 +72,8 @@ pub struct Overrides {
     pub log: Option<Arc<dyn EventLog>>,
     pub store: Option<Arc<dyn IdempotencyStore>>,
     pub metrics: Option<Arc<Metrics>>,
+    /// The rate limiters' clock (tests move it by hand).
+    pub limit_clock: Option<ratelimit::LimitClock>,
 }
 
 /// A configured collector, ready to serve.
@@ -177,8 +180,25 @@ impl Collector {
             privacy,
             metrics: metrics.clone(),
         });
+        let rate_limits = ratelimit::RateLimits::new(
+            config
+                .sources
+                .iter()
+                .map(|s| (s.id.as_str(), &s.rate_limit)),
+            config
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| config::parse_net(p))
+                .collect(),
+            config.server.max_tracked_ips.get(),
+            overrides
+                .limit_clock
+                .unwrap_or_else(ratelimit::LimitClock::monotonic),
+        );
         let limits = &config.limits;
         let app = Arc::new(App {
+            rate_limits: rate_limits.any().then(|| Arc::new(rate_limits)),
             pipeline,
             sources,
             clock: overrides.clock.unwrap_or_else(Clock::system),

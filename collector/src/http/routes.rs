@@ -78,6 +78,8 @@ pub struct App {
     pub sources: HashMap<String, Arc<Source>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
+    /// Per-source and per-client-IP limits; `None` when no source has any.
+    pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
     pub platforms: tollgate_event::Platforms,
     pub body_limits: BodyLimits,
     pub max_event_bytes: usize,
@@ -223,6 +225,29 @@ impl App {
         response
     }
 
+    /// Runs one rate-limit check of `source`, counting a refusal by source and limit.
+    fn check_rate(
+        &self,
+        source: &str,
+        check: impl FnOnce(
+            &crate::ratelimit::RateLimits,
+        ) -> Result<(), (ApiError, crate::ratelimit::Refusal)>,
+    ) -> Result<(), ApiError> {
+        let Some(limits) = &self.rate_limits else {
+            return Ok(());
+        };
+        check(limits).map_err(|(error, refusal)| {
+            self.metrics.rate_limited.add(
+                1,
+                &[
+                    opentelemetry::KeyValue::new("source", source.to_owned()),
+                    opentelemetry::KeyValue::new("limit", refusal.label()),
+                ],
+            );
+            error
+        })
+    }
+
     fn source(&self, key: &str) -> Result<Arc<Source>, ApiError> {
         self.sources
             .get(key)
@@ -244,6 +269,17 @@ impl App {
             .transpose()?;
         if header_source.is_none() && api == Api::Native {
             return Err(ApiError::MissingWriteKey);
+        }
+        // The client's IP is only needed by per-IP limits.
+        let client_ip = self.rate_limits.as_ref().map(|limits| {
+            let peer = parts
+                .extensions
+                .get::<super::PeerAddr>()
+                .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0);
+            limits.client_ip(peer, &parts.headers)
+        });
+        if let (Some(source), Some(ip)) = (&header_source, client_ip) {
+            self.check_rate(&source.id, |l| l.check_request(&source.id, ip))?;
         }
         let framing = body::framing(&parts.headers)?;
         if framing == Framing::Ndjson && api == Api::Segment {
@@ -302,9 +338,20 @@ impl App {
             };
             let source = match (header_source, &decoded.body_write_key) {
                 (Some(source), _) => source,
-                (None, Some(key)) => app.source(key)?,
+                (None, Some(key)) => {
+                    // A write key in the body (Segment's /v1/import): its request
+                    // limits are checked now that it is known.
+                    let source = app.source(key)?;
+                    if let Some(ip) = client_ip {
+                        app.check_rate(&source.id, |l| l.check_request(&source.id, ip))?;
+                    }
+                    source
+                }
                 (None, None) => return Err(ApiError::MissingWriteKey),
             };
+            app.check_rate(&source.id, |l| {
+                l.check_events(&source.id, decoded.items.len())
+            })?;
             // A request-level Idempotency-Key replays the first answer to the same body.
             let answer_key = request_key.map(|k| (format!("{}:{k}", source.id), fingerprint(&bytes)));
             if let Some((key, print)) = &answer_key {

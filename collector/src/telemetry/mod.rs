@@ -65,6 +65,9 @@ pub struct Metrics {
     pub kafka_broker_rtt: Gauge<f64>,
     /// Kafka producers replaced because the broker refused their identity.
     pub kafka_producer_resets: Counter<u64>,
+    /// Requests refused by a rate limit, by limit (source_requests, source_events,
+    /// ip_requests).
+    pub rate_limited: Counter<u64>,
 }
 
 impl Metrics {
@@ -180,6 +183,10 @@ impl Metrics {
             kafka_producer_resets: counter(
                 "tollgate_kafka_producer_resets",
                 "Kafka producers replaced because the broker refused their producer id",
+            ),
+            rate_limited: counter(
+                "tollgate_rate_limited",
+                "Requests refused by a rate limit, by limit",
             ),
             registry,
             _provider: provider,
