@@ -3,7 +3,9 @@
 #  - redis-server (Debian package), for the Redis idempotency tests;
 #  - tansu, a Kafka-compatible broker in Rust, for the Kafka sink tests. It goes to
 #    ~/.cache/tollgate/tansu (outside the checkout, kept between runs; about 8 minutes
-#    to build once), where the tests look for it (or set TOLLGATE_TANSU).
+#    to build once), where the tests look for it (or set TOLLGATE_TANSU);
+#  - kubernetes-validate (PyPI), which validates the rendered Kubernetes manifests
+#    strictly and offline; kubectl (for `kubectl kustomize`) must be on the PATH.
 set -euo pipefail
 
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -25,3 +27,10 @@ if ! "$tansu" --version >/dev/null 2>&1; then
   tansu="$TANSU_ROOT/bin/tansu"
 fi
 "$tansu" --version
+
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "installing kubernetes-validate" >&2
+  python3 -m pip install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+kubernetes-validate --version
+command -v kubectl >/dev/null || { echo "kubectl is needed for the manifest test (kubectl kustomize)" >&2; exit 1; }

@@ -150,12 +150,17 @@ pub struct PrivacySettings {
     /// the collector runs without a privacy policy and says so at start-up; any other
     /// path must exist. `none` disables privacy policies explicitly.
     pub file: PathBuf,
+    /// The pseudonym key, in place of the policy file's `[hmac].current`: `{ id = "…",
+    /// file = "…" }` or `{ id = "…", env = "…" }`. Every replica must use the same key
+    /// (e.g. one Kubernetes Secret), else their pseudonyms differ.
+    pub hmac_key: Option<crate::privacy::config::KeyConfig>,
 }
 
 impl Default for PrivacySettings {
     fn default() -> Self {
         PrivacySettings {
             file: PathBuf::from("config/privacy.toml"),
+            hmac_key: None,
         }
     }
 }
@@ -330,7 +335,12 @@ pub struct SourceConfig {
     /// Stamped on every record as `source` (the write key never is).
     pub id: String,
     /// Keys the SDKs send as the HTTP Basic user. Several allow rotation.
+    #[serde(default)]
     pub write_keys: Vec<String>,
+    /// A file of further keys, one per line (e.g. a mounted Kubernetes Secret), so
+    /// that keys stay out of the configuration file.
+    #[serde(default)]
+    pub write_keys_file: Option<PathBuf>,
     /// Accept event names without a registered schema (checked against the base event
     /// model only). For development sources.
     #[serde(default)]
@@ -460,6 +470,7 @@ impl Config {
                 id: "dev".into(),
                 write_keys: vec!["dev".into()],
                 allow_unknown_events: true,
+                write_keys_file: None,
                 rate_limit: RateLimitConfig::default(),
             }],
             ..Config::default()
@@ -481,7 +492,7 @@ impl Config {
             }
             None => Figment::from(Serialized::defaults(Config::embedded())),
         };
-        figment
+        let mut config: Config = figment
             .merge(Env::prefixed(ENV_PREFIX).split("__"))
             .extract()
             .map_err(|e| {
@@ -491,7 +502,35 @@ impl Config {
                         .collect::<Vec<_>>()
                         .join("\n"),
                 )
-            })
+            })?;
+        config.read_write_key_files()?;
+        Ok(config)
+    }
+
+    /// Adds the keys of every `sources[].write_keys_file` (one per line; blank lines and
+    /// `#` comments skipped) to the source's `write_keys`.
+    ///
+    /// # Errors
+    /// A file that cannot be read.
+    pub fn read_write_key_files(&mut self) -> Result<(), ConfigError> {
+        for (i, source) in self.sources.iter_mut().enumerate() {
+            let Some(path) = &source.write_keys_file else {
+                continue;
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::Invalid(vec![format!(
+                    "sources[{i}].write_keys_file: {}: {e}",
+                    path.display()
+                )])
+            })?;
+            source.write_keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(())
     }
 
     /// Checks the relations between values and returns every problem, each with its key.
@@ -705,6 +744,29 @@ mod tests {
         let config = Config::load(Some(&path)).unwrap();
         config.validate().unwrap();
         assert!(!config.sources.is_empty());
+    }
+
+    #[test]
+    fn write_keys_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "# rotated 2026-11\nwk_new\n\n  wk_old  \n").unwrap();
+        let config_file = dir.path().join("c.toml");
+        std::fs::write(
+            &config_file,
+            format!(
+                "[[sources]]\nid = \"app\"\nwrite_keys_file = {:?}\n",
+                keys.display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&config_file)).unwrap();
+        assert_eq!(config.sources[0].write_keys, ["wk_new", "wk_old"]);
+        config.validate().unwrap();
+
+        std::fs::remove_file(&keys).unwrap();
+        let error = Config::load(Some(&config_file)).unwrap_err().to_string();
+        assert!(error.contains("sources[0].write_keys_file"), "{error}");
     }
 
     #[test]

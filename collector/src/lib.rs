@@ -341,7 +341,8 @@ fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError>
         tracing::warn!(file = %file.display(), "privacy policy file not found; running without privacy policies");
         return Ok(None);
     }
-    let privacy = privacy::load(file, &config.log.data_dir).map_err(BuildError::Privacy)?;
+    let privacy = privacy::load(file, &config.log.data_dir, config.privacy.hmac_key.as_ref())
+        .map_err(BuildError::Privacy)?;
     tracing::info!(file = %file.display(), key = privacy.key_id(), "privacy policies loaded");
     Ok(Some(privacy))
 }

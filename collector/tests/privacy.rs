@@ -500,3 +500,39 @@ async fn the_generated_key_is_kept_private_and_reused_after_a_restart() {
         "the same user keeps the same pseudonym"
     );
 }
+
+#[tokio::test]
+async fn a_key_from_the_collector_config_replaces_the_generated_one_for_every_replica() {
+    let secrets = tempfile::tempdir().unwrap();
+    let key_file = secrets.path().join("hmac");
+    std::fs::write(&key_file, "ab".repeat(32)).unwrap();
+    let key = tollgate_collector::privacy::config::KeyConfig {
+        id: "k8s2026".into(),
+        file: Some(key_file),
+        env: None,
+    };
+    let mut pseudonyms = Vec::new();
+    // Two replicas with their own data dirs: the same key, the same pseudonym.
+    for _ in 0..2 {
+        let key = key.clone();
+        let c = TestCollector::start_with(
+            move |c| {
+                with_policy(c, "10.0.0.0/8");
+                c.privacy.hmac_key = Some(key);
+            },
+            Overrides::default(),
+        )
+        .await;
+        let answer = c
+            .post_events(&json!({"events": [pii_event_json("key-000001")]}))
+            .await
+            .1;
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        let record = &c.events()[0];
+        assert_eq!(record["privacy_key"], "k8s2026");
+        assert!(!c.data.join("privacy/hmac-generated.key").exists());
+        pseudonyms.push(record["user_id"].clone());
+    }
+    assert_ne!(pseudonyms[0], "user-raw-4242");
+    assert_eq!(pseudonyms[0], pseudonyms[1]);
+}

@@ -23,12 +23,22 @@ use config::{HmacConfig, KeyConfig, PrivacyConfig};
 /// Id of the key generated into the data dir when none is configured.
 pub const GENERATED_KEY_ID: &str = "generated";
 
-/// Loads the policy file and its keys.
+/// Loads the policy file and its keys. `current_key`, when given, is the key pseudonyms
+/// are made with, in place of the file's `[hmac].current` (its previous keys stay).
 ///
 /// # Errors
 /// Every problem: unreadable file, bad policy, missing or short keys.
-pub fn load(file: &Path, data_dir: &Path) -> Result<Privacy, Vec<String>> {
-    let config = PrivacyConfig::load(file).map_err(|e| vec![e])?;
+pub fn load(
+    file: &Path,
+    data_dir: &Path,
+    current_key: Option<&KeyConfig>,
+) -> Result<Privacy, Vec<String>> {
+    let mut config = PrivacyConfig::load(file).map_err(|e| vec![e])?;
+    if let Some(key) = current_key {
+        config.hmac.keys.retain(|k| k.id != key.id);
+        config.hmac.keys.push(key.clone());
+        config.hmac.current = Some(key.id.clone());
+    }
     let keys =
         load_keys(&config.hmac, data_dir).map_err(|e| vec![format!("{}: {e}", file.display())])?;
     Privacy::new(&config, keys).map_err(|problems| {

@@ -18,6 +18,31 @@ pub struct SchemaRegistry {
     events: HashMap<String, EventSchemas>,
 }
 
+/// The entries of `dir`, without hidden ones (`.git`, a ConfigMap's `..data`).
+fn list(dir: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect())
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `v<N>.json` with N >= 1.
+fn version_of(file_name: &str) -> Option<u32> {
+    file_name
+        .strip_prefix('v')
+        .and_then(|rest| rest.strip_suffix(".json"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .filter(|v| *v >= 1)
+}
+
 struct EventSchemas {
     /// Sorted by version.
     versions: Vec<(u32, jsonschema::Validator)>,
@@ -31,70 +56,81 @@ pub enum UnknownEvents {
 }
 
 impl SchemaRegistry {
-    /// Loads and compiles every schema under `dir`.
+    /// Loads and compiles every schema under `dir`: `<event>/v<N>.json`, or flat
+    /// `<event>.v<N>.json` files (the layout of a mounted Kubernetes ConfigMap, whose
+    /// hidden `..data` entries are skipped).
     ///
     /// # Errors
     /// Every problem found (bad folder or file names, unreadable files, invalid JSON,
     /// invalid JSON Schema), each naming its file.
     pub fn load(dir: &Path) -> Result<SchemaRegistry, Vec<String>> {
         let mut problems = Vec::new();
-        let mut events = HashMap::new();
-        let entries = match std::fs::read_dir(dir) {
+        let mut found: Vec<(String, u32, std::path::PathBuf)> = Vec::new();
+        let mut entries = match list(dir) {
             Ok(entries) => entries,
             Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
         };
-        let mut dirs: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-        dirs.sort();
-        for event_dir in dirs {
-            if !event_dir.is_dir() {
-                continue;
-            }
-            let name = event_dir
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            if !is_snake_case(&name) {
-                problems.push(format!(
-                    "{}: event folder names must be snake_case",
-                    event_dir.display()
-                ));
-                continue;
-            }
-            let mut versions = Vec::new();
-            let files = match std::fs::read_dir(&event_dir) {
-                Ok(files) => files,
-                Err(e) => {
-                    problems.push(format!("{}: {e}", event_dir.display()));
-                    continue;
-                }
-            };
-            for file in files.filter_map(Result::ok).map(|f| f.path()) {
-                let file_name = file
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                let version = file_name
-                    .strip_prefix('v')
-                    .and_then(|rest| rest.strip_suffix(".json"))
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .filter(|v| *v >= 1);
-                let Some(version) = version else {
+        entries.sort();
+        for entry in entries {
+            let name = file_name(&entry);
+            if entry.is_dir() {
+                if !is_snake_case(&name) {
                     problems.push(format!(
-                        "{}: schema files must be named v<N>.json with N >= 1",
-                        file.display()
+                        "{}: event folder names must be snake_case",
+                        entry.display()
                     ));
                     continue;
-                };
-                match compile(&file) {
-                    Ok(validator) => versions.push((version, validator)),
-                    Err(e) => problems.push(format!("{}: {e}", file.display())),
                 }
+                let files = match list(&entry) {
+                    Ok(files) => files,
+                    Err(e) => {
+                        problems.push(format!("{}: {e}", entry.display()));
+                        continue;
+                    }
+                };
+                for file in files {
+                    match version_of(&file_name(&file)) {
+                        Some(version) => found.push((name.clone(), version, file)),
+                        None => problems.push(format!(
+                            "{}: schema files must be named v<N>.json with N >= 1",
+                            file.display()
+                        )),
+                    }
+                }
+            } else if let Some((event, version)) = name
+                .strip_suffix(".json")
+                .and_then(|stem| stem.rsplit_once(".v"))
+                .filter(|(event, _)| is_snake_case(event))
+                .and_then(|(event, v)| version_of(&format!("v{v}.json")).map(|v| (event, v)))
+            {
+                found.push((event.to_owned(), version, entry));
+            } else {
+                problems.push(format!(
+                    "{}: expected an <event>/ folder or an <event>.v<N>.json file",
+                    entry.display()
+                ));
             }
-            versions.sort_by_key(|(v, _)| *v);
-            if !versions.is_empty() {
-                events.insert(name, EventSchemas { versions });
+        }
+        let mut events: HashMap<String, EventSchemas> = HashMap::new();
+        for (event, version, file) in found {
+            match compile(&file) {
+                Ok(validator) => events
+                    .entry(event)
+                    .or_insert_with(|| EventSchemas {
+                        versions: Vec::new(),
+                    })
+                    .versions
+                    .push((version, validator)),
+                Err(e) => problems.push(format!("{}: {e}", file.display())),
+            }
+        }
+        for (event, schemas) in &mut events {
+            schemas.versions.sort_by_key(|(v, _)| *v);
+            if let Some(w) = schemas.versions.windows(2).find(|w| w[0].0 == w[1].0) {
+                problems.push(format!(
+                    "{event}: version {} is defined twice (folder and flat file?)",
+                    w[0].0
+                ));
             }
         }
         if problems.is_empty() {
@@ -229,4 +265,48 @@ fn compile(file: &Path) -> Result<jsonschema::Validator, String> {
         return Err("a schema must be a JSON object".into());
     }
     jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{"type": "object", "required": ["item_id"]}"#;
+
+    #[test]
+    fn flat_files_load_like_folders_and_hidden_entries_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("item_view.v1.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("item_view.v2.json"), SCHEMA).unwrap();
+        std::fs::create_dir(dir.path().join("order_completed")).unwrap();
+        std::fs::write(dir.path().join("order_completed/v1.json"), SCHEMA).unwrap();
+        // What a mounted ConfigMap adds next to its files.
+        std::fs::create_dir(dir.path().join("..2026_11_29_06_30_00.123")).unwrap();
+        std::fs::write(dir.path().join("..data"), "").unwrap();
+        let registry = SchemaRegistry::load(dir.path()).unwrap();
+        assert_eq!(registry.len(), 3);
+        let properties = serde_json::json!({});
+        let error = registry
+            .validate("item_view", 2, &properties, UnknownEvents::Reject)
+            .unwrap_err();
+        assert_eq!(error.code, tollgate_event::ErrorCode::SchemaViolation);
+    }
+
+    #[test]
+    fn a_version_in_both_layouts_and_stray_files_are_problems() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("item_view.v1.json"), SCHEMA).unwrap();
+        std::fs::create_dir(dir.path().join("item_view")).unwrap();
+        std::fs::write(dir.path().join("item_view/v1.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("README.md"), "notes").unwrap();
+        let problems = SchemaRegistry::load(dir.path()).err().unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains("defined twice")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|p| p.contains("README.md")),
+            "{problems:?}"
+        );
+    }
 }

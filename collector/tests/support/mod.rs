@@ -39,6 +39,7 @@ pub fn test_config(data_dir: &Path) -> Config {
         id: "strict_app".into(),
         write_keys: vec![STRICT_KEY.into()],
         allow_unknown_events: false,
+        write_keys_file: None,
         rate_limit: Default::default(),
     });
     config
