@@ -44,7 +44,7 @@ fn every_overlay_renders_validates_strictly_and_keeps_its_hardening() {
             .arg(repo().join("k8s/check-manifests.py"))
             .arg(&file));
         assert!(
-            rendered.contains(&format!("namespace: tollgate")),
+            rendered.contains("namespace: tollgate"),
             "{name} sets a namespace"
         );
     }
