@@ -20,6 +20,7 @@ use tollgate_collector::dedupe::MemoryStore;
 use tollgate_collector::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
 use tollgate_collector::schema::SchemaRegistry;
 use tollgate_collector::telemetry::Metrics;
+use tollgate_collector::telemetry::quality::SegmentLabels;
 use tollgate_event::{Api, Platforms};
 
 const BATCH: usize = 20;
@@ -73,6 +74,7 @@ fn bench_pipeline(c: &mut Criterion) {
         region: "default".into(),
         privacy: None,
         metrics,
+        labels: SegmentLabels::new(platforms.clone(), 20),
     };
     let source = Source::new("bench", false);
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -33,12 +33,37 @@ pub struct Config {
     pub log: LogConfig,
     pub idempotency: IdempotencyConfig,
     pub privacy: PrivacySettings,
+    pub telemetry: TelemetryConfig,
     /// Platforms accepted in the native API's `platform` field.
     pub platforms: Vec<String>,
     /// Region stamped on records (per-region privacy policies refine this).
     pub default_region: String,
     /// Who may send events. A config file must declare at least one source.
     pub sources: Vec<SourceConfig>,
+}
+
+/// Metrics labels and trace export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// App versions with their own label in the data-quality metrics (the most frequent
+    /// of the last minute); the rest are `other`.
+    pub app_version_labels: usize,
+    /// OTLP/HTTP endpoint traces are exported to (e.g. `http://otel-collector:4318`);
+    /// unset: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// Share of requests traced when exporting (0 to 1).
+    pub trace_sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            app_version_labels: 20,
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+        }
+    }
 }
 
 /// The HTTP listeners and the request path around the handlers.
@@ -441,6 +466,7 @@ impl Default for Config {
             log: LogConfig::default(),
             idempotency: IdempotencyConfig::default(),
             privacy: PrivacySettings::default(),
+            telemetry: TelemetryConfig::default(),
             platforms: ["ios", "android", "web", "server", "desktop", "tv"]
                 .map(String::from)
                 .to_vec(),
@@ -601,6 +627,12 @@ impl Config {
                     format!("{proxy:?} is neither a CIDR block nor an IP address"),
                 );
             }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
+            problem(
+                "telemetry.trace_sample_ratio",
+                "must be between 0 and 1".into(),
+            );
         }
         if self.platforms.is_empty() {
             problem("platforms", "list at least one platform".into());

@@ -95,7 +95,6 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // One TLS crypto provider for the whole process (rediss://, and TLS listeners).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    install_tracing(args.log_format);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -143,6 +142,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(topic) = args.kafka_quarantine_topic {
         config.log.kafka.quarantine_topic = topic;
     }
+    let tracing = tollgate_collector::telemetry::tracing_setup::install(
+        matches!(args.log_format, LogFormat::Json),
+        std::io::stderr().is_terminal(),
+        &config.telemetry,
+    )?;
     match args.command {
         Some(Command::CheckConfig) => return check_config(&config),
         Some(Command::PrivacyCheck { event, region }) => {
@@ -152,7 +156,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let collector = Collector::build(config)?;
         let server = &collector.config().server;
         let public = tokio::net::TcpListener::bind(server.listen)
@@ -176,7 +180,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         collector.run(public, admin, shutdown_signal()).await;
         anyhow::Ok(())
-    })
+    });
+    tracing.shutdown();
+    served
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
@@ -245,18 +251,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-fn install_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }

@@ -843,3 +843,56 @@ async fn segment_events_validate_against_the_newest_version_they_satisfy() {
     assert_eq!(quarantine.len(), 1);
     assert_eq!(quarantine[0]["error"]["code"], "schema_violation");
 }
+
+#[tokio::test]
+async fn data_quality_metrics_count_segments_missing_fields_and_lateness_with_bounded_labels() {
+    let c = TestCollector::start_with(
+        |config| config.telemetry.app_version_labels = 1,
+        Overrides::default(),
+    )
+    .await;
+    let mut no_session = event("dq-000001");
+    no_session["session_id"] = Value::Null;
+    no_session["user_id"] = Value::Null;
+    let mut android = event("dq-000002");
+    android["platform"] = json!("android");
+    android["app_version"] = json!("9.9.9"); // past the one version label: "other"
+    let mut unregistered = event("dq-000003");
+    unregistered["event_name"] = json!("made_up_event"); // dev source accepts it
+    let mut bad_platform = event("dq-000004");
+    bad_platform["platform"] = json!("fridge");
+    let body = json!({"sent_at": "2026-11-29T10:00:00Z",
+                      "events": [event("dq-000000"), no_session, android, unregistered, bad_platform]});
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+        (Some(4), Some(1))
+    );
+
+    let metrics = c.metrics().await;
+    let has = |line: &str| {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    };
+    let segment = |outcome: &str, name: &str, platform: &str, version: &str, n: u64| {
+        format!(
+            "tollgate_events_by_segment_total{{app_version=\"{version}\",event_name=\"{name}\",outcome=\"{outcome}\",platform=\"{platform}\"}} {n}"
+        )
+    };
+    has(&segment("accepted", "item_view", "ios", "5.1.0", 2));
+    has(&segment("accepted", "item_view", "android", "other", 1));
+    has(&segment("accepted", "other", "ios", "5.1.0", 1));
+    has(&segment("rejected", "item_view", "other", "5.1.0", 1));
+    has("tollgate_event_fields_missing_total{event_name=\"item_view\",field=\"session_id\"} 1");
+    has("tollgate_event_fields_missing_total{event_name=\"item_view\",field=\"user_id\"} 1");
+    assert!(
+        !metrics.contains("field=\"device_id\""),
+        "every event had a device_id"
+    );
+    has("tollgate_event_lateness_seconds_count 4");
+    has("tollgate_clock_skew_seconds_count 1");
+    assert!(metrics.contains("tollgate_log_queue_depth"), "{metrics}");
+}

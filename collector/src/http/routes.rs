@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 use tollgate_event::Api;
 use tollgate_event::segment::CallType;
+use tracing::Instrument;
 
 use super::Listener;
 use super::body::{self, BodyLimits, Framing};
@@ -178,8 +179,40 @@ impl App {
             Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Some(Route::Readyz) => Ok(self.readiness().await),
             Some(Route::Metrics) => Ok(self.metrics_page()),
-            Some(Route::Native) => self.ingest(req, Api::Native, None).await,
-            Some(Route::Segment(call)) => self.ingest(req, Api::Segment, call).await,
+            Some(Route::Native | Route::Segment(_)) => {
+                let (api, call) = match route {
+                    Some(Route::Segment(call)) => (Api::Segment, call),
+                    _ => (Api::Native, None),
+                };
+                // One span per ingest request (exported as a trace when OTLP is on):
+                // route, source, outcome counts, status; never event content.
+                let span = tracing::info_span!(
+                    "ingest",
+                    otel.kind = "server",
+                    http.route = Route::label(route),
+                    tollgate.source = tracing::field::Empty,
+                    tollgate.events.accepted = tracing::field::Empty,
+                    tollgate.events.duplicate = tracing::field::Empty,
+                    tollgate.events.rejected = tracing::field::Empty,
+                    tollgate.events.retry = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    error.code = tracing::field::Empty,
+                );
+                let result = self
+                    .ingest(req, api, call, span.clone())
+                    .instrument(span.clone())
+                    .await;
+                match &result {
+                    Ok(response) => {
+                        span.record("http.response.status_code", response.status().as_u16());
+                    }
+                    Err(e) => {
+                        span.record("http.response.status_code", e.status().as_u16());
+                        span.record("error.code", e.code());
+                    }
+                }
+                result
+            }
         };
         let response = result.unwrap_or_else(|e| {
             self.metrics.request_error(e.code());
@@ -260,6 +293,7 @@ impl App {
         req: Request<Incoming>,
         api: Api,
         call: Option<CallType>,
+        span: tracing::Span,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let received_at = self.clock.now();
         let (parts, incoming) = req.into_parts();
@@ -322,7 +356,8 @@ impl App {
         // From here on the work runs to completion even if the client disconnects, so
         // claims are always committed or released.
         let app = self.clone();
-        let work = self.tasks.spawn(async move {
+        let work = self.tasks.spawn(
+            async move {
             let bytes = body::decode(raw, encoding, app.body_limits)?;
             let limits = DecodeLimits {
                 max_event_bytes: app.max_event_bytes,
@@ -349,6 +384,7 @@ impl App {
                 }
                 (None, None) => return Err(ApiError::MissingWriteKey),
             };
+            span.record("tollgate.source", source.id.as_str());
             app.check_rate(&source.id, |l| {
                 l.check_events(&source.id, decoded.items.len())
             })?;
@@ -381,6 +417,10 @@ impl App {
                     },
                 )
                 .await?;
+            span.record("tollgate.events.accepted", outcome.accepted);
+            span.record("tollgate.events.duplicate", outcome.duplicate);
+            span.record("tollgate.events.rejected", outcome.rejected);
+            span.record("tollgate.events.retry", outcome.retry);
             let status = if outcome.retry > 0 {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
@@ -422,7 +462,9 @@ impl App {
                 http::HeaderValue::from_str(&request_id).expect("a uuid is a valid header"),
             );
             Ok(response)
-        });
+        }
+            .instrument(tracing::Span::current()),
+        );
         work.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "ingest task failed");
             Err(ApiError::Internal)

@@ -33,6 +33,7 @@ use crate::privacy::{Policy, Privacy, Verdict};
 use crate::schema::{SchemaRegistry, UnknownEvents};
 use crate::sink::{AppendBatch, BatchMeta, EventLog, LogError, PartitionKey, RecordMeta};
 use crate::telemetry::Metrics;
+use crate::telemetry::quality::{SegmentLabels, Segments};
 
 /// The version stamped on every record.
 pub const COLLECTOR_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -130,6 +131,8 @@ pub struct Pipeline {
     /// Regional privacy policies; `None` runs without any.
     pub privacy: Option<Privacy>,
     pub metrics: Arc<Metrics>,
+    /// Bounded labels of the data-quality metrics.
+    pub labels: SegmentLabels,
 }
 
 /// One event on its way through the pipeline.
@@ -578,6 +581,82 @@ impl Pipeline {
         batch
     }
 
+    /// Data-quality metrics of a request's accepted and rejected events: segments,
+    /// missing key fields, lateness, clock skew.
+    fn observe_quality(&self, slots: &[Slot]) {
+        let known = |name: Option<&str>| match name {
+            Some(n) if self.schemas.contains(n) => n.to_owned(),
+            _ => "other".to_owned(),
+        };
+        let mut names: Vec<String> = Vec::with_capacity(slots.len());
+        for slot in slots {
+            names.push(match slot {
+                Slot::Valid { event, .. } => known(Some(&event.event_name)),
+                Slot::Rejected { raw, .. } => known(raw.get("event_name").and_then(|v| v.as_str())),
+                _ => String::new(),
+            });
+        }
+        let mut segments = Segments::default();
+        let mut skew = None;
+        for (slot, name) in slots.iter().zip(&names) {
+            match slot {
+                Slot::Valid { event, timing, .. } => {
+                    segments.add(
+                        "accepted",
+                        name,
+                        self.labels.platform(Some(&event.platform)),
+                        event.app_version.as_deref(),
+                    );
+                    skew = skew.or(timing.clock_skew_ms);
+                    self.metrics
+                        .lateness
+                        .record(timing.lateness_ms.max(0) as f64 / 1000.0, &[]);
+                    let empty = |v: Option<&str>| v.is_none_or(str::is_empty);
+                    let mut missing: Vec<&str> = [
+                        ("user_id", empty(event.user_id.as_deref())),
+                        ("device_id", empty(event.device_id.as_deref())),
+                        ("session_id", empty(event.session_id.as_deref())),
+                    ]
+                    .into_iter()
+                    .filter(|(_, m)| *m)
+                    .map(|(f, _)| f)
+                    .collect();
+                    for field in self.schemas.required_ids(&event.event_name) {
+                        let value = event.properties.get(field);
+                        if value.is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
+                            missing.push(field);
+                        }
+                    }
+                    for field in missing {
+                        self.metrics.fields_missing.add(
+                            1,
+                            &[
+                                KeyValue::new("event_name", name.clone()),
+                                KeyValue::new("field", field.to_owned()),
+                            ],
+                        );
+                    }
+                }
+                Slot::Rejected { raw, .. } => {
+                    let text = |key: &str| raw.get(key).and_then(|v| v.as_str());
+                    segments.add(
+                        "rejected",
+                        name,
+                        self.labels.platform(text("platform")),
+                        text("app_version"),
+                    );
+                }
+                _ => {}
+            }
+        }
+        segments.record(&self.metrics.events_by_segment, &self.labels);
+        if let Some(ms) = skew {
+            self.metrics
+                .clock_skew
+                .record(ms.unsigned_abs() as f64 / 1000.0, &[]);
+        }
+    }
+
     /// Builds the per-event answer and counts it.
     fn outcome(&self, slots: Vec<Slot>, source: &Source, api: Api) -> IngestOutcome {
         let mut outcome = IngestOutcome {
@@ -585,6 +664,7 @@ impl Pipeline {
             ..IngestOutcome::default()
         };
         let mut arrivals = [0u64; 3];
+        self.observe_quality(&slots);
         for slot in slots {
             let result = match slot {
                 Slot::Valid { event, timing, .. } => {

@@ -46,6 +46,9 @@ fn version_of(file_name: &str) -> Option<u32> {
 struct EventSchemas {
     /// Sorted by version.
     versions: Vec<(u32, jsonschema::Validator)>,
+    /// Required properties named `*_id` in the newest version: the object ids whose
+    /// null rate the data-quality metrics watch.
+    required_ids: Vec<String>,
 }
 
 /// Whether a lookup may fall back to the base event model.
@@ -66,6 +69,7 @@ impl SchemaRegistry {
     pub fn load(dir: &Path) -> Result<SchemaRegistry, Vec<String>> {
         let mut problems = Vec::new();
         let mut found: Vec<(String, u32, std::path::PathBuf)> = Vec::new();
+        let mut required: HashMap<String, (u32, Vec<String>)> = HashMap::new();
         let mut entries = match list(dir) {
             Ok(entries) => entries,
             Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
@@ -114,14 +118,26 @@ impl SchemaRegistry {
         let mut events: HashMap<String, EventSchemas> = HashMap::new();
         for (event, version, file) in found {
             match compile(&file) {
-                Ok(validator) => events
-                    .entry(event)
-                    .or_insert_with(|| EventSchemas {
-                        versions: Vec::new(),
-                    })
-                    .versions
-                    .push((version, validator)),
+                Ok((validator, ids)) => {
+                    let newest = required.entry(event.clone()).or_default();
+                    if version >= newest.0 {
+                        *newest = (version, ids);
+                    }
+                    events
+                        .entry(event)
+                        .or_insert_with(|| EventSchemas {
+                            versions: Vec::new(),
+                            required_ids: Vec::new(),
+                        })
+                        .versions
+                        .push((version, validator));
+                }
                 Err(e) => problems.push(format!("{}: {e}", file.display())),
+            }
+        }
+        for (event, (_, ids)) in required {
+            if let Some(schemas) = events.get_mut(&event) {
+                schemas.required_ids = ids;
             }
         }
         for (event, schemas) in &mut events {
@@ -138,6 +154,18 @@ impl SchemaRegistry {
         } else {
             Err(problems)
         }
+    }
+
+    /// Whether `event_name` has a registered schema.
+    pub fn contains(&self, event_name: &str) -> bool {
+        self.events.contains_key(event_name)
+    }
+
+    /// The required `*_id` properties of the newest version of `event_name`.
+    pub fn required_ids(&self, event_name: &str) -> &[String] {
+        self.events
+            .get(event_name)
+            .map_or(&[], |e| e.required_ids.as_slice())
     }
 
     /// Number of (event, version) schemas loaded.
@@ -258,13 +286,25 @@ impl SchemaRegistry {
     }
 }
 
-fn compile(file: &Path) -> Result<jsonschema::Validator, String> {
+/// The compiled schema and its required `*_id` properties.
+fn compile(file: &Path) -> Result<(jsonschema::Validator, Vec<String>), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let schema: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
     if !schema.is_object() {
         return Err("a schema must be a JSON object".into());
     }
-    jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))
+    let ids = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter(|name| name.ends_with("_id"))
+        .map(str::to_owned)
+        .collect();
+    let validator =
+        jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))?;
+    Ok((validator, ids))
 }
 
 #[cfg(test)]
@@ -285,6 +325,8 @@ mod tests {
         std::fs::write(dir.path().join("..data"), "").unwrap();
         let registry = SchemaRegistry::load(dir.path()).unwrap();
         assert_eq!(registry.len(), 3);
+        assert_eq!(registry.required_ids("item_view"), ["item_id"]);
+        assert!(registry.contains("order_completed") && !registry.contains("nope"));
         let properties = serde_json::json!({});
         let error = registry
             .validate("item_view", 2, &properties, UnknownEvents::Reject)

@@ -112,7 +112,11 @@ impl EventLog for FileLog {
         let started = Instant::now();
         let (done, answer) = oneshot::channel();
         let result = match self.queue.try_send(Message::Append { batch, done }) {
-            Ok(()) => answer.await.unwrap_or(Err(LogError::Closed)),
+            Ok(()) => {
+                let depth = self.queue.max_capacity() - self.queue.capacity();
+                self.metrics.log_queue_depth.record(depth as i64, &[]);
+                answer.await.unwrap_or(Err(LogError::Closed))
+            }
             Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(LogError::Closed),
         };

@@ -5,6 +5,9 @@
 //! are bounded (routes, codes and outcomes are fixed sets, sources come from config).
 //! `docs/metrics.md` documents each one.
 
+pub mod quality;
+pub mod tracing_setup;
+
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
@@ -68,6 +71,18 @@ pub struct Metrics {
     /// Requests refused by a rate limit, by limit (source_requests, source_events,
     /// ip_requests).
     pub rate_limited: Counter<u64>,
+    /// Events by outcome (accepted, rejected) × event_name × platform × app_version,
+    /// with bounded labels (see [`quality`]).
+    pub events_by_segment: Counter<u64>,
+    /// Accepted events whose key field (user_id, device_id, session_id, a schema's
+    /// required *_id property) is absent, null or empty, by event_name and field.
+    pub fields_missing: Counter<u64>,
+    /// `timestamp_server - timestamp_derived` of accepted events.
+    pub lateness: Histogram<f64>,
+    /// |timestamp_server - sent_at| of requests that sent `sent_at`.
+    pub clock_skew: Histogram<f64>,
+    /// Requests waiting for the log writer, after each append.
+    pub log_queue_depth: Gauge<i64>,
 }
 
 impl Metrics {
@@ -188,6 +203,39 @@ impl Metrics {
                 "tollgate_rate_limited",
                 "Requests refused by a rate limit, by limit",
             ),
+            events_by_segment: counter(
+                "tollgate_events_by_segment",
+                "Events by outcome, event_name, platform and app_version (bounded labels)",
+            ),
+            fields_missing: counter(
+                "tollgate_event_fields_missing",
+                "Accepted events with an absent, null or empty key field, by event_name and field",
+            ),
+            lateness: seconds(
+                "tollgate_event_lateness",
+                "How late accepted events arrive (server time minus skew-corrected event time)",
+                vec![
+                    1.0,
+                    10.0,
+                    60.0,
+                    300.0,
+                    900.0,
+                    3600.0,
+                    6.0 * 3600.0,
+                    86400.0,
+                    3.0 * 86400.0,
+                    7.0 * 86400.0,
+                ],
+            ),
+            clock_skew: seconds(
+                "tollgate_clock_skew",
+                "Absolute difference between the server clock and the client's sent_at",
+                vec![0.1, 1.0, 10.0, 60.0, 300.0, 3600.0, 86400.0],
+            ),
+            log_queue_depth: meter
+                .i64_gauge("tollgate_log_queue_depth")
+                .with_description("Requests waiting for the log writer")
+                .build(),
             registry,
             _provider: provider,
         }

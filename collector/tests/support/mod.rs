@@ -350,6 +350,15 @@ impl EventLog for FaultyLog {
 /// Starts the real binary on loopback port 0 with `--data-dir data` and `extra`
 /// arguments, and returns it with its public address once it logged that it is ready.
 pub fn spawn_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String) {
+    spawn_binary_with_env(data, extra, &[])
+}
+
+/// [`spawn_binary`] with extra environment variables.
+pub fn spawn_binary_with_env(
+    data: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
         .args([
@@ -365,6 +374,7 @@ pub fn spawn_binary(data: &Path, extra: &[&str]) -> (std::process::Child, String
         .args(extra)
         .env("TOLLGATE_SCHEMAS__DIR", schemas_dir())
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
