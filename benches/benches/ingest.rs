@@ -74,7 +74,7 @@ fn bench_pipeline(c: &mut Criterion) {
         region: "default".into(),
         privacy: None,
         metrics,
-        labels: SegmentLabels::new(platforms.clone(), 20),
+        labels: Some(SegmentLabels::new(platforms.clone(), 20)),
     };
     let source = Source::new("bench", false);
     let runtime = tokio::runtime::Builder::new_current_thread()

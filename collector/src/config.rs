@@ -46,6 +46,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
+    /// Per-event data-quality metrics (segments, missing fields, lateness, skew);
+    /// `false` keeps only the request-level metrics.
+    pub data_quality: bool,
     /// App versions with their own label in the data-quality metrics (the most frequent
     /// of the last minute); the rest are `other`.
     pub app_version_labels: usize,
@@ -59,6 +62,7 @@ pub struct TelemetryConfig {
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
+            data_quality: true,
             app_version_labels: 20,
             otlp_endpoint: None,
             trace_sample_ratio: 1.0,

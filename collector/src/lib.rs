@@ -179,10 +179,12 @@ impl Collector {
             region: config.default_region.clone(),
             privacy,
             metrics: metrics.clone(),
-            labels: telemetry::quality::SegmentLabels::new(
-                tollgate_event::Platforms::new(config.platforms.iter().cloned()),
-                config.telemetry.app_version_labels,
-            ),
+            labels: config.telemetry.data_quality.then(|| {
+                telemetry::quality::SegmentLabels::new(
+                    tollgate_event::Platforms::new(config.platforms.iter().cloned()),
+                    config.telemetry.app_version_labels,
+                )
+            }),
         });
         let rate_limits = ratelimit::RateLimits::new(
             config

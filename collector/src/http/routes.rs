@@ -186,6 +186,7 @@ impl App {
                 };
                 // One span per ingest request (exported as a trace when OTLP is on):
                 // route, source, outcome counts, status; never event content.
+                // (Named `telemetry::tracing_setup::REQUEST_SPAN`.)
                 let span = tracing::info_span!(
                     "ingest",
                     otel.kind = "server",

@@ -131,8 +131,8 @@ pub struct Pipeline {
     /// Regional privacy policies; `None` runs without any.
     pub privacy: Option<Privacy>,
     pub metrics: Arc<Metrics>,
-    /// Bounded labels of the data-quality metrics.
-    pub labels: SegmentLabels,
+    /// Bounded labels of the data-quality metrics; `None` turns them off.
+    pub labels: Option<SegmentLabels>,
 }
 
 /// One event on its way through the pipeline.
@@ -583,28 +583,23 @@ impl Pipeline {
 
     /// Data-quality metrics of a request's accepted and rejected events: segments,
     /// missing key fields, lateness, clock skew.
-    fn observe_quality(&self, slots: &[Slot]) {
-        let known = |name: Option<&str>| match name {
-            Some(n) if self.schemas.contains(n) => n.to_owned(),
-            _ => "other".to_owned(),
+    fn observe_quality<'a>(&self, slots: &'a [Slot], labels: &SegmentLabels) {
+        let known = |name: Option<&'a str>| -> &'a str {
+            match name {
+                Some(n) if self.schemas.contains(n) => n,
+                _ => "other",
+            }
         };
-        let mut names: Vec<String> = Vec::with_capacity(slots.len());
-        for slot in slots {
-            names.push(match slot {
-                Slot::Valid { event, .. } => known(Some(&event.event_name)),
-                Slot::Rejected { raw, .. } => known(raw.get("event_name").and_then(|v| v.as_str())),
-                _ => String::new(),
-            });
-        }
         let mut segments = Segments::default();
         let mut skew = None;
-        for (slot, name) in slots.iter().zip(&names) {
+        for slot in slots {
             match slot {
                 Slot::Valid { event, timing, .. } => {
+                    let name = known(Some(&event.event_name));
                     segments.add(
                         "accepted",
                         name,
-                        self.labels.platform(Some(&event.platform)),
+                        labels.platform(Some(&event.platform)),
                         event.app_version.as_deref(),
                     );
                     skew = skew.or(timing.clock_skew_ms);
@@ -631,7 +626,7 @@ impl Pipeline {
                         self.metrics.fields_missing.add(
                             1,
                             &[
-                                KeyValue::new("event_name", name.clone()),
+                                KeyValue::new("event_name", name.to_owned()),
                                 KeyValue::new("field", field.to_owned()),
                             ],
                         );
@@ -641,15 +636,15 @@ impl Pipeline {
                     let text = |key: &str| raw.get(key).and_then(|v| v.as_str());
                     segments.add(
                         "rejected",
-                        name,
-                        self.labels.platform(text("platform")),
+                        known(text("event_name")),
+                        labels.platform(text("platform")),
                         text("app_version"),
                     );
                 }
                 _ => {}
             }
         }
-        segments.record(&self.metrics.events_by_segment, &self.labels);
+        segments.record(&self.metrics.events_by_segment, labels);
         if let Some(ms) = skew {
             self.metrics
                 .clock_skew
@@ -664,7 +659,9 @@ impl Pipeline {
             ..IngestOutcome::default()
         };
         let mut arrivals = [0u64; 3];
-        self.observe_quality(&slots);
+        if let Some(labels) = &self.labels {
+            self.observe_quality(&slots, labels);
+        }
         for slot in slots {
             let result = match slot {
                 Slot::Valid { event, timing, .. } => {

@@ -13,6 +13,9 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::TelemetryConfig;
 
+/// The name of the span each ingest request gets (see `http::routes`).
+pub const REQUEST_SPAN: &str = "ingest";
+
 /// Keeps the trace exporter alive; [`Tracing::shutdown`] flushes it.
 pub struct Tracing {
     provider: Option<SdkTracerProvider>,

@@ -1,0 +1,18 @@
+# Shared by the benchmark scripts (sourced, not run): CPU pinning, process cleanup, and
+# waiting for a port. Expects `set -euo pipefail` and the repository as the working dir.
+
+DURATION=${DURATION:-20s}
+CONNECTIONS=${CONNECTIONS:-64}
+export BATCH=${BATCH:-20}
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+
+target=${CARGO_TARGET_DIR:-target}/release
+server_cpu=() ; load_cpu=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  server_cpu=(taskset -c 0) ; load_cpu=(taskset -c 1)
+fi
+data=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$data"; }
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
