@@ -16,6 +16,7 @@
 //! [`Collector::build`] validates everything before anything listens; [`Collector::run`]
 //! takes already-bound listeners and a shutdown future, so tests bind `127.0.0.1:0`.
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod dedupe;

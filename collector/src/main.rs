@@ -74,6 +74,29 @@ enum Command {
     CheckConfig,
     /// Print an event as it would be logged under the privacy policy: a dry run for
     /// reviewing a policy change. Nothing is written.
+    /// Check declared expectations over the log: nulls, uniqueness, freshness,
+    /// lateness, validity share, allowed values and ranges, references between events,
+    /// funnels. Exits 1 when an expectation fails (a launch or pipeline gate).
+    Audit {
+        /// The collector's data directory (holding events/ and quarantine/).
+        #[arg(long)]
+        log: PathBuf,
+        /// The expectations file (TOML; see config/expectations.toml).
+        #[arg(long)]
+        expectations: PathBuf,
+        /// Only records logged at or after this time (RFC 3339).
+        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        since: Option<i64>,
+        /// Only records logged before this time (RFC 3339).
+        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        until: Option<i64>,
+        /// "Now" for the freshness check (RFC 3339); default: the clock.
+        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        now: Option<i64>,
+        /// Also write the findings as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     PrivacyCheck {
         /// A native event (JSON file).
         #[arg(long)]
@@ -149,6 +172,36 @@ fn run(args: Args) -> anyhow::Result<()> {
     )?;
     match args.command {
         Some(Command::CheckConfig) => return check_config(&config),
+        Some(Command::Audit {
+            log,
+            expectations,
+            since,
+            until,
+            now,
+            json,
+        }) => {
+            let expectations = tollgate_collector::audit::Expectations::load(&expectations)
+                .map_err(anyhow::Error::msg)?;
+            let now = now.unwrap_or_else(|| {
+                (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
+            });
+            let options = tollgate_collector::audit::AuditOptions {
+                log,
+                since,
+                until,
+                now,
+            };
+            let report = tollgate_collector::audit::audit(&options, &expectations)?;
+            print!("{}", report.human());
+            if let Some(path) = json {
+                std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !report.passed() {
+                anyhow::bail!("audit failed");
+            }
+            return Ok(());
+        }
         Some(Command::PrivacyCheck { event, region }) => {
             return privacy_check(&config, &event, region.as_deref());
         }

@@ -1,0 +1,178 @@
+//! The expectations file: what the log's data must look like.
+//!
+//! ```toml
+//! [defaults]                      # every event name
+//! max_duplicate_rate = 0.001      # event_ids logged more than once, within dedupe_window
+//! dedupe_window = "24h"
+//! freshness = "15m"               # newest timestamp_server no older than this
+//! max_lateness_p99 = "6h"
+//! min_valid_share = 0.99          # accepted ÷ (accepted + quarantined)
+//!
+//! [[events]]
+//! name = "share_submit"
+//! not_null = ["user_id", "session_id", "properties.action_id"]
+//! max_null_rate = 0.01
+//! values = { "properties.channel" = ["whatsapp", "sms", "copy_link"] }
+//! ranges = { "properties.position" = { min = 0, max = 500 } }
+//!
+//! [[references]]
+//! from = "share_success"          # every share_success …
+//! to = "share_submit"             # … has a share_submit with the same keys …
+//! keys = ["session_id", "properties.action_id"]
+//! within = "1h"                   # … logged at most this long before it
+//! max_missing_rate = 0.0
+//!
+//! [[funnels]]
+//! name = "share"
+//! steps = ["share_open", "share_submit", "share_success"]   # counts never increase
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectations {
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub events: Vec<EventExpectations>,
+    #[serde(default)]
+    pub references: Vec<Reference>,
+    #[serde(default)]
+    pub funnels: Vec<Funnel>,
+}
+
+/// Checks over every event.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Defaults {
+    pub max_duplicate_rate: Option<f64>,
+    #[serde(with = "humantime_serde")]
+    pub dedupe_window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub freshness: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub max_lateness_p99: Option<Duration>,
+    pub min_valid_share: Option<f64>,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            max_duplicate_rate: None,
+            dedupe_window: Duration::from_secs(24 * 3600),
+            freshness: None,
+            max_lateness_p99: None,
+            min_valid_share: None,
+        }
+    }
+}
+
+/// Checks of one event name.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventExpectations {
+    pub name: String,
+    /// Fields that must be present, not null and not empty (`user_id`,
+    /// `properties.action_id`, `context.locale`, …).
+    #[serde(default)]
+    pub not_null: Vec<String>,
+    /// Largest share of records allowed to break `not_null`, per field (default 0).
+    #[serde(default)]
+    pub max_null_rate: f64,
+    /// Allowed values of a field (strings; numbers and booleans compare as text).
+    #[serde(default)]
+    pub values: BTreeMap<String, Vec<String>>,
+    /// Numeric ranges of a field.
+    #[serde(default)]
+    pub ranges: BTreeMap<String, Range>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Referential integrity between two events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reference {
+    pub from: String,
+    pub to: String,
+    pub keys: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub within: Duration,
+    #[serde(default)]
+    pub max_missing_rate: f64,
+}
+
+/// Steps whose counts must never increase from one step to the next.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Funnel {
+    pub name: String,
+    pub steps: Vec<String>,
+}
+
+impl Expectations {
+    /// Reads and checks an expectations file.
+    ///
+    /// # Errors
+    /// Unreadable or invalid TOML, or inconsistent values, each named.
+    pub fn load(path: &Path) -> Result<Expectations, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let expectations: Expectations =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let problems = expectations.problems();
+        if problems.is_empty() {
+            Ok(expectations)
+        } else {
+            Err(format!(
+                "{}:\n  - {}",
+                path.display(),
+                problems.join("\n  - ")
+            ))
+        }
+    }
+
+    /// Every inconsistency, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let share = |v: Option<f64>| v.is_none_or(|v| (0.0..=1.0).contains(&v));
+        if !share(self.defaults.max_duplicate_rate) || !share(self.defaults.min_valid_share) {
+            problems.push("defaults: rates and shares are between 0 and 1".into());
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if !(0.0..=1.0).contains(&e.max_null_rate) {
+                problems.push(format!("events[{i}].max_null_rate: between 0 and 1"));
+            }
+            for (field, range) in &e.ranges {
+                if let (Some(min), Some(max)) = (range.min, range.max)
+                    && min > max
+                {
+                    problems.push(format!("events[{i}].ranges.{field}: min is above max"));
+                }
+            }
+        }
+        for (i, r) in self.references.iter().enumerate() {
+            if r.keys.is_empty() {
+                problems.push(format!("references[{i}].keys: name at least one field"));
+            }
+        }
+        for (i, f) in self.funnels.iter().enumerate() {
+            if f.steps.len() < 2 {
+                problems.push(format!(
+                    "funnels[{i}].steps: a funnel has two steps or more"
+                ));
+            }
+        }
+        problems
+    }
+}
