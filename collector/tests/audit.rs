@@ -276,3 +276,130 @@ fn the_command_exits_non_zero_on_failure_and_writes_json() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL  duplicate_rate"));
 }
+
+/// Four weeks from Monday 2026-10-26, hour by hour: item_views from iOS and Android with
+/// a daily curve, quieter weekends and ±8 % noise; `day_factor` scales whole days and
+/// `hour_factor` single (platform, hour) cells.
+fn month(day_factor: impl Fn(i64) -> f64, hour_factor: impl Fn(&str, i64) -> f64) -> String {
+    let start = tollgate_collector::audit::parse_time("2026-10-26T00:00:00Z").unwrap();
+    let mut out = String::new();
+    let mut noise = 12345u64;
+    for hour in 0..28 * 24i64 {
+        let (day, hod) = (hour / 24, hour % 24);
+        let weekend = matches!(day % 7, 5 | 6);
+        let curve = 0.3
+            + 1.2
+                * (std::f64::consts::PI * (hod as f64 - 3.0) / 24.0)
+                    .sin()
+                    .max(0.0);
+        for platform in ["ios", "android"] {
+            noise = noise
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let jitter = 0.92 + 0.16 * ((noise >> 33) as f64 / (1u64 << 31) as f64);
+            let n = (60.0
+                * curve
+                * if weekend { 0.6 } else { 1.0 }
+                * jitter
+                * day_factor(day)
+                * hour_factor(platform, hour)) as i64;
+            for i in 0..n {
+                let t = start + hour * 3_600_000_000 + i * 3_600_000_000 / n.max(1);
+                out.push_str(&format!(
+                    r#"{{"event_id":"v-{hour}-{platform}-{i}","event_name":"item_view","platform":"{platform}","app_version":"5.1.0","region":"eu","timestamp_server":"{}","lateness_ms":1000}}"#,
+                    timestamp(t)
+                ));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+fn volume_audit(log: &str, calendar: &str) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("events")).unwrap();
+    std::fs::write(dir.path().join("events/20261026T000000Z-1.ndjson"), log).unwrap();
+    let file = dir.path().join("expectations.toml");
+    std::fs::write(
+        &file,
+        format!("[volume]\nsegments = [\"platform\"]\nmin_weeks = 2\nthreshold = 5.0\ncalendar = [{calendar}]\n"),
+    )
+    .unwrap();
+    let expectations = Expectations::load(&file).unwrap();
+    audit_dir(dir.path(), &expectations, 0).unwrap()
+}
+
+/// 2026-11-13, a Friday in week 3: three times the usual traffic.
+const HOLIDAY_DAY: i64 = 18;
+const HOLIDAY: &str = r#"{ date = "2026-11-13", reason = "sale day" }"#;
+
+#[test]
+fn a_month_with_weekly_seasonality_and_a_declared_holiday_raises_no_alarm() {
+    let log = month(|day| if day == HOLIDAY_DAY { 3.0 } else { 1.0 }, |_, _| 1.0);
+    let report = volume_audit(&log, HOLIDAY);
+    let volume: Vec<_> = report
+        .checks
+        .iter()
+        .filter(|c| c.expectation == "volume")
+        .collect();
+    assert_eq!(
+        volume.len(),
+        2,
+        "item_view overall and by platform: {}",
+        report.human()
+    );
+    assert!(report.passed(), "{}", report.human());
+
+    // The same spike undeclared is an anomaly: the calendar is what keeps it quiet.
+    let report = volume_audit(&log, "");
+    assert!(!report.passed(), "{}", report.human());
+}
+
+#[test]
+fn an_android_only_drop_on_a_weekday_is_reported_as_that_segment_s_logging_failure() {
+    // Wednesday 2026-11-18, 14:00-16:00 UTC: Android logs a tenth of its events.
+    let drop_start = (23 * 24 + 14) as i64;
+    let log = month(
+        |day| if day == HOLIDAY_DAY { 3.0 } else { 1.0 },
+        |platform, hour| {
+            if platform == "android" && (drop_start..drop_start + 2).contains(&hour) {
+                0.1
+            } else {
+                1.0
+            }
+        },
+    );
+    let report = volume_audit(&log, HOLIDAY);
+    let by_platform = report
+        .checks
+        .iter()
+        .find(|c| c.subject == "item_view by platform")
+        .unwrap();
+    assert_eq!(by_platform.status, Status::Fail, "{}", report.human());
+    assert!(
+        by_platform.detail.starts_with("2 anomalous hour(s)"),
+        "{}",
+        by_platform.detail
+    );
+    assert!(
+        by_platform.detail.contains("platform=android"),
+        "{}",
+        by_platform.detail
+    );
+    assert!(
+        by_platform.detail.contains("2026-11-18 1"),
+        "{}",
+        by_platform.detail
+    );
+    assert!(
+        by_platform.detail.contains("likely a logging failure"),
+        "{}",
+        by_platform.detail
+    );
+    assert!(
+        !by_platform.detail.contains("platform=ios"),
+        "{}",
+        by_platform.detail
+    );
+}

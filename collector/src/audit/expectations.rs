@@ -45,6 +45,50 @@ pub struct Expectations {
     pub references: Vec<Reference>,
     #[serde(default)]
     pub funnels: Vec<Funnel>,
+    /// Volume anomalies per event × segment against an hour-of-week baseline.
+    pub volume: Option<Volume>,
+}
+
+/// Hourly volume of each event, per segment, against the same hour of previous weeks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Volume {
+    /// Event names watched; empty: every event name in the log.
+    pub events: Vec<String>,
+    /// Segment dimensions: `platform`, `app_version`, `region`, `source`.
+    pub segments: Vec<String>,
+    /// Weeks of history an hour needs before it is judged.
+    pub min_weeks: usize,
+    /// |robust z| above this is an anomaly (z = (observed − median) ÷ (1.4826 · MAD),
+    /// the spread never below the Poisson √median).
+    pub threshold: f64,
+    /// Hours expecting fewer events than this are not judged (too noisy).
+    pub min_expected: f64,
+    /// Days whose traffic is known to be unusual (holidays, launches, outages being
+    /// handled): never judged and never part of a baseline.
+    pub calendar: Vec<CalendarDay>,
+}
+
+impl Default for Volume {
+    fn default() -> Self {
+        Volume {
+            events: Vec::new(),
+            segments: vec!["platform".into(), "app_version".into(), "region".into()],
+            min_weeks: 2,
+            threshold: 5.0,
+            min_expected: 20.0,
+            calendar: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CalendarDay {
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// Checks over every event.
@@ -164,6 +208,26 @@ impl Expectations {
         for (i, r) in self.references.iter().enumerate() {
             if r.keys.is_empty() {
                 problems.push(format!("references[{i}].keys: name at least one field"));
+            }
+        }
+        if let Some(v) = &self.volume {
+            for dim in &v.segments {
+                if !["platform", "app_version", "region", "source"].contains(&dim.as_str()) {
+                    problems.push(format!(
+                        "volume.segments: {dim:?} is not platform, app_version, region or source"
+                    ));
+                }
+            }
+            for day in &v.calendar {
+                if super::read::micros(&format!("{}T00:00:00Z", day.date)).is_none() {
+                    problems.push(format!(
+                        "volume.calendar: {:?} is not a YYYY-MM-DD date",
+                        day.date
+                    ));
+                }
+            }
+            if v.min_weeks == 0 || v.threshold <= 0.0 {
+                problems.push("volume: min_weeks and threshold must be above 0".into());
             }
         }
         for (i, f) in self.funnels.iter().enumerate() {

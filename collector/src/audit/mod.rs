@@ -9,6 +9,7 @@
 
 pub mod expectations;
 mod read;
+mod volume;
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, VecDeque};
@@ -198,7 +199,9 @@ impl Hasher for PreHashed {
     }
 }
 
-type HashedMap<V> = HashMap<u64, V, std::hash::BuildHasherDefault<PreHashed>>;
+/// Hash maps and sets keyed by 64-bit hashes.
+type BuildPreHashed = std::hash::BuildHasherDefault<PreHashed>;
+type HashedMap<V> = HashMap<u64, V, BuildPreHashed>;
 
 /// Ids seen within a time window, oldest evicted first.
 struct Window<V> {
@@ -285,6 +288,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         }
     }
     let mut lateness = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
+    let mut series = volume::Series::default();
     let mut newest = i64::MIN;
     let mut records = 0u64;
 
@@ -304,6 +308,9 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         }
         newest = newest.max(t);
         let _ = lateness.record(rec.lateness_ms.max(0) as u64);
+        if let Some(volume) = &expectations.volume {
+            series.add(volume, &rec, t);
+        }
 
         if defaults.max_duplicate_rate.is_some() {
             ids.evict(t, |()| {});
@@ -571,6 +578,9 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                     .join(" ≥ "),
             },
         });
+    }
+    if let Some(volume) = &expectations.volume {
+        checks.extend(series.checks(volume));
     }
     checks.sort_by_key(|c| std::cmp::Reverse(c.status));
     Ok(Report {

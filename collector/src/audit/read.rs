@@ -247,6 +247,23 @@ pub fn micros(text: &str) -> Option<i64> {
     })
 }
 
+/// `2026-11-24 14:00 UTC` for an hour index (hours since the epoch).
+pub fn format_hour(hour: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(hour * 3600).map_or_else(
+        |_| format!("hour {hour}"),
+        |t| {
+            format!(
+                "{:04}-{:02}-{:02} {:02}:00 UTC ({})",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.weekday()
+            )
+        },
+    )
+}
+
 /// Days since 1970-01-01 of a proleptic Gregorian date.
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
