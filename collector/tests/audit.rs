@@ -403,3 +403,42 @@ fn an_android_only_drop_on_a_weekday_is_reported_as_that_segment_s_logging_failu
         by_platform.detail
     );
 }
+
+fn drift_audit(records: &[Value]) -> Report {
+    let dir = tempfile::tempdir().unwrap();
+    write_log(dir.path(), records);
+    let file = dir.path().join("expectations.toml");
+    // Sessions 0-999 are the baseline, 1000-1999 are judged.
+    std::fs::write(
+        &file,
+        format!(
+            "[[drift]]\nevent = \"share_submit\"\nfield = \"properties.channel\"\nsplit = \"{}\"\nmax_psi = 0.1\n",
+            timestamp(BASE + 1000 * 1_000_000)
+        ),
+    )
+    .unwrap();
+    audit_dir(dir.path(), &Expectations::load(&file).unwrap(), 0).unwrap()
+}
+
+#[test]
+fn a_category_that_takes_over_is_drift_and_a_steady_mix_is_not() {
+    let report = drift_audit(&clean_log());
+    assert!(report.passed(), "{}", report.human());
+    assert!(report.checks[0].observed < 0.01, "{}", report.human());
+
+    let mut records = clean_log();
+    for r in &mut records {
+        let session: usize = r["session_id"].as_str().unwrap()[1..].parse().unwrap();
+        if r["event_name"] == "share_submit" && session >= 1000 && session % 4 != 0 {
+            r["properties"]["channel"] = json!("telegram");
+        }
+    }
+    let report = drift_audit(&records);
+    assert_eq!(
+        failures(&report),
+        [("drift".into(), "share_submit.properties.channel".into())]
+    );
+    let detail = &report.checks[0].detail;
+    assert!(detail.contains("new values: telegram"), "{detail}");
+    assert!(detail.contains("largest shift: \"telegram\""), "{detail}");
+}

@@ -25,6 +25,12 @@
 //! [[funnels]]
 //! name = "share"
 //! steps = ["share_open", "share_submit", "share_success"]   # counts never increase
+//!
+//! [[drift]]
+//! event = "share_submit"
+//! field = "properties.channel"
+//! split = "2026-11-22T00:00:00Z"  # before: baseline; from then on: judged
+//! max_psi = 0.2
 //! ```
 
 use std::collections::BTreeMap;
@@ -47,6 +53,26 @@ pub struct Expectations {
     pub funnels: Vec<Funnel>,
     /// Volume anomalies per event × segment against an hour-of-week baseline.
     pub volume: Option<Volume>,
+    #[serde(default)]
+    pub drift: Vec<Drift>,
+}
+
+/// Distribution drift of a categorical field: records before `split` are the baseline,
+/// records from `split` on are compared with it (population stability index).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drift {
+    pub event: String,
+    pub field: String,
+    /// RFC 3339 time dividing baseline from judged records.
+    pub split: String,
+    /// PSI above this fails (0.1: small shift, 0.25: large).
+    #[serde(default = "default_psi")]
+    pub max_psi: f64,
+}
+
+fn default_psi() -> f64 {
+    0.2
 }
 
 /// Hourly volume of each event, per segment, against the same hour of previous weeks.
@@ -228,6 +254,17 @@ impl Expectations {
             }
             if v.min_weeks == 0 || v.threshold <= 0.0 {
                 problems.push("volume: min_weeks and threshold must be above 0".into());
+            }
+        }
+        for (i, d) in self.drift.iter().enumerate() {
+            if super::read::micros(&d.split).is_none() {
+                problems.push(format!(
+                    "drift[{i}].split: {:?} is not an RFC 3339 time",
+                    d.split
+                ));
+            }
+            if d.max_psi <= 0.0 {
+                problems.push(format!("drift[{i}].max_psi: must be above 0"));
             }
         }
         for (i, f) in self.funnels.iter().enumerate() {

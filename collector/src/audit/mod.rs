@@ -289,6 +289,17 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
     }
     let mut lateness = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
     let mut series = volume::Series::default();
+    let splits: Vec<i64> = expectations
+        .drift
+        .iter()
+        .map(|d| read::micros(&d.split).unwrap_or(i64::MAX))
+        .collect();
+    // Per drift: category counts before and after its split.
+    let mut drift: Vec<[HashMap<String, u64>; 2]> = expectations
+        .drift
+        .iter()
+        .map(|_| Default::default())
+        .collect();
     let mut newest = i64::MIN;
     let mut records = 0u64;
 
@@ -350,6 +361,22 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                         entry.2.get_or_insert(x);
                     }
                 }
+            }
+        }
+        for ((d, &split), counts) in expectations.drift.iter().zip(&splits).zip(&mut drift) {
+            if rec.event_name != d.event {
+                continue;
+            }
+            let side = &mut counts[usize::from(t >= split)];
+            let value = fields.get(&d.field);
+            let text = value.as_text();
+            let category = text.as_deref().unwrap_or("(null)");
+            if let Some(n) = side.get_mut(category) {
+                *n += 1;
+            } else if side.len() < MAX_CATEGORIES {
+                side.insert(category.to_owned(), 1);
+            } else {
+                *side.entry("(other)".to_owned()).or_default() += 1;
             }
         }
         for (r, state) in expectations.references.iter().zip(&mut refs) {
@@ -582,12 +609,73 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
     if let Some(volume) = &expectations.volume {
         checks.extend(series.checks(volume));
     }
+    for (d, [baseline, current]) in expectations.drift.iter().zip(&drift) {
+        let (psi, worst, new) = population_stability(baseline, current);
+        let mut detail = format!("PSI {psi:.3} (limit {})", d.max_psi);
+        if let Some(worst) = worst {
+            detail.push_str(&format!("; largest shift: {worst:?}"));
+        }
+        if !new.is_empty() {
+            detail.push_str(&format!("; new values: {}", new.join(", ")));
+        }
+        if baseline.is_empty() || current.is_empty() {
+            detail = "no records on one side of the split: nothing to compare".into();
+        }
+        checks.push(Check {
+            status: if baseline.is_empty() || current.is_empty() {
+                Status::Warn
+            } else {
+                ceiling(psi, d.max_psi)
+            },
+            expectation: "drift".into(),
+            subject: format!("{}.{}", d.event, d.field),
+            observed: psi,
+            limit: d.max_psi,
+            detail,
+        });
+    }
     checks.sort_by_key(|c| std::cmp::Reverse(c.status));
     Ok(Report {
         records,
         quarantined,
         checks,
     })
+}
+
+/// Categories counted per drift side; the rest are `(other)`.
+const MAX_CATEGORIES: usize = 200;
+
+/// PSI = Σ (c − b) · ln(c ÷ b) over category shares (each floored at 0.01 %), the
+/// category that contributes most, and the categories absent from the baseline.
+fn population_stability(
+    baseline: &HashMap<String, u64>,
+    current: &HashMap<String, u64>,
+) -> (f64, Option<String>, Vec<String>) {
+    let (nb, nc) = (
+        baseline.values().sum::<u64>().max(1) as f64,
+        current.values().sum::<u64>().max(1) as f64,
+    );
+    let mut categories: Vec<&String> = baseline.keys().chain(current.keys()).collect();
+    categories.sort();
+    categories.dedup();
+    let mut psi = 0.0;
+    let mut worst: Option<(f64, &String)> = None;
+    for category in &categories {
+        let b = (baseline.get(*category).copied().unwrap_or(0) as f64 / nb).max(1e-4);
+        let c = (current.get(*category).copied().unwrap_or(0) as f64 / nc).max(1e-4);
+        let term = (c - b) * (c / b).ln();
+        psi += term;
+        if worst.is_none_or(|(w, _)| term > w) {
+            worst = Some((term, category));
+        }
+    }
+    let mut new: Vec<String> = current
+        .keys()
+        .filter(|k| !baseline.contains_key(*k))
+        .cloned()
+        .collect();
+    new.sort();
+    (psi, worst.map(|(_, c)| c.clone()), new)
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
