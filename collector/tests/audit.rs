@@ -429,7 +429,7 @@ fn a_category_that_takes_over_is_drift_and_a_steady_mix_is_not() {
     let mut records = clean_log();
     for r in &mut records {
         let session: usize = r["session_id"].as_str().unwrap()[1..].parse().unwrap();
-        if r["event_name"] == "share_submit" && session >= 1000 && session % 4 != 0 {
+        if r["event_name"] == "share_submit" && session >= 1000 && !session.is_multiple_of(4) {
             r["properties"]["channel"] = json!("telegram");
         }
     }
