@@ -37,16 +37,8 @@ struct OneSeries {
     current: Option<(i64, u64)>,
 }
 
-/// FNV-1a over the parts (with a separator): short keys, hashed for every record.
 fn key(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    h
+    super::hash(parts)
 }
 
 fn dimension(name: &str) -> Option<&'static str> {
