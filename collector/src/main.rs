@@ -96,6 +96,9 @@ enum Command {
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write a self-contained HTML report, with a chart per anomalous series.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     PrivacyCheck {
         /// A native event (JSON file).
@@ -179,6 +182,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             until,
             now,
             json,
+            html,
         }) => {
             let expectations = tollgate_collector::audit::Expectations::load(&expectations)
                 .map_err(anyhow::Error::msg)?;
@@ -195,6 +199,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             print!("{}", report.human());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if let Some(path) = html {
+                std::fs::write(&path, report.html())
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if !report.passed() {

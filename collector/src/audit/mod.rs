@@ -8,6 +8,7 @@
 //! command exit non-zero, so it can gate a launch or a daily pipeline.
 
 pub mod expectations;
+mod html;
 mod read;
 mod volume;
 
@@ -55,6 +56,29 @@ pub struct Check {
     pub limit: f64,
     /// A sentence for the reader, naming the worst segment where one stands out.
     pub detail: String,
+    /// For an anomalous volume series: its hours around the worst anomaly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chart: Option<Chart>,
+}
+
+/// One series around an anomaly: observed counts and the expected band.
+#[derive(Debug, Clone, Serialize)]
+pub struct Chart {
+    pub title: String,
+    /// Hours since the epoch of the worst anomaly.
+    pub anomaly_hour: i64,
+    pub points: Vec<ChartPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChartPoint {
+    /// Hours since the epoch.
+    pub hour: i64,
+    pub label: String,
+    pub observed: u64,
+    pub expected: f64,
+    pub low: f64,
+    pub high: f64,
 }
 
 /// The audit's findings.
@@ -446,6 +470,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 rate * 100.0,
                 limit * 100.0
             ),
+            chart: None,
         });
     }
     if let Some(limit) = defaults.freshness {
@@ -465,6 +490,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 age,
                 humantime::format_duration(limit)
             ),
+            chart: None,
         });
     }
     if let Some(limit) = defaults.max_lateness_p99 {
@@ -481,6 +507,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 p99,
                 humantime::format_duration(limit)
             ),
+            chart: None,
         });
     }
     if let Some(limit) = defaults.min_valid_share {
@@ -500,6 +527,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 share * 100.0,
                 limit * 100.0
             ),
+            chart: None,
         });
     }
     for (i, e) in expectations.events.iter().enumerate() {
@@ -530,6 +558,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 observed: rate,
                 limit: e.max_null_rate,
                 detail,
+                chart: None,
             });
         }
         for (field, &(n, bad, ref example)) in e.values.keys().zip(&bad_values[i]) {
@@ -543,6 +572,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                     Some(v) => format!("{bad} of {n} outside the allowed set, e.g. {v:?}"),
                     None => format!("all {n} within the allowed set"),
                 },
+                chart: None,
             });
         }
         for (field, &(n, bad, example)) in e.ranges.keys().zip(&out_of_range[i]) {
@@ -556,6 +586,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                     Some(v) => format!("{bad} of {n} out of range, e.g. {v}"),
                     None => format!("all {n} in range"),
                 },
+                chart: None,
             });
         }
     }
@@ -577,6 +608,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 humantime::format_duration(r.within),
                 rate * 100.0
             ),
+            chart: None,
         });
     }
     for f in &expectations.funnels {
@@ -609,6 +641,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                     .collect::<Vec<_>>()
                     .join(" ≥ "),
             },
+            chart: None,
         });
     }
     if let Some(volume) = &expectations.volume {
@@ -637,6 +670,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             observed: psi,
             limit: d.max_psi,
             detail,
+            chart: None,
         });
     }
     checks.sort_by_key(|c| std::cmp::Reverse(c.status));

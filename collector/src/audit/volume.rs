@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::expectations::Volume;
 use super::read::Rec;
-use super::{BuildPreHashed, Check, Status};
+use super::{BuildPreHashed, Chart, ChartPoint, Check, Status};
 
 const HOUR: i64 = 3_600_000_000;
 const WEEK: i64 = 168;
@@ -160,11 +160,14 @@ impl Series {
                 let spread = (1.4826 * median(&deviations)).max(expected.sqrt());
                 let observed = series.get(&hour).copied().unwrap_or(0);
                 let score = (observed as f64 - expected) / spread;
-                z.insert((event, dim, value, hour), (score, observed, expected));
+                z.insert(
+                    (event, dim, value, hour),
+                    (score, observed, expected, spread),
+                );
             }
         }
-        let mut by_check: BTreeMap<(&str, &str), Vec<(f64, String)>> = BTreeMap::new();
-        for (&(event, dim, value, hour), &(score, observed, expected)) in &z {
+        let mut by_check: BTreeMap<(&str, &str), Vec<(f64, String, Cell<'_>)>> = BTreeMap::new();
+        for (&(event, dim, value, hour), &(score, observed, expected, _)) in &z {
             by_check.entry((event, dim)).or_default();
             if score.abs() <= volume.threshold {
                 continue;
@@ -178,7 +181,7 @@ impl Series {
                     .filter(|((e, d, v, h), _)| {
                         *e == event && *d == dim && *v != value && *h == hour
                     })
-                    .map(|(_, (s, _, _))| *s)
+                    .map(|(_, (s, _, _, _))| *s)
                     .collect();
                 let isolated = !siblings.is_empty()
                     && siblings.iter().all(|s| s.abs() < volume.threshold / 2.0);
@@ -193,10 +196,11 @@ impl Series {
                     }
                 )
             };
-            by_check
-                .entry((event, dim))
-                .or_default()
-                .push((score.abs(), detail));
+            by_check.entry((event, dim)).or_default().push((
+                score.abs(),
+                detail,
+                (event, dim, value, hour),
+            ));
         }
         by_check
             .into_iter()
@@ -215,14 +219,22 @@ impl Series {
                         observed: 0.0,
                         limit: volume.threshold,
                         detail: "every judged hour within its hour-of-week baseline".into(),
+                        chart: None,
                     },
-                    Some((score, detail)) => Check {
+                    Some((score, detail, (_, _, value, hour))) => Check {
                         status: Status::Fail,
                         expectation: "volume".into(),
-                        subject,
+                        subject: subject.clone(),
                         observed: *score,
                         limit: volume.threshold,
                         detail: format!("{} anomalous hour(s); worst: {detail}", anomalies.len()),
+                        chart: Some(chart(
+                            &z,
+                            (event, dim, value),
+                            *hour,
+                            volume.threshold,
+                            &subject,
+                        )),
                     },
                 }
             })
@@ -230,10 +242,43 @@ impl Series {
     }
 }
 
+/// Three days either side of `hour` of one series: observed counts and the band of
+/// expected ± threshold × spread.
+fn chart(
+    z: &HashMap<Cell<'_>, Judged>,
+    (event, dim, value): (&str, &str, &str),
+    hour: i64,
+    threshold: f64,
+    subject: &str,
+) -> Chart {
+    let points = (hour - 72..=hour + 72)
+        .filter_map(|h| {
+            let &(_, observed, expected, spread) = z.get(&(event, dim, value, h))?;
+            Some(ChartPoint {
+                hour: h,
+                label: super::read::format_hour(h),
+                observed,
+                expected,
+                low: (expected - threshold * spread).max(0.0),
+                high: expected + threshold * spread,
+            })
+        })
+        .collect();
+    Chart {
+        title: if dim == "all" {
+            subject.to_owned()
+        } else {
+            format!("{event}, {dim}={value}")
+        },
+        anomaly_hour: hour,
+        points,
+    }
+}
+
 /// (event, dimension, value, hour).
 type Cell<'a> = (&'a str, &'a str, &'a str, i64);
-/// (robust z, observed, expected).
-type Judged = (f64, u64, f64);
+/// (robust z, observed, expected, spread).
+type Judged = (f64, u64, f64, f64);
 
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
