@@ -166,7 +166,7 @@ impl Series {
                 );
             }
         }
-        let mut by_check: BTreeMap<(&str, &str), Vec<(f64, String, Cell<'_>)>> = BTreeMap::new();
+        let mut by_check: BTreeMap<(&str, &str), Vec<Anomaly<'_>>> = BTreeMap::new();
         for (&(event, dim, value, hour), &(score, observed, expected, _)) in &z {
             by_check.entry((event, dim)).or_default();
             if score.abs() <= volume.threshold {
@@ -277,6 +277,8 @@ fn chart(
 
 /// (event, dimension, value, hour).
 type Cell<'a> = (&'a str, &'a str, &'a str, i64);
+/// (|robust z|, the sentence, where) of one anomalous hour.
+type Anomaly<'a> = (f64, String, Cell<'a>);
 /// (robust z, observed, expected, spread).
 type Judged = (f64, u64, f64, f64);
 
