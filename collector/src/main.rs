@@ -79,8 +79,10 @@ enum Command {
     /// funnels. Exits 1 when an expectation fails (a launch or pipeline gate).
     Audit {
         /// The collector's data directory (holding events/ and quarantine/).
-        #[arg(long)]
-        log: PathBuf,
+        #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
+        log: Option<PathBuf>,
+        #[command(flatten)]
+        topics: tollgate_collector::sink::TopicArgs,
         /// The expectations file (TOML; see config/expectations.toml).
         #[arg(long)]
         expectations: PathBuf,
@@ -177,6 +179,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::CheckConfig) => return check_config(&config),
         Some(Command::Audit {
             log,
+            topics,
             expectations,
             since,
             until,
@@ -189,8 +192,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             let now = now.unwrap_or_else(|| {
                 (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
             });
+            let input = match (log, &topics.kafka) {
+                (Some(dir), _) => tollgate_collector::audit::AuditInput::Dir(dir),
+                (None, Some(brokers)) => tollgate_collector::audit::AuditInput::Kafka {
+                    brokers: brokers.clone(),
+                    topic: topics.topic.clone(),
+                    quarantine_topic: topics.quarantine(),
+                    idle: topics.idle,
+                },
+                (None, None) => unreachable!("clap requires --log or --kafka"),
+            };
             let options = tollgate_collector::audit::AuditOptions {
-                log,
+                input,
                 since,
                 until,
                 now,

@@ -340,3 +340,71 @@ async fn sigterm_under_load_leaves_every_acknowledged_event_on_the_topic() {
     let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
     assert!(doubled.is_empty(), "on the topic twice: {doubled:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_reads_the_topics_like_a_log_directory() {
+    let broker = broker_with_topics();
+    let mut collector =
+        TestCollector::start_with(|c| use_kafka(c, &broker), Overrides::default()).await;
+    wait_ready(&collector, true).await;
+    let mut no_session = event("audit-0003");
+    no_session["session_id"] = Value::Null;
+    let mut invalid = event("audit-0004");
+    invalid["timestamp_event"] = json!("yesterday");
+    let body = json!({"events": [event("audit-0001"), event("audit-0002"), no_session, invalid]});
+    let (status, answer) = collector.post_events(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    collector.stop().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("expectations.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nmin_valid_share = 0.5\n[[events]]\nname = \"item_view\"\nnot_null = [\"session_id\"]\n",
+    )
+    .unwrap();
+    let expectations = tollgate_collector::audit::Expectations::load(&file).unwrap();
+    let options = tollgate_collector::audit::AuditOptions {
+        input: tollgate_collector::audit::AuditInput::Kafka {
+            brokers: broker.address(),
+            topic: EVENTS.into(),
+            quarantine_topic: Some(QUARANTINE.into()),
+            idle: IDLE,
+        },
+        since: None,
+        until: None,
+        now: 0,
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        tollgate_collector::audit::audit(&options, &expectations).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        (report.records, report.quarantined),
+        (3, 1),
+        "{}",
+        report.human()
+    );
+    let not_null = report
+        .checks
+        .iter()
+        .find(|c| c.expectation == "not_null")
+        .unwrap();
+    assert_eq!(not_null.status, tollgate_collector::audit::Status::Fail);
+    assert!(
+        not_null.detail.starts_with("session_id: 1 of 3"),
+        "{}",
+        not_null.detail
+    );
+    let valid = report
+        .checks
+        .iter()
+        .find(|c| c.expectation == "valid_share")
+        .unwrap();
+    assert_eq!(
+        valid.status,
+        tollgate_collector::audit::Status::Pass,
+        "3 of 4 valid"
+    );
+}

@@ -1,17 +1,13 @@
-//! Reading what a collector appended to Kafka, for reconciliation.
-//!
-//! A topic is consumed from the beginning of every partition, without a consumer group
-//! commit, until no message arrived for `idle`: end offsets are not trusted (not every
-//! Kafka-compatible broker reports them exactly), counting what is actually there is.
+//! Reading what a collector appended to Kafka, for reconciliation: each topic is read
+//! from the beginning of every partition until no message arrived for `idle`
+//! ([`for_each_message`]); end offsets are never trusted.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::BorrowedMessage;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::util::Timeout;
+/// Every message of a topic from the beginning, until none arrived for a while (shared
+/// with the collector's audit).
+pub use tollgate_collector::sink::for_each_message;
 
 /// Kafka topics holding a collector's records.
 #[derive(Debug, Clone)]
@@ -41,57 +37,4 @@ impl TopicSource {
         })?;
         Ok(())
     }
-}
-
-/// Calls `f` with every message of `topic`, from the beginning of each partition, until
-/// none arrived for `idle`. Returns how many messages it read.
-///
-/// # Errors
-/// The broker cannot be reached or the topic does not exist.
-pub fn for_each_message(
-    brokers: &str,
-    topic: &str,
-    idle: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
-) -> anyhow::Result<u64> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("tollgate-verify-{}-{nanos}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist on {brokers}"))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(topic, partition as i32, Offset::Beginning)?;
-    }
-    consumer.assign(&assignment)?;
-    let mut read = 0;
-    let mut last = Instant::now();
-    while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                f(&message);
-                read += 1;
-                last = Instant::now();
-            }
-            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    Ok(read)
 }

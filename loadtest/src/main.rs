@@ -40,19 +40,8 @@ enum Command {
         /// check several collectors' logs, e.g. a primary and a shadow: each is reported.
         #[arg(long, required_unless_present = "kafka")]
         log: Vec<PathBuf>,
-        /// Read the collectors' records from Kafka instead: bootstrap brokers
-        /// host:port[,…]. The topics are read from the beginning.
-        #[arg(long, value_name = "BROKERS")]
-        kafka: Option<String>,
-        /// Topic of accepted events (with --kafka).
-        #[arg(long, default_value = "tollgate.events", requires = "kafka")]
-        topic: String,
-        /// Topic of rejected events (with --kafka); "" skips the quarantine check.
-        #[arg(long, default_value = "tollgate.quarantine", requires = "kafka")]
-        quarantine_topic: String,
-        /// Stop reading a topic after this long without a new message.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        idle: Duration,
+        #[command(flatten)]
+        topics: tollgate_collector::sink::TopicArgs,
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -186,19 +175,16 @@ fn main() -> ExitCode {
         Command::Verify {
             manifest,
             log,
-            kafka,
-            topic,
-            quarantine_topic,
-            idle,
+            topics,
             json,
         } => {
             let mut sources: Vec<LogSource> = log.into_iter().map(LogSource::Dir).collect();
-            if let Some(brokers) = kafka {
+            if let Some(brokers) = &topics.kafka {
                 sources.push(LogSource::Kafka(TopicSource {
-                    brokers,
-                    topic,
-                    quarantine_topic: Some(quarantine_topic).filter(|t| !t.is_empty()),
-                    idle,
+                    brokers: brokers.clone(),
+                    topic: topics.topic.clone(),
+                    quarantine_topic: topics.quarantine(),
+                    idle: topics.idle,
                 }));
             }
             exit(verify_command(&manifest, &sources, json))

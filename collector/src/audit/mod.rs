@@ -23,11 +23,69 @@ use serde::Serialize;
 pub use expectations::Expectations;
 use read::{FieldValue, Rec};
 
+/// Where the records are read from.
+#[derive(Debug, Clone)]
+pub enum AuditInput {
+    /// A collector's data directory (holding `events/` and `quarantine/`).
+    Dir(PathBuf),
+    /// Kafka topics, read from the beginning until no message arrived for `idle`.
+    Kafka {
+        brokers: String,
+        topic: String,
+        quarantine_topic: Option<String>,
+        idle: Duration,
+    },
+}
+
+impl AuditInput {
+    /// Calls `f` with every accepted record's JSON text.
+    fn events(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
+        match self {
+            AuditInput::Dir(dir) => read::for_each(&dir.join("events"), f),
+            AuditInput::Kafka {
+                brokers,
+                topic,
+                idle,
+                ..
+            } => topic_lines(brokers, topic, *idle, f),
+        }
+    }
+
+    /// Calls `f` with every quarantined record's JSON text.
+    fn quarantine(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
+        match self {
+            AuditInput::Dir(dir) => read::for_each(&dir.join("quarantine"), f),
+            AuditInput::Kafka {
+                brokers,
+                quarantine_topic: Some(topic),
+                idle,
+                ..
+            } => topic_lines(brokers, topic, *idle, f),
+            AuditInput::Kafka { .. } => Ok(()),
+        }
+    }
+}
+
+fn topic_lines(
+    brokers: &str,
+    topic: &str,
+    idle: Duration,
+    mut f: impl FnMut(&str),
+) -> std::io::Result<()> {
+    use rdkafka::Message as _;
+    crate::sink::for_each_message(brokers, topic, idle, |message| {
+        if let Some(Ok(text)) = message.payload_view::<str>() {
+            f(text);
+        }
+    })
+    .map(drop)
+    .map_err(std::io::Error::other)
+}
+
 /// What to audit.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
-    /// A collector's data directory (holding `events/` and `quarantine/`).
-    pub log: PathBuf,
+    pub input: AuditInput,
     /// Only records with `timestamp_server` in `[since, until)` (unix µs).
     pub since: Option<i64>,
     pub until: Option<i64>,
@@ -332,7 +390,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
     let mut newest = i64::MIN;
     let mut records = 0u64;
 
-    read::for_each(&options.log.join("events"), |line| {
+    options.input.events(|line| {
         let Ok(rec) = serde_json::from_str::<Rec>(line) else {
             return;
         };
@@ -440,7 +498,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         }
     })?;
     let mut quarantined = 0u64;
-    read::for_each(&options.log.join("quarantine"), |line| {
+    options.input.quarantine(|line| {
         if let Ok(rec) = serde_json::from_str::<read::QuarantineRec>(line)
             && let Some(t) = read::micros(&rec.timestamp_server)
             && options.since.is_none_or(|s| t >= s)
@@ -734,7 +792,7 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 pub fn audit_dir(log: &Path, expectations: &Expectations, now: i64) -> std::io::Result<Report> {
     audit(
         &AuditOptions {
-            log: log.to_owned(),
+            input: AuditInput::Dir(log.to_owned()),
             since: None,
             until: None,
             now,

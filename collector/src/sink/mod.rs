@@ -10,7 +10,7 @@ mod file;
 mod kafka;
 
 pub use file::{FileLog, FileLogOptions, segments};
-pub use kafka::{KafkaLog, KafkaLogOptions};
+pub use kafka::{KafkaLog, KafkaLogOptions, TopicArgs, for_each_message};
 
 use std::sync::Arc;
 
