@@ -11,6 +11,7 @@
 
 pub mod compare;
 pub mod offline;
+mod render;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -181,10 +182,29 @@ impl Proxy {
     }
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        if req.uri().path() == "/shadow/report" {
-            let body =
-                serde_json::to_vec_pretty(&self.comparison.report()).expect("a report serializes");
-            return respond(StatusCode::OK, Bytes::from(body), "application/json");
+        match req.uri().path() {
+            "/shadow/report" => {
+                let body = serde_json::to_vec_pretty(&self.comparison.report())
+                    .expect("a report serializes");
+                return respond(StatusCode::OK, Bytes::from(body), "application/json");
+            }
+            "/shadow/report.html" => {
+                let body = self.comparison.report().html();
+                return respond(
+                    StatusCode::OK,
+                    Bytes::from(body),
+                    "text/html; charset=utf-8",
+                );
+            }
+            "/metrics" => {
+                let body = self.comparison.report().prometheus();
+                return respond(
+                    StatusCode::OK,
+                    Bytes::from(body),
+                    "text/plain; version=0.0.4",
+                );
+            }
+            _ => {}
         }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.config.max_body).collect().await {

@@ -230,6 +230,49 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
         Some(&480)
     );
     assert_eq!(report.events["item_view"].ratio, Some(1.0));
+
+    // The same findings as Prometheus metrics and as the HTML page.
+    let client = reqwest::Client::new();
+    let metrics = client
+        .get(format!("{}/metrics", proxy.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("tollgate_shadow_mirrored_total 120\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_shadow_discontinuity{event_name=\"button_click\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_shadow_discontinuity{event_name=\"item_view\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_shadow_bridge_ratio{event_name=\"item_view\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_shadow_events_total{event_name=\"button_click\",side=\"shadow\",outcome=\"rejected\"} 480\n"),
+        "{metrics}"
+    );
+    let page = client
+        .get(format!("{}/shadow/report.html", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let page = page.text().await.unwrap();
+    assert!(page.contains("<svg") && !page.contains("<script"));
+    assert!(page.contains("Discontinuities: button_click"), "{page}");
+    // The flagged row is drawn in red, the steady one in blue.
+    assert!(page.contains("fill=\"#b00020\">button_click"), "{page}");
+    assert!(page.contains("fill=\"#1a237e\">item_view 1.000"), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
