@@ -10,6 +10,7 @@
 //! - [`offline`]: the same questions over what two collectors logged.
 
 pub mod compare;
+pub mod file;
 pub mod offline;
 mod render;
 

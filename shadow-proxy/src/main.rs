@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tollgate_shadow_proxy::{ProxyConfig, run};
+use tollgate_shadow_proxy::file::ProxyFile;
+use tollgate_shadow_proxy::run;
 
 /// Mirror collector traffic to a shadow collector during a logging migration. Clients
 /// get the primary's answers unchanged; copies go to the shadow through a bounded
@@ -16,31 +17,36 @@ use tollgate_shadow_proxy::{ProxyConfig, run};
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8081")]
-    listen: SocketAddr,
+    /// A TOML file with any of the settings below (see config/shadow-proxy.toml);
+    /// flags given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8081].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
     /// The collector whose answers clients receive, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     primary: Option<String>,
     /// The collector that receives copies (marked X-Tollgate-Shadow: 1).
     #[arg(long)]
     shadow: Option<String>,
-    /// Copies waiting for the shadow before new ones are dropped.
-    #[arg(long, default_value_t = 10_000)]
-    queue: usize,
-    /// Longest the shadow may take for one copy.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
-    shadow_timeout: Duration,
-    /// A discontinuity is a bridge-ratio interval outside 1 ± this.
-    #[arg(long, default_value_t = 0.05)]
-    tolerance: f64,
+    /// Copies waiting for the shadow before new ones are dropped [default: 10000].
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Longest the shadow may take for one copy [default: 2s].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    shadow_timeout: Option<Duration>,
+    /// A discontinuity is a bridge-ratio interval outside 1 ± this [default: 0.05].
+    #[arg(long)]
+    tolerance: Option<f64>,
     /// Share of traffic mirrored, by a stable hash of --sample-key (whole users stay
-    /// together, across restarts and replicas).
-    #[arg(long, default_value_t = 1.0)]
-    sample_rate: f64,
-    /// Event field whose hash decides sampling: user_id, device_id or event_id.
-    #[arg(long, default_value = "user_id")]
-    sample_key: String,
+    /// together, across restarts and replicas) [default: 1.0].
+    #[arg(long)]
+    sample_rate: Option<f64>,
+    /// Event field whose hash decides sampling: user_id, device_id or event_id
+    /// [default: user_id].
+    #[arg(long)]
+    sample_key: Option<String>,
     /// Serve clients over TLS with this PEM certificate chain (with --tls-key); it is
     /// reloaded on SIGHUP and when the file changes.
     #[arg(long, requires = "tls_key", value_name = "FILE")]
@@ -107,14 +113,13 @@ fn real_main() -> anyhow::Result<bool> {
         }
         return Ok(comparison.clean());
     }
-    let primary = args
-        .primary
-        .ok_or_else(|| anyhow::anyhow!("--primary is required to run the proxy"))?;
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let config = ProxyConfig {
-        primary,
+    let file = match &args.config {
+        Some(path) => ProxyFile::load(path).map_err(anyhow::Error::msg)?,
+        None => ProxyFile::default(),
+    };
+    let overrides = ProxyFile {
+        listen: args.listen,
+        primary: args.primary,
         shadow: args.shadow,
         queue: args.queue,
         shadow_timeout: args.shadow_timeout,
@@ -124,14 +129,21 @@ fn real_main() -> anyhow::Result<bool> {
         tls: args
             .tls_cert
             .zip(args.tls_key)
-            .map(|(cert, key)| tollgate_edge::TlsFiles { cert, key }),
-        ..ProxyConfig::default()
+            .map(|(cert, key)| tollgate_edge::TlsFiles { cert, key }.into()),
+        ..ProxyFile::default()
     };
+    let (listen, config) = file
+        .merge(overrides)
+        .into_config()
+        .map_err(anyhow::Error::msg)?;
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = tokio::net::TcpListener::bind(listen)
             .await
-            .with_context(|| format!("binding {}", args.listen))?;
+            .with_context(|| format!("binding {listen}"))?;
         tracing::info!(listen = %listener.local_addr()?, "tollgate-shadow-proxy ready");
         run(config, listener, async {
             let _ = tokio::signal::ctrl_c().await;

@@ -1,0 +1,188 @@
+//! The proxy's configuration file: any of the command-line settings, in TOML; flags
+//! override it.
+//!
+//! ```toml
+//! listen = "0.0.0.0:8081"
+//! primary = "http://tollgate-collector:80"
+//! shadow = "http://tollgate-collector-shadow:80"
+//! queue = 10000
+//! shadow_concurrency = 64
+//! shadow_timeout = "2s"
+//! tolerance = 0.05
+//! sample_rate = 1.0
+//! sample_key = "user_id"
+//! [tls]
+//! cert_file = "/etc/tollgate/tls/tls.crt"
+//! key_file = "/etc/tollgate/tls/tls.key"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::ProxyConfig;
+
+/// Every setting optional: a file, or the flags, or both merged.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyFile {
+    pub listen: Option<SocketAddr>,
+    pub primary: Option<String>,
+    pub shadow: Option<String>,
+    pub queue: Option<usize>,
+    pub shadow_concurrency: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub shadow_timeout: Option<Duration>,
+    pub max_body: Option<usize>,
+    pub tolerance: Option<f64>,
+    pub sample_rate: Option<f64>,
+    pub sample_key: Option<String>,
+    pub tls: Option<TlsFile>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl From<tollgate_edge::TlsFiles> for TlsFile {
+    fn from(files: tollgate_edge::TlsFiles) -> Self {
+        TlsFile {
+            cert_file: files.cert,
+            key_file: files.key,
+        }
+    }
+}
+
+impl ProxyFile {
+    /// Reads a file.
+    ///
+    /// # Errors
+    /// Unreadable or invalid TOML (unknown keys included), naming the file.
+    pub fn load(path: &Path) -> Result<ProxyFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// `self` with every setting `overrides` gives replaced.
+    pub fn merge(self, overrides: ProxyFile) -> ProxyFile {
+        ProxyFile {
+            listen: overrides.listen.or(self.listen),
+            primary: overrides.primary.or(self.primary),
+            shadow: overrides.shadow.or(self.shadow),
+            queue: overrides.queue.or(self.queue),
+            shadow_concurrency: overrides.shadow_concurrency.or(self.shadow_concurrency),
+            shadow_timeout: overrides.shadow_timeout.or(self.shadow_timeout),
+            max_body: overrides.max_body.or(self.max_body),
+            tolerance: overrides.tolerance.or(self.tolerance),
+            sample_rate: overrides.sample_rate.or(self.sample_rate),
+            sample_key: overrides.sample_key.or(self.sample_key),
+            tls: overrides.tls.or(self.tls),
+        }
+    }
+
+    /// The listen address and the proxy settings, defaults filled in.
+    ///
+    /// # Errors
+    /// No primary, or a setting out of range.
+    pub fn into_config(self) -> Result<(SocketAddr, ProxyConfig), String> {
+        let defaults = ProxyConfig::default();
+        let primary = self
+            .primary
+            .ok_or("a primary is required: --primary URL or `primary` in the file")?;
+        let config = ProxyConfig {
+            primary,
+            shadow: self.shadow,
+            queue: self.queue.unwrap_or(defaults.queue),
+            shadow_concurrency: self
+                .shadow_concurrency
+                .unwrap_or(defaults.shadow_concurrency),
+            shadow_timeout: self.shadow_timeout.unwrap_or(defaults.shadow_timeout),
+            max_body: self.max_body.unwrap_or(defaults.max_body),
+            tolerance: self.tolerance.unwrap_or(defaults.tolerance),
+            sample_rate: self.sample_rate.unwrap_or(defaults.sample_rate),
+            sample_key: self.sample_key.unwrap_or(defaults.sample_key),
+            tls: self.tls.map(|t| tollgate_edge::TlsFiles {
+                cert: t.cert_file,
+                key: t.key_file,
+            }),
+        };
+        if !(0.0..=1.0).contains(&config.sample_rate) {
+            return Err(format!(
+                "sample_rate {} is not between 0 and 1",
+                config.sample_rate
+            ));
+        }
+        if config.tolerance <= 0.0 {
+            return Err("tolerance must be above 0".into());
+        }
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081)));
+        Ok((listen, config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_sets_what_flags_do_not_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            "primary = \"http://old:80\"\nshadow = \"http://new:80\"\nshadow_timeout = \"500ms\"\nsample_rate = 0.25\n",
+        )
+        .unwrap();
+        let file = ProxyFile::load(&path).unwrap();
+        let flags = ProxyFile {
+            sample_rate: Some(0.5),
+            ..ProxyFile::default()
+        };
+        let (listen, config) = file.merge(flags).into_config().unwrap();
+        assert_eq!(listen.port(), 8081);
+        assert_eq!(config.primary, "http://old:80");
+        assert_eq!(config.shadow_timeout, Duration::from_millis(500));
+        assert_eq!(config.sample_rate, 0.5, "the flag wins");
+        assert_eq!(config.queue, ProxyConfig::default().queue);
+
+        // The shipped example is the defaults.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/shadow-proxy.toml");
+        let (listen, config) = ProxyFile::load(&shipped).unwrap().into_config().unwrap();
+        let defaults = ProxyConfig::default();
+        assert_eq!(listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(
+            (
+                config.queue,
+                config.shadow_concurrency,
+                config.shadow_timeout,
+                config.max_body
+            ),
+            (
+                defaults.queue,
+                defaults.shadow_concurrency,
+                defaults.shadow_timeout,
+                defaults.max_body
+            )
+        );
+        assert_eq!(
+            (config.tolerance, config.sample_rate),
+            (defaults.tolerance, defaults.sample_rate)
+        );
+
+        std::fs::write(&path, "primry = \"http://old:80\"\n").unwrap();
+        assert!(ProxyFile::load(&path).unwrap_err().contains("primry"));
+        assert!(
+            ProxyFile::default()
+                .into_config()
+                .unwrap_err()
+                .contains("primary")
+        );
+    }
+}
