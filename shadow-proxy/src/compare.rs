@@ -48,6 +48,10 @@ pub struct Report {
     pub events: BTreeMap<String, EventReport>,
     /// All events by segment: `platform=ios`, `app_version=5.1.0`.
     pub segments: BTreeMap<String, EventReport>,
+    /// Each event name by segment: `item_view platform=ios`, so a change confined to
+    /// one event on one platform or version stands out.
+    #[serde(default)]
+    pub event_segments: BTreeMap<String, EventReport>,
     /// Event names and segments flagged as discontinuous.
     pub discontinuities: Vec<String>,
     /// Round-trip latency of each side, as the proxy saw it.
@@ -71,6 +75,7 @@ struct State {
     primary_errors: u64,
     events: BTreeMap<String, Sides>,
     segments: BTreeMap<String, Sides>,
+    event_segments: BTreeMap<String, Sides>,
     primary_latency: Option<hdrhistogram::Histogram<u64>>,
     shadow_latency: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -175,15 +180,10 @@ impl Comparison {
                 *sides.primary.entry(o.clone()).or_default() += 1;
                 *sides.shadow.entry(n.clone()).or_default() += 1;
             };
-            count(
-                state
-                    .events
-                    .entry(event.event_name.unwrap_or_else(|| "(unnamed)".into()))
-                    .or_default(),
-            );
+            let name = event.event_name.unwrap_or_else(|| "(unnamed)".into());
             for (dimension, value) in [
-                ("platform", event.platform),
-                ("app_version", event.app_version),
+                ("platform", &event.platform),
+                ("app_version", &event.app_version),
             ] {
                 if let Some(value) = value {
                     count(
@@ -192,8 +192,15 @@ impl Comparison {
                             .entry(format!("{dimension}={value}"))
                             .or_default(),
                     );
+                    count(
+                        state
+                            .event_segments
+                            .entry(format!("{name} {dimension}={value}"))
+                            .or_default(),
+                    );
                 }
             }
+            count(state.events.entry(name).or_default());
         }
     }
 
@@ -214,6 +221,7 @@ impl Comparison {
         };
         let events = judge(&state.events);
         let segments = judge(&state.segments);
+        let event_segments = judge(&state.event_segments);
         let summary = |h: &Option<hdrhistogram::Histogram<u64>>| {
             h.as_ref().map_or_else(Latency::default, |h| Latency {
                 count: h.len(),
@@ -236,6 +244,7 @@ impl Comparison {
             tolerance: self.tolerance,
             events,
             segments,
+            event_segments,
             discontinuities,
         }
     }

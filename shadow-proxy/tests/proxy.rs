@@ -307,6 +307,19 @@ async fn a_shadow_that_drops_one_platform_is_flagged_for_that_segment() {
     assert_eq!(report.segments["platform=android"].ratio, Some(0.0));
     assert!(!report.segments["platform=web"].discontinuity, "{report:?}");
     assert_eq!(report.segments["platform=web"].ratio, Some(1.0));
+    // Per event and segment too: each event on android is flagged, none on web.
+    let flagged: Vec<&String> = report
+        .event_segments
+        .iter()
+        .filter(|(_, e)| e.discontinuity)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(!flagged.is_empty(), "{report:?}");
+    assert!(
+        flagged.iter().all(|k| k.ends_with("platform=android")),
+        "{flagged:?}"
+    );
+    assert!(report.event_segments.contains_key("item_view platform=web"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
