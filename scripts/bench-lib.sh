@@ -4,7 +4,9 @@
 DURATION=${DURATION:-20s}
 CONNECTIONS=${CONNECTIONS:-64}
 export BATCH=${BATCH:-20}
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+if [ "${NEED_WRK:-1}" = 1 ]; then
+  command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
+fi
 
 target=${CARGO_TARGET_DIR:-target}/release
 server_cpu=() ; load_cpu=()
