@@ -120,16 +120,7 @@ impl EventLog for FileLog {
             Err(mpsc::error::TrySendError::Full(_)) => Err(LogError::QueueFull),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(LogError::Closed),
         };
-        match &result {
-            Ok(()) => self
-                .metrics
-                .log_append_duration
-                .record(started.elapsed().as_secs_f64(), &[]),
-            Err(e) => self
-                .metrics
-                .log_errors
-                .add(1, &[KeyValue::new("kind", e.kind())]),
-        }
+        self.metrics.observe_log_append(started, &result);
         result
     }
 

@@ -250,6 +250,20 @@ impl Metrics {
         String::from_utf8(out).expect("the Prometheus text format is UTF-8")
     }
 
+    /// Times a successful log append, or counts a failed one by kind (every sink).
+    pub fn observe_log_append(
+        &self,
+        started: std::time::Instant,
+        result: &Result<(), crate::sink::LogError>,
+    ) {
+        match result {
+            Ok(()) => self
+                .log_append_duration
+                .record(started.elapsed().as_secs_f64(), &[]),
+            Err(e) => self.log_errors.add(1, &[KeyValue::new("kind", e.kind())]),
+        }
+    }
+
     /// Counts one whole-request error by its stable code.
     pub fn request_error(&self, code: &'static str) {
         self.request_errors.add(1, &[KeyValue::new("code", code)]);
