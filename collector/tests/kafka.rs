@@ -12,7 +12,9 @@ use rdkafka::message::Headers;
 use serde_json::{Value, json};
 use support::kafka_broker::{KafkaBroker, TcpProxy};
 use support::redis_server::RedisServer;
-use support::{TestCollector, batch, event, load_then_sigterm, spawn_binary};
+use support::{
+    TestCollector, assert_logged_exactly_once, batch, event, load_then_sigterm, spawn_binary,
+};
 use tollgate_collector::Overrides;
 use tollgate_collector::config::{Config, SinkKind};
 use tollgate_loadtest::generate::Scenario;
@@ -321,24 +323,12 @@ async fn sigterm_under_load_leaves_every_acknowledged_event_on_the_topic() {
     let acknowledged = load_then_sigterm(child, &addr).await;
     assert!(acknowledged.len() >= 1000);
     let events = read_topic(&broker, EVENTS).await;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for read in &events {
-        *counts
-            .entry(read.record["event_id"].as_str().unwrap())
-            .or_default() += 1;
-    }
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !counts.contains_key(id.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events missing, e.g. {:?}",
-        lost.len(),
-        lost.first()
+    assert_logged_exactly_once(
+        &acknowledged,
+        events
+            .iter()
+            .map(|r| r.record["event_id"].as_str().unwrap()),
     );
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "on the topic twice: {doubled:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

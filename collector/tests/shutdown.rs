@@ -3,10 +3,9 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::process::Command;
 
-use support::{load_then_sigterm, read_lines, spawn_binary};
+use support::{assert_logged_exactly_once, load_then_sigterm, read_lines, spawn_binary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_acknowledged_event() {
@@ -14,25 +13,11 @@ async fn sigterm_under_load_loses_no_acknowledged_event() {
     let (child, addr) = spawn_binary(dir.path(), &[]);
     let acknowledged = load_then_sigterm(child, &addr).await;
     let logged = read_lines(&dir.path().join("events"));
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for record in &logged {
-        *counts
-            .entry(record["event_id"].as_str().unwrap())
-            .or_default() += 1;
-    }
     assert!(acknowledged.len() >= 1000);
-    let lost: Vec<&String> = acknowledged
-        .iter()
-        .filter(|id| !counts.contains_key(id.as_str()))
-        .collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged events are missing, e.g. {:?}",
-        lost.len(),
-        lost.first()
+    assert_logged_exactly_once(
+        &acknowledged,
+        logged.iter().map(|r| r["event_id"].as_str().unwrap()),
     );
-    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(doubled.is_empty(), "logged twice: {doubled:?}");
 }
 
 #[test]

@@ -87,10 +87,29 @@ fn post(collector: &TestCollector, ids: &[&str]) -> http::Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn answer(response: hyper::Response<hyper::body::Incoming>) -> (u16, Value) {
+/// An HTTP/2 client over an established TLS connection.
+async fn http2(tls: Tls) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// Asserts the request was answered 200 with its one event accepted.
+async fn accepted_one(
+    response: impl std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+) {
+    let response = response.await.unwrap();
     let status = response.status().as_u16();
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&body).unwrap())
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, body["accepted"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -111,22 +130,8 @@ async fn alpn_picks_h2_or_http1_and_tls12_and_tls13_both_work() {
         tls.get_ref().1.protocol_version(),
         Some(rustls::ProtocolVersion::TLSv1_3)
     );
-    let (mut h2, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let (status, body) = answer(
-        h2.send_request(post(&collector, &["tls-h2-0001"]))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["accepted"].as_u64()),
-        (200, Some(1)),
-        "{body}"
-    );
+    let mut h2 = http2(tls).await;
+    accepted_one(h2.send_request(post(&collector, &["tls-h2-0001"]))).await;
 
     let only12 = [&rustls::version::TLS12];
     let tls = connect(&collector, client_config(&[&pair], &only12, &[b"http/1.1"])).await;
@@ -139,17 +144,7 @@ async fn alpn_picks_h2_or_http1_and_tls12_and_tls13_both_work() {
         .await
         .unwrap();
     tokio::spawn(conn);
-    let (status, body) = answer(
-        h1.send_request(post(&collector, &["tls-h1-0001"]))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["accepted"].as_u64()),
-        (200, Some(1)),
-        "{body}"
-    );
+    accepted_one(h1.send_request(post(&collector, &["tls-h1-0001"]))).await;
 
     // Plain HTTP on the TLS port gets nowhere.
     let plain = reqwest::Client::new()
@@ -172,18 +167,8 @@ async fn a_renewed_certificate_reaches_new_connections_and_open_ones_keep_workin
     let tls = connect(&collector, client_config(&[&old], &all, &[b"h2"])).await;
     let leaf = |tls: &Tls| tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     assert_eq!(leaf(&tls), old.der);
-    let (mut open, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let (status, _) = answer(
-        open.send_request(post(&collector, &["renew-000001"]))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(status, 200);
+    let mut open = http2(tls).await;
+    accepted_one(open.send_request(post(&collector, &["renew-000001"]))).await;
 
     // Renew the files; the collector notices within its reload interval.
     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -203,17 +188,7 @@ async fn a_renewed_certificate_reaches_new_connections_and_open_ones_keep_workin
     }
 
     // The connection opened before the renewal still carries requests.
-    let (status, body) = answer(
-        open.send_request(post(&collector, &["renew-000002"]))
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (status, body["accepted"].as_u64()),
-        (200, Some(1)),
-        "{body}"
-    );
+    accepted_one(open.send_request(post(&collector, &["renew-000002"]))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -224,24 +224,13 @@ pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verific
     Ok(v)
 }
 
-/// Calls `f` with every record of every segment in `dir` (none when it does not exist).
+/// Calls `f` with every record of every segment in `dir` (none when it does not exist),
+/// read with the collector's own segment reader.
 fn for_each_record(dir: &Path, mut f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
-    };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-        .collect();
-    files.sort();
-    for file in files {
-        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
-            let line = line?;
-            if let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) {
-                f(&record);
-            }
+    tollgate_collector::audit::for_each_line(dir, |line| {
+        if let Ok(record) = serde_json::from_str::<serde_json::Value>(line) {
+            f(&record);
         }
-    }
+    })?;
     Ok(())
 }

@@ -21,6 +21,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use expectations::Expectations;
+/// Every line of every segment of a log stream directory, in order (also used by the
+/// load tester's reconciliation).
+pub use read::for_each as for_each_line;
 use read::{FieldValue, Rec};
 
 /// Where the records are read from.
@@ -619,30 +622,49 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
                 chart: None,
             });
         }
-        for (field, &(n, bad, ref example)) in e.values.keys().zip(&bad_values[i]) {
-            checks.push(Check {
-                status: if bad > 0 { Status::Fail } else { Status::Pass },
-                expectation: "allowed_values".into(),
-                subject: format!("{}.{field}", e.name),
-                observed: bad as f64,
-                limit: 0.0,
-                detail: match example {
-                    Some(v) => format!("{bad} of {n} outside the allowed set, e.g. {v:?}"),
-                    None => format!("all {n} within the allowed set"),
-                },
-                chart: None,
+        // Values and ranges: zero tolerance, one example of a breach.
+        let tallies = e
+            .values
+            .keys()
+            .zip(&bad_values[i])
+            .map(|(field, (n, bad, v))| {
+                let example = v.as_ref().map(|v| format!("{v:?}"));
+                (
+                    "allowed_values",
+                    field,
+                    *n,
+                    *bad,
+                    example,
+                    "outside the allowed set",
+                    "within the allowed set",
+                )
             });
-        }
-        for (field, &(n, bad, example)) in e.ranges.keys().zip(&out_of_range[i]) {
+        let ranges = e
+            .ranges
+            .keys()
+            .zip(&out_of_range[i])
+            .map(|(field, (n, bad, v))| {
+                let example = v.map(|v| v.to_string());
+                (
+                    "range",
+                    field,
+                    *n,
+                    *bad,
+                    example,
+                    "out of range",
+                    "in range",
+                )
+            });
+        for (expectation, field, n, bad, example, breach, fine) in tallies.chain(ranges) {
             checks.push(Check {
                 status: if bad > 0 { Status::Fail } else { Status::Pass },
-                expectation: "range".into(),
+                expectation: expectation.into(),
                 subject: format!("{}.{field}", e.name),
                 observed: bad as f64,
                 limit: 0.0,
                 detail: match example {
-                    Some(v) => format!("{bad} of {n} out of range, e.g. {v}"),
-                    None => format!("all {n} in range"),
+                    Some(v) => format!("{bad} of {n} {breach}, e.g. {v}"),
+                    None => format!("all {n} {fine}"),
                 },
                 chart: None,
             });

@@ -192,15 +192,11 @@ pub fn for_each(dir: &Path, f: impl FnMut(&str)) -> std::io::Result<()> {
 }
 
 fn for_each_chunked(dir: &Path, chunk: usize, mut f: impl FnMut(&str)) -> std::io::Result<()> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(());
+    let files = match crate::sink::segments(dir) {
+        Ok(files) => files,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
     };
-    let mut files: Vec<_> = entries
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-        .collect();
-    files.sort();
     let mut buffer = vec![0u8; chunk];
     for file in files {
         let mut file = std::fs::File::open(&file)?;

@@ -459,3 +459,27 @@ pub async fn load_then_sigterm(mut child: std::process::Child, addr: &str) -> Ve
     );
     std::mem::take(&mut *acknowledged.lock().unwrap())
 }
+
+/// Asserts that every acknowledged event id is among `logged` exactly once, and that no
+/// logged id appears twice.
+pub fn assert_logged_exactly_once<'a>(
+    acknowledged: &[String],
+    logged: impl IntoIterator<Item = &'a str>,
+) {
+    let mut counts: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for id in logged {
+        *counts.entry(id).or_default() += 1;
+    }
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !counts.contains_key(id.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged events are missing, e.g. {:?}",
+        lost.len(),
+        lost.first()
+    );
+    let doubled: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(doubled.is_empty(), "logged twice: {doubled:?}");
+}
