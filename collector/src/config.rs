@@ -200,6 +200,11 @@ impl Default for PrivacySettings {
 pub struct LogConfig {
     /// Data directory: accepted events go to `events/`, rejected ones to `quarantine/`.
     pub data_dir: PathBuf,
+    /// File sink: requests copied here by a shadow proxy (`X-Tollgate-Shadow: 1`) are
+    /// logged under this directory instead, apart from real traffic (the Kafka sink has
+    /// `log.kafka.shadow_topic`). Unset: logged with everything else, counted apart.
+    #[serde(default)]
+    pub shadow_data_dir: Option<PathBuf>,
     /// A segment file is closed and a new one started past this size.
     pub segment_max_bytes: ByteSize,
     /// A segment file is closed and a new one started at the first write past this age.
@@ -436,6 +441,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             data_dir: PathBuf::from("data"),
+            shadow_data_dir: None,
             segment_max_bytes: ByteSize::mib(128),
             segment_max_age: Duration::from_secs(3600),
             queue_capacity: NonZeroUsize::new(1024).unwrap(),

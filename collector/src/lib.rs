@@ -294,23 +294,34 @@ impl Collector {
 fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>, BuildError> {
     let log = &config.log;
     Ok(match log.sink {
-        SinkKind::File => Arc::new(
-            FileLog::open(
-                FileLogOptions {
-                    data_dir: log.data_dir.clone(),
-                    segment_max_bytes: log.segment_max_bytes.as_u64(),
-                    segment_max_age: log.segment_max_age,
-                    queue_capacity: log.queue_capacity.get(),
-                    max_group_bytes: log.max_group_bytes.as_u64() as usize,
-                    commit_delay: log.commit_delay,
-                },
-                metrics.clone(),
-            )
-            .map_err(|source| BuildError::Log {
-                dir: log.data_dir.clone(),
-                source,
-            })?,
-        ),
+        SinkKind::File => {
+            let open = |data_dir: &std::path::Path| -> Result<Arc<dyn EventLog>, BuildError> {
+                let file = FileLog::open(
+                    FileLogOptions {
+                        data_dir: data_dir.to_owned(),
+                        segment_max_bytes: log.segment_max_bytes.as_u64(),
+                        segment_max_age: log.segment_max_age,
+                        queue_capacity: log.queue_capacity.get(),
+                        max_group_bytes: log.max_group_bytes.as_u64() as usize,
+                        commit_delay: log.commit_delay,
+                    },
+                    metrics.clone(),
+                )
+                .map_err(|source| BuildError::Log {
+                    dir: data_dir.to_owned(),
+                    source,
+                })?;
+                Ok(Arc::new(file))
+            };
+            let main = open(&log.data_dir)?;
+            match &log.shadow_data_dir {
+                Some(dir) => Arc::new(sink::ShadowApart {
+                    main,
+                    shadow: open(dir)?,
+                }),
+                None => main,
+            }
+        }
         SinkKind::Kafka => {
             let k = &log.kafka;
             Arc::new(

@@ -167,6 +167,85 @@ async fn unknown_events_are_rejected_unless_the_source_allows_them() {
 }
 
 #[tokio::test]
+async fn explained_answers_carry_each_events_outcome_region_and_the_source() {
+    let c = TestCollector::start().await;
+    let mut unknown = event("explain-unknown-1");
+    unknown["event_name"] = json!("brand_new_thing");
+    let body = json!({"events": [event("explain-good-1"), event("explain-good-1"), unknown]});
+    let post = |explain: bool| {
+        let request = c
+            .client
+            .post(c.url("/v1/events"))
+            .basic_auth(STRICT_KEY, Some(""))
+            .json(&body);
+        if explain {
+            request.header("x-tollgate-explain", "1")
+        } else {
+            request
+        }
+    };
+    let plain = post(false).send().await.unwrap();
+    assert!(!plain.headers().contains_key("x-tollgate-outcomes"));
+    let explained = post(true).send().await.unwrap();
+    assert_eq!(explained.headers()["x-tollgate-source"], "strict_app");
+    assert_eq!(
+        explained.headers()["x-tollgate-outcomes"],
+        "duplicate,duplicate,rejected:unknown_event"
+    );
+    // Segment answers too, where the body says only {"success": true}.
+    let segment = c
+        .client
+        .post(c.url("/v1/batch"))
+        .basic_auth(DEV_KEY, Some(""))
+        .header("x-tollgate-explain", "1")
+        .json(
+            &json!({"batch": [{"type": "track", "event": "Promo Shown", "userId": "u-1",
+                                 "messageId": "explain-seg-1"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(segment.headers()["x-tollgate-outcomes"], "accepted@default");
+    assert_eq!(segment.headers()["x-tollgate-source"], "dev");
+}
+
+#[tokio::test]
+async fn shadow_copies_can_be_logged_apart_from_real_traffic() {
+    let shadow_dir = tempfile::tempdir().unwrap();
+    let shadow_path = shadow_dir.path().to_owned();
+    let c = TestCollector::start_with(
+        |config| config.log.shadow_data_dir = Some(shadow_path),
+        tollgate_collector::Overrides::default(),
+    )
+    .await;
+    let (status, _) = c
+        .post_events(&json!({"events": [event("real-000001")]}))
+        .await;
+    assert_eq!(status, 200);
+    let copy = c
+        .client
+        .post(c.url("/v1/events"))
+        .basic_auth(DEV_KEY, Some(""))
+        .header("x-tollgate-shadow", "1")
+        .json(&json!({"events": [event("copy-000001")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(copy.status().as_u16(), 200);
+    let ids = |events: Vec<Value>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(c.events()), ["real-000001"]);
+    assert_eq!(
+        ids(read_lines(&shadow_dir.path().join("events"))),
+        ["copy-000001"]
+    );
+}
+
+#[tokio::test]
 async fn several_schema_versions_are_live_at_once() {
     let c = TestCollector::start().await;
     let v1 = event("version-one-1");

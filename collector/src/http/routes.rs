@@ -27,6 +27,11 @@ use crate::telemetry::Metrics;
 /// Marks copies a shadow proxy sends, so that they are counted apart.
 pub const SHADOW_HEADER: &str = "x-tollgate-shadow";
 
+/// Asks for `X-Tollgate-Source` and `X-Tollgate-Outcomes` on the answer: a shadow proxy
+/// compares two collectors event by event, on every route (Segment answers carry no
+/// per-event results) and by region and source, which only the collector knows.
+pub const EXPLAIN_HEADER: &str = "x-tollgate-explain";
+
 /// Header carrying the client's send time for NDJSON bodies (JSON bodies use `sent_at`).
 pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
 
@@ -348,6 +353,7 @@ impl App {
             privacy.edge_country(header, peer)
         });
         let shadow = parts.headers.get(SHADOW_HEADER).is_some_and(|v| v == "1");
+        let explain = parts.headers.get(EXPLAIN_HEADER).is_some_and(|v| v == "1");
         let sent_at_header = parts
             .headers
             .get(SENT_AT_HEADER)
@@ -462,6 +468,16 @@ impl App {
                 "x-request-id",
                 http::HeaderValue::from_str(&request_id).expect("a uuid is a valid header"),
             );
+            if explain {
+                let headers = response.headers_mut();
+                if let Ok(value) = http::HeaderValue::from_str(&source.id) {
+                    headers.insert("x-tollgate-source", value);
+                }
+                let outcomes = explained(&outcome, &app.pipeline.region);
+                if let Ok(value) = http::HeaderValue::from_str(&outcomes) {
+                    headers.insert("x-tollgate-outcomes", value);
+                }
+            }
             Ok(response)
         }
             .instrument(tracing::Span::current()),
@@ -471,6 +487,26 @@ impl App {
             Err(ApiError::Internal)
         })
     }
+}
+
+/// `status[:code][@region]` per event, in request order: `accepted@eu,rejected:unknown_event`.
+fn explained(outcome: &crate::ingest::IngestOutcome, default_region: &str) -> String {
+    let mut out = String::with_capacity(outcome.results.len() * 16);
+    for (i, result) in outcome.results.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(result.status.as_str());
+        if let Some(error) = &result.error {
+            out.push(':');
+            out.push_str(error.code.as_str());
+        }
+        if result.status == crate::ingest::Status::Accepted {
+            out.push('@');
+            out.push_str(result.policy.as_ref().map_or(default_region, |p| &p.region));
+        }
+    }
+    out
 }
 
 /// The write key: the HTTP Basic user (as Segment SDKs send it), or a Bearer token.

@@ -94,6 +94,10 @@ pub struct EventResult {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<EventError>,
+    /// The privacy policy an accepted event was logged under (its region); only for
+    /// `X-Tollgate-Explain`, never in the body.
+    #[serde(skip)]
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// The answer to a request whose events were all processed.
@@ -664,13 +668,19 @@ impl Pipeline {
         }
         for slot in slots {
             let result = match slot {
-                Slot::Valid { event, timing, .. } => {
+                Slot::Valid {
+                    event,
+                    timing,
+                    policy,
+                    ..
+                } => {
                     outcome.accepted += 1;
                     arrivals[timing.arrival as usize] += 1;
                     EventResult {
                         event_id: Some(event.event_id),
                         status: Status::Accepted,
                         error: None,
+                        policy,
                     }
                 }
                 Slot::Rejected { error, raw } => {
@@ -686,6 +696,7 @@ impl Pipeline {
                             .map(str::to_owned),
                         status: Status::Rejected,
                         error: Some(error),
+                        policy: None,
                     }
                 }
                 Slot::Dropped { event_id, error } => {
@@ -697,6 +708,7 @@ impl Pipeline {
                         event_id: Some(event_id),
                         status: Status::Rejected,
                         error: Some(error),
+                        policy: None,
                     }
                 }
                 Slot::Duplicate(id) => {
@@ -705,6 +717,7 @@ impl Pipeline {
                         event_id: Some(id),
                         status: Status::Duplicate,
                         error: None,
+                        policy: None,
                     }
                 }
                 Slot::Retry(id) => {
@@ -713,6 +726,7 @@ impl Pipeline {
                         event_id: Some(id),
                         status: Status::Retry,
                         error: None,
+                        policy: None,
                     }
                 }
             };

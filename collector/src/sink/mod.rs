@@ -135,3 +135,34 @@ pub trait EventLog: Send + Sync + 'static {
     /// Stops accepting appends, finishes the queued ones and syncs.
     async fn close(&self);
 }
+
+/// Routes requests from a shadow proxy to a log of their own (the file sink's
+/// `log.shadow_data_dir`), so copies never mix with real traffic.
+pub struct ShadowApart {
+    pub main: Arc<dyn EventLog>,
+    pub shadow: Arc<dyn EventLog>,
+}
+
+#[async_trait]
+impl EventLog for ShadowApart {
+    async fn append(&self, batch: AppendBatch) -> Result<(), LogError> {
+        if batch.shadow {
+            self.shadow.append(batch).await
+        } else {
+            self.main.append(batch).await
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.main.ready() && self.shadow.ready()
+    }
+
+    fn record_meta(&self) -> Option<PartitionKey> {
+        self.main.record_meta()
+    }
+
+    async fn close(&self) {
+        self.main.close().await;
+        self.shadow.close().await;
+    }
+}
