@@ -1,43 +1,96 @@
 //! Live comparison of old and new logging over the same traffic.
 //!
-//! For every mirrored request, each event's outcome on the primary (old) and on the
-//! shadow (new) is counted per event name. The bridge ratio of a name is
-//! new accepted / old accepted; its 95 % interval comes from the Wilson score interval
-//! of p = new / (new + old) (the conditional binomial view of two counts over the same
+//! For every mirrored request, each event's outcome on the primary (old), on the shadow
+//! (new) and, when configured, on a second primary replica (old again, the A/A noise
+//! floor) is counted per event name, per segment (platform, app_version, region,
+//! source) and per event × segment. The bridge ratio of a row is new accepted / old
+//! accepted; its 95 % interval comes from the Wilson score interval of
+//! p = new / (new + old) (the conditional binomial view of two counts over the same
 //! traffic), mapped back to a ratio with r = p / (1 − p). A discontinuity is an interval
-//! that lies entirely outside 1 ± tolerance.
+//! that lies entirely outside expected × (1 ± tolerance) — and, with a replica, also
+//! outside what old-vs-old shows (Diffy's noise floor: a difference the old logging has
+//! with itself is not the migration's).
+//!
+//! Renames, splits and merges ([`crate::mapping`]) are rows of their own (`bridges`):
+//! Σ new names accepted by the shadow ÷ Σ old names accepted by the primary against the
+//! expected ratio, total and per segment. Names a bridge covers are not flagged on
+//! their own.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
-/// Outcome counts of one event name on both sides.
+use crate::mapping::{Bridge, Mapping};
+
+/// Asks a collector to say, in response headers, what it did with each event.
+pub const EXPLAIN_HEADER: &str = "x-tollgate-explain";
+/// Answer header: the source the write key belongs to.
+pub const SOURCE_HEADER: &str = "x-tollgate-source";
+/// Answer header: `status[:code][@region]` per event, comma-separated, in request order.
+pub const OUTCOMES_HEADER: &str = "x-tollgate-outcomes";
+
+/// Outcome counts of one row on each side.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sides {
     pub primary: BTreeMap<String, u64>,
     pub shadow: BTreeMap<String, u64>,
+    /// The second primary replica (A/A), when one is configured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub replica: BTreeMap<String, u64>,
 }
 
-/// One event name's line in the report.
+impl Sides {
+    fn accepted(side: &BTreeMap<String, u64>) -> u64 {
+        side.get("accepted").copied().unwrap_or(0)
+    }
+}
+
+/// Old vs old: how far the old logging differs from itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Noise {
+    /// replica accepted / primary accepted.
+    pub ratio: Option<f64>,
+    pub interval: Option<(f64, f64)>,
+}
+
+/// One row of the report: an event name, a segment, or a bridge.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventReport {
     pub outcomes: Sides,
-    /// shadow accepted / primary accepted.
+    /// shadow accepted / primary accepted (for a bridge: Σ new / Σ old).
     pub ratio: Option<f64>,
     /// 95 % interval of the ratio.
     pub interval: Option<(f64, f64)>,
-    /// True when the interval lies outside 1 ± tolerance.
+    /// The ratio the row should have: 1, or a bridge's expected ratio.
+    #[serde(default = "one")]
+    pub expected: f64,
+    /// The A/A comparison of the same row, when a replica is configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise: Option<Noise>,
+    /// The interval is outside expected × (1 ± tolerance) but old-vs-old shows as much.
+    #[serde(default)]
+    pub within_noise: bool,
+    /// A name covered by a bridge: judged there, not here.
+    #[serde(default)]
+    pub mapped: bool,
+    /// True when the interval lies outside expected × (1 ± tolerance) and beyond the noise.
     pub discontinuity: bool,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// The live report (`GET /shadow/report`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub mirrored: u64,
-    /// Copies not compared, by reason: queue_full, shadow_error, shadow_timeout.
+    /// Copies not compared, by reason: queue_full, too_large, incomplete, shadow_error,
+    /// shadow_timeout (and replica_error, replica_timeout).
     pub dropped: BTreeMap<String, u64>,
     /// Mirrored requests whose HTTP status differed between the sides.
     pub status_mismatches: u64,
@@ -46,13 +99,17 @@ pub struct Report {
     pub primary_errors: u64,
     pub tolerance: f64,
     pub events: BTreeMap<String, EventReport>,
-    /// All events by segment: `platform=ios`, `app_version=5.1.0`.
+    /// All events a bridge does not cover, by segment: `platform=ios`,
+    /// `app_version=5.1.0`, `region=eu`, `source=web`.
     pub segments: BTreeMap<String, EventReport>,
     /// Each event name by segment: `item_view platform=ios`, so a change confined to
     /// one event on one platform or version stands out.
     #[serde(default)]
     pub event_segments: BTreeMap<String, EventReport>,
-    /// Event names and segments flagged as discontinuous.
+    /// Renames, splits and merges: `label` in total and `label platform=ios` per segment.
+    #[serde(default)]
+    pub bridges: BTreeMap<String, EventReport>,
+    /// Rows flagged as discontinuous.
     pub discontinuities: Vec<String>,
     /// Round-trip latency of each side, as the proxy saw it.
     pub latency: BTreeMap<String, Latency>,
@@ -67,67 +124,229 @@ pub struct Latency {
     pub max_us: u64,
 }
 
+/// What one side answered to a mirrored request.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply<'a> {
+    pub status: StatusCode,
+    pub headers: &'a http::HeaderMap,
+    pub body: &'a [u8],
+}
+
+/// Which side a reply came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Primary,
+    Shadow,
+    Replica,
+}
+
 #[derive(Default)]
 struct State {
     mirrored: u64,
     dropped: BTreeMap<String, u64>,
     status_mismatches: u64,
     primary_errors: u64,
-    events: BTreeMap<String, Sides>,
-    segments: BTreeMap<String, Sides>,
-    event_segments: BTreeMap<String, Sides>,
-    primary_latency: Option<hdrhistogram::Histogram<u64>>,
-    shadow_latency: Option<hdrhistogram::Histogram<u64>>,
+    events: HashMap<String, Sides>,
+    segments: HashMap<String, Sides>,
+    event_segments: HashMap<String, Sides>,
+}
+
+#[derive(Default)]
+struct Latencies {
+    primary: Option<hdrhistogram::Histogram<u64>>,
+    shadow: Option<hdrhistogram::Histogram<u64>>,
+    replica: Option<hdrhistogram::Histogram<u64>>,
 }
 
 /// Accumulates the comparison; shared by the mirror workers and the report endpoint.
 pub struct Comparison {
     tolerance: f64,
+    bridges: Vec<Bridge>,
+    mapped: BTreeSet<String>,
     state: Mutex<State>,
+    /// Apart from `state`: the primary path records here and must never wait for a
+    /// comparison in progress.
+    latency: Mutex<Latencies>,
+}
+
+/// An event of a mirrored request, as far as the comparison needs it (borrowed from
+/// the body where it can be: this runs for every mirrored event).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Seen<'a> {
+    pub event_name: Cow<'a, str>,
+    pub platform: Option<Cow<'a, str>>,
+    pub app_version: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    events: Vec<NamedEvent>,
+struct NativeEnvelope<'a> {
+    #[serde(default, borrow)]
+    events: Vec<NativeEvent<'a>>,
 }
 
 #[derive(Deserialize)]
-struct NamedEvent {
-    #[serde(default)]
-    event_name: Option<String>,
-    #[serde(default)]
-    platform: Option<String>,
-    #[serde(default)]
-    app_version: Option<String>,
+struct NativeEvent<'a> {
+    #[serde(default, borrow)]
+    event_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    platform: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    app_version: Option<Cow<'a, str>>,
+}
+
+/// The events of a request body, for the native API (`/v1/events`) and the Segment
+/// routes (mapped the way the collector maps them, so names and platforms match).
+pub fn events_of<'a>(path: &str, body: &'a [u8]) -> Vec<Seen<'a>> {
+    use tollgate_event::segment::{BatchDefaults, CallType, map_message};
+    let segment_call = path.strip_prefix("/v1/").and_then(CallType::from_name);
+    if path == "/v1/events"
+        || (segment_call.is_none() && !matches!(path, "/v1/batch" | "/v1/import"))
+    {
+        return serde_json::from_slice::<NativeEnvelope>(body)
+            .map(|e| e.events)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| Seen {
+                event_name: e.event_name.unwrap_or(Cow::Borrowed("(unnamed)")),
+                platform: e.platform,
+                app_version: e.app_version,
+            })
+            .collect();
+    }
+    let Ok(serde_json::Value::Object(mut root)) = serde_json::from_slice(body) else {
+        return Vec::new();
+    };
+    let (messages, context) = match segment_call {
+        Some(_) => (vec![serde_json::Value::Object(root)], None),
+        None => {
+            let messages = match root.remove("batch") {
+                Some(serde_json::Value::Array(messages)) => messages,
+                _ => Vec::new(),
+            };
+            let context = match root.remove("context") {
+                Some(serde_json::Value::Object(context)) => Some(context),
+                _ => None,
+            };
+            (messages, context)
+        }
+    };
+    let now = time::OffsetDateTime::now_utc();
+    messages
+        .into_iter()
+        .map(|message| {
+            let defaults = BatchDefaults {
+                context: context.as_ref(),
+                sent_at: None,
+            };
+            match map_message(message, segment_call, defaults, now, &String::new) {
+                Ok(mapped) => Seen {
+                    event_name: Cow::Owned(mapped.event.event_name),
+                    platform: Some(Cow::Owned(mapped.event.platform)),
+                    app_version: mapped.event.app_version.map(Cow::Owned),
+                },
+                Err(_) => Seen {
+                    event_name: "(invalid)".into(),
+                    ..Seen::default()
+                },
+            }
+        })
+        .collect()
+}
+
+/// What a side did with each event, and the segments only the collector knows.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcomes<'a> {
+    /// Per event, in request order: accepted, duplicate, retry, rejected:<code>.
+    pub events: Vec<Cow<'a, str>>,
+    /// Per event: the region the collector logged it under (valid events only).
+    pub regions: Vec<Option<&'a str>>,
+    pub source: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
-struct Answer {
-    #[serde(default)]
-    results: Vec<AnswerResult>,
+struct NativeAnswer<'a> {
+    #[serde(default, borrow)]
+    results: Vec<NativeResult<'a>>,
 }
 
 #[derive(Deserialize)]
-struct AnswerResult {
-    status: String,
+struct NativeResult<'a> {
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(default, borrow)]
+    error: Option<NativeError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct NativeError<'a> {
+    #[serde(borrow)]
+    code: Cow<'a, str>,
+}
+
+/// Reads a side's answer: the `X-Tollgate-Outcomes` header when the collector sent one
+/// (every route, regions included), else the native body's `results`, else — a Segment
+/// route of a collector that does not explain — the HTTP status for every event.
+pub fn outcomes_of<'a>(reply: Reply<'a>, events: usize) -> Outcomes<'a> {
+    let header = |name: &str| reply.headers.get(name).and_then(|v| v.to_str().ok());
+    let source = header(SOURCE_HEADER);
+    if let Some(list) = header(OUTCOMES_HEADER) {
+        let (events, regions) = list
+            .split(',')
+            .filter(|item| !item.is_empty())
+            .map(|item| match item.split_once('@') {
+                Some((outcome, region)) => (Cow::Borrowed(outcome), Some(region)),
+                None => (Cow::Borrowed(item), None),
+            })
+            .unzip();
+        return Outcomes {
+            events,
+            regions,
+            source,
+        };
+    }
+    let events = match serde_json::from_slice::<NativeAnswer>(reply.body) {
+        Ok(answer) if !answer.results.is_empty() => answer
+            .results
+            .into_iter()
+            .map(|r| match (r.status.as_ref(), r.error) {
+                ("rejected", Some(error)) => Cow::Owned(format!("rejected:{}", error.code)),
+                _ => r.status,
+            })
+            .collect(),
+        _ => {
+            let word = match reply.status.as_u16() {
+                200 => Cow::Borrowed("accepted"),
+                503 => Cow::Borrowed("retry"),
+                status => Cow::Owned(format!("http_{status}")),
+            };
+            vec![word; events]
+        }
+    };
+    Outcomes {
+        events,
+        regions: Vec::new(),
+        source,
+    }
 }
 
 impl Comparison {
-    pub fn new(tolerance: f64) -> Comparison {
+    pub fn new(tolerance: f64, mapping: &Mapping) -> Comparison {
         Comparison {
             tolerance,
+            bridges: mapping.bridges(),
+            mapped: mapping.mapped_names(),
             state: Mutex::new(State::default()),
+            latency: Mutex::new(Latencies::default()),
         }
     }
 
-    /// Records one round trip of the primary (`shadow == false`) or the shadow.
-    pub fn latency(&self, shadow: bool, took: std::time::Duration) {
-        let mut state = self.state.lock().expect("comparison lock");
-        let histogram = if shadow {
-            &mut state.shadow_latency
-        } else {
-            &mut state.primary_latency
+    /// Records one round trip of a side.
+    pub fn latency(&self, side: Side, took: std::time::Duration) {
+        let mut latencies = self.latency.lock().expect("latency lock");
+        let histogram = match side {
+            Side::Primary => &mut latencies.primary,
+            Side::Shadow => &mut latencies.shadow,
+            Side::Replica => &mut latencies.replica,
         };
         let histogram = histogram.get_or_insert_with(|| {
             hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds")
@@ -150,78 +369,105 @@ impl Comparison {
             .or_default() += 1;
     }
 
-    /// Counts one mirrored request's outcomes on both sides.
+    /// Counts one mirrored request's outcomes on every side.
     pub fn record(
         &self,
-        request: &Bytes,
-        primary_status: StatusCode,
-        primary: &Bytes,
-        shadow_status: StatusCode,
-        shadow: &Bytes,
+        path: &str,
+        request: &[u8],
+        primary: Reply<'_>,
+        shadow: Reply<'_>,
+        replica: Option<Reply<'_>>,
     ) {
-        let events: Vec<NamedEvent> = serde_json::from_slice::<Envelope>(request)
-            .map(|e| e.events)
-            .unwrap_or_default();
-        let outcomes = |body: &Bytes| -> Vec<String> {
-            serde_json::from_slice::<Answer>(body)
-                .map(|a| a.results.into_iter().map(|r| r.status).collect())
-                .unwrap_or_default()
-        };
-        let (old, new) = (outcomes(primary), outcomes(shadow));
+        let events = events_of(path, request);
+        let old = outcomes_of(primary, events.len());
+        let new = outcomes_of(shadow, events.len());
+        let again = replica.map(|r| outcomes_of(r, events.len()));
+        let source = old.source.or(new.source);
         let mut state = self.state.lock().expect("comparison lock");
+        let state = &mut *state;
         state.mirrored += 1;
-        if primary_status != shadow_status {
+        if primary.status != shadow.status {
             state.status_mismatches += 1;
         }
-        for (i, event) in events.into_iter().enumerate() {
-            let side = |list: &Vec<String>| list.get(i).cloned().unwrap_or_else(|| "none".into());
-            let (o, n) = (side(&old), side(&new));
+        let mut key = String::with_capacity(64);
+        for (i, event) in events.iter().enumerate() {
+            let (o, n) = (outcome_at(&old, i), outcome_at(&new, i));
+            let r = again.as_ref().map(|a| outcome_at(a, i));
             let count = |sides: &mut Sides| {
-                *sides.primary.entry(o.clone()).or_default() += 1;
-                *sides.shadow.entry(n.clone()).or_default() += 1;
+                bump(&mut sides.primary, o);
+                bump(&mut sides.shadow, n);
+                if let Some(r) = r {
+                    bump(&mut sides.replica, r);
+                }
             };
-            let name = event.event_name.unwrap_or_else(|| "(unnamed)".into());
+            // Only accepted events have a region: the old side's, else the new side's.
+            let region = (old.regions.get(i).copied().flatten())
+                .or_else(|| new.regions.get(i).copied().flatten());
+            let name = event.event_name.as_ref();
+            // A segment's total leaves out names a bridge covers: a split or merge
+            // changes it by design, and the bridge's own rows judge it per segment.
+            let mapped = self.mapped.contains(name);
             for (dimension, value) in [
-                ("platform", &event.platform),
-                ("app_version", &event.app_version),
+                ("platform", event.platform.as_deref()),
+                ("app_version", event.app_version.as_deref()),
+                ("region", region),
+                ("source", source),
             ] {
-                if let Some(value) = value {
-                    count(
-                        state
-                            .segments
-                            .entry(format!("{dimension}={value}"))
-                            .or_default(),
-                    );
-                    count(
-                        state
-                            .event_segments
-                            .entry(format!("{name} {dimension}={value}"))
-                            .or_default(),
-                    );
+                let Some(value) = value else { continue };
+                key.clear();
+                let _ = write!(key, "{name} {dimension}={value}");
+                count(row(&mut state.event_segments, &key));
+                if !mapped {
+                    count(row(&mut state.segments, &key[name.len() + 1..]));
                 }
             }
-            count(state.events.entry(name).or_default());
+            count(row(&mut state.events, name));
         }
     }
 
     pub fn report(&self) -> Report {
         let state = self.state.lock().expect("comparison lock");
         let mut discontinuities = Vec::new();
-        let mut judge = |groups: &BTreeMap<String, Sides>| -> BTreeMap<String, EventReport> {
-            groups
-                .iter()
-                .map(|(name, sides)| {
-                    let report = self.judge(sides);
-                    if report.discontinuity {
-                        discontinuities.push(name.clone());
+        let mut judge = |groups: &HashMap<String, Sides>| -> BTreeMap<String, EventReport> {
+            // In key order, so that the list of discontinuities is too.
+            let sorted: BTreeMap<&String, &Sides> = groups.iter().collect();
+            sorted
+                .into_iter()
+                .map(|(key, sides)| {
+                    let name = key.split(' ').next().unwrap_or(key);
+                    let mut report = self.judge(sides, 1.0);
+                    if self.mapped.contains(name) {
+                        report.mapped = true;
+                        report.discontinuity = false;
                     }
-                    (name.clone(), report)
+                    if report.discontinuity {
+                        discontinuities.push(key.clone());
+                    }
+                    (key.clone(), report)
                 })
                 .collect()
         };
         let events = judge(&state.events);
         let segments = judge(&state.segments);
         let event_segments = judge(&state.event_segments);
+        let mut bridges = BTreeMap::new();
+        for bridge in &self.bridges {
+            for (key, sides) in bridge_rows(bridge, &state.events, &state.event_segments) {
+                let report = self.judge(&sides, bridge.expected);
+                if report.discontinuity {
+                    discontinuities.push(key.clone());
+                }
+                bridges.insert(key, report);
+            }
+        }
+        let (mirrored, dropped, status_mismatches, primary_errors) = (
+            state.mirrored,
+            state.dropped.clone(),
+            state.status_mismatches,
+            state.primary_errors,
+        );
+        drop(state);
+        let latencies = self.latency.lock().expect("latency lock");
         let summary = |h: &Option<hdrhistogram::Histogram<u64>>| {
             h.as_ref().map_or_else(Latency::default, |h| Latency {
                 count: h.len(),
@@ -230,37 +476,120 @@ impl Comparison {
                 max_us: h.max(),
             })
         };
-        let latency = [
-            ("primary".to_owned(), summary(&state.primary_latency)),
-            ("shadow".to_owned(), summary(&state.shadow_latency)),
+        let mut latency: BTreeMap<String, Latency> = [
+            ("primary".to_owned(), summary(&latencies.primary)),
+            ("shadow".to_owned(), summary(&latencies.shadow)),
         ]
         .into();
+        if latencies.replica.is_some() {
+            latency.insert("replica".to_owned(), summary(&latencies.replica));
+        }
         Report {
             latency,
-            mirrored: state.mirrored,
-            dropped: state.dropped.clone(),
-            status_mismatches: state.status_mismatches,
-            primary_errors: state.primary_errors,
+            mirrored,
+            dropped,
+            status_mismatches,
+            primary_errors,
             tolerance: self.tolerance,
             events,
             segments,
             event_segments,
+            bridges,
             discontinuities,
         }
     }
 
-    fn judge(&self, sides: &Sides) -> EventReport {
-        let old = sides.primary.get("accepted").copied().unwrap_or(0);
-        let new = sides.shadow.get("accepted").copied().unwrap_or(0);
+    fn judge(&self, sides: &Sides, expected: f64) -> EventReport {
+        let old = Sides::accepted(&sides.primary);
+        let new = Sides::accepted(&sides.shadow);
         let interval = ratio_interval(new, old);
+        let (low, high) = (
+            expected * (1.0 - self.tolerance),
+            expected * (1.0 + self.tolerance),
+        );
+        let outside = interval.is_some_and(|(lo, hi)| hi < low || lo > high);
+        let noise = (!sides.replica.is_empty()).then(|| {
+            let again = Sides::accepted(&sides.replica);
+            Noise {
+                ratio: (old > 0).then(|| again as f64 / old as f64),
+                interval: ratio_interval(again, old),
+            }
+        });
+        // Beyond the noise: the new/old interval does not meet old/old's (scaled by
+        // what the bridge expects).
+        let within_noise = outside
+            && noise
+                .as_ref()
+                .and_then(|n| n.interval)
+                .zip(interval)
+                .is_some_and(|((nlo, nhi), (lo, hi))| lo <= nhi * expected && hi >= nlo * expected);
         EventReport {
             outcomes: sides.clone(),
             ratio: (old > 0).then(|| new as f64 / old as f64),
             interval,
-            discontinuity: interval
-                .is_some_and(|(lo, hi)| hi < 1.0 - self.tolerance || lo > 1.0 + self.tolerance),
+            expected,
+            noise,
+            within_noise,
+            mapped: false,
+            discontinuity: outside && !within_noise,
         }
     }
+}
+
+/// A side's outcome of event `i`; "none" when the side answered for fewer events.
+fn outcome_at<'o>(outcomes: &'o Outcomes<'_>, i: usize) -> &'o str {
+    outcomes.events.get(i).map_or("none", |e| e.as_ref())
+}
+
+/// The row of `key`, allocating its key only the first time it is seen.
+fn row<'m>(rows: &'m mut HashMap<String, Sides>, key: &str) -> &'m mut Sides {
+    if !rows.contains_key(key) {
+        rows.insert(key.to_owned(), Sides::default());
+    }
+    rows.get_mut(key).expect("just inserted")
+}
+
+/// Adds one to `key`'s count, allocating the key only the first time.
+fn bump(counts: &mut BTreeMap<String, u64>, key: &str) {
+    match counts.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(key.to_owned(), 1);
+        }
+    }
+}
+
+/// A bridge's rows: its total and one per segment, summing the new names on the new
+/// side (and the replica) and the old names on the old side.
+fn bridge_rows(
+    bridge: &Bridge,
+    events: &HashMap<String, Sides>,
+    event_segments: &HashMap<String, Sides>,
+) -> BTreeMap<String, Sides> {
+    let mut rows: BTreeMap<String, Sides> = BTreeMap::new();
+    let mut add = |key: String, name: &str, sides: &Sides| {
+        let row = rows.entry(key).or_default();
+        let accepted = |side: &BTreeMap<String, u64>| Sides::accepted(side);
+        if bridge.old.iter().any(|n| n == name) {
+            *row.primary.entry("accepted".into()).or_default() += accepted(&sides.primary);
+            if !sides.replica.is_empty() {
+                *row.replica.entry("accepted".into()).or_default() += accepted(&sides.replica);
+            }
+        }
+        if bridge.new.iter().any(|n| n == name) {
+            *row.shadow.entry("accepted".into()).or_default() += accepted(&sides.shadow);
+        }
+    };
+    for (name, sides) in events {
+        add(bridge.label.clone(), name, sides);
+    }
+    for (key, sides) in event_segments {
+        if let Some((name, segment)) = key.split_once(' ') {
+            add(format!("{} {segment}", bridge.label), name, sides);
+        }
+    }
+    rows.retain(|_, sides| !sides.primary.is_empty() || !sides.shadow.is_empty());
+    rows
 }
 
 /// 95 % interval of new/old from the Wilson interval of p = new / (new + old).
@@ -294,24 +623,156 @@ mod tests {
         assert_eq!(ratio_interval(0, 0), None);
     }
 
+    fn reply<'a>(headers: &'a http::HeaderMap, body: &'a str) -> Reply<'a> {
+        Reply {
+            status: StatusCode::OK,
+            headers,
+            body: body.as_bytes(),
+        }
+    }
+
+    const TWO: &str =
+        r#"{"events":[{"event_name":"a","platform":"ios"},{"event_name":"b","platform":"ios"}]}"#;
+    const BOTH: &str = r#"{"results":[{"status":"accepted"},{"status":"accepted"}]}"#;
+    const ONLY_A: &str = r#"{"results":[{"status":"accepted"},{"status":"rejected","error":{"code":"unknown_event","path":"","message":"no schema"}}]}"#;
+
     #[test]
     fn a_halved_count_is_flagged_and_a_steady_one_is_not() {
-        let c = Comparison::new(0.05);
-        let request = Bytes::from(r#"{"events":[{"event_name":"a"},{"event_name":"b"}]}"#);
-        let both = Bytes::from(r#"{"results":[{"status":"accepted"},{"status":"accepted"}]}"#);
-        let only_a = Bytes::from(r#"{"results":[{"status":"accepted"},{"status":"rejected"}]}"#);
+        let c = Comparison::new(0.05, &Mapping::default());
+        let none = http::HeaderMap::new();
         for i in 0..400 {
-            let shadow = if i % 2 == 0 { &both } else { &only_a };
-            c.record(&request, StatusCode::OK, &both, StatusCode::OK, shadow);
+            let shadow = if i % 2 == 0 { BOTH } else { ONLY_A };
+            c.record(
+                "/v1/events",
+                TWO.as_bytes(),
+                reply(&none, BOTH),
+                reply(&none, shadow),
+                None,
+            );
         }
         let report = c.report();
         assert_eq!(report.mirrored, 400);
-        assert_eq!(report.discontinuities, vec!["b".to_owned()]);
+        // b alone, on its platform, and in its platform's total.
+        assert_eq!(
+            report.discontinuities,
+            ["b", "platform=ios", "b platform=ios"].map(String::from)
+        );
         assert_eq!(report.events["b"].ratio, Some(0.5));
         assert_eq!(
-            report.events["b"].outcomes.shadow.get("rejected"),
+            report.events["b"]
+                .outcomes
+                .shadow
+                .get("rejected:unknown_event"),
             Some(&200)
         );
         assert!(!report.events["a"].discontinuity);
+    }
+
+    #[test]
+    fn a_difference_old_logging_has_with_itself_is_noise_and_one_beyond_it_is_not() {
+        let c = Comparison::new(0.05, &Mapping::default());
+        let none = http::HeaderMap::new();
+        // Event b: the replica (old again) and the shadow both lose half: noise.
+        // Event a: only the shadow loses a quarter: the migration.
+        const A_LOST: &str = r#"{"results":[{"status":"retry"},{"status":"accepted"}]}"#;
+        for i in 0..800 {
+            let replica = if i % 2 == 0 { BOTH } else { ONLY_A };
+            let shadow = match i % 4 {
+                0 => A_LOST,
+                1 | 3 => ONLY_A,
+                _ => BOTH,
+            };
+            c.record(
+                "/v1/events",
+                TWO.as_bytes(),
+                reply(&none, BOTH),
+                reply(&none, shadow),
+                Some(reply(&none, replica)),
+            );
+        }
+        let report = c.report();
+        let b = &report.events["b"];
+        assert!(b.within_noise && !b.discontinuity, "{b:?}");
+        assert_eq!(b.noise.as_ref().unwrap().ratio, Some(0.5));
+        let a = &report.events["a"];
+        assert!(a.discontinuity && !a.within_noise, "{a:?}");
+        assert_eq!(a.noise.as_ref().unwrap().ratio, Some(1.0));
+        assert!(report.discontinuities.contains(&"a".to_owned()));
+        assert!(!report.discontinuities.contains(&"b".to_owned()));
+    }
+
+    #[test]
+    fn bridges_compare_new_names_to_old_ones_against_the_expected_ratio() {
+        let mapping: Mapping = toml::from_str(
+            "[rename]\nsignup = \"account_created\"\n[[bridge]]\nname = \"checkout\"\nold = [\"purchase\"]\nnew = [\"order_placed\", \"payment_captured\"]\nexpected_ratio = 2.0\n",
+        )
+        .unwrap();
+        let c = Comparison::new(0.05, &mapping);
+        let none = http::HeaderMap::new();
+        // The client logs both ways (dual logging); the old collector knows the old
+        // names, the new one the new names.
+        let request = r#"{"events":[
+            {"event_name":"signup","platform":"ios"},{"event_name":"account_created","platform":"ios"},
+            {"event_name":"purchase","platform":"web"},{"event_name":"order_placed","platform":"web"},
+            {"event_name":"payment_captured","platform":"web"}]}"#;
+        let old = r#"{"results":[{"status":"accepted"},{"status":"rejected"},{"status":"accepted"},{"status":"rejected"},{"status":"rejected"}]}"#;
+        let new_full = r#"{"results":[{"status":"rejected"},{"status":"accepted"},{"status":"rejected"},{"status":"accepted"},{"status":"accepted"}]}"#;
+        // Every other request the new logging loses payment_captured.
+        let new_lossy = r#"{"results":[{"status":"rejected"},{"status":"accepted"},{"status":"rejected"},{"status":"accepted"},{"status":"rejected"}]}"#;
+        for i in 0..400 {
+            let new = if i % 2 == 0 { new_full } else { new_lossy };
+            c.record(
+                "/v1/events",
+                request.as_bytes(),
+                reply(&none, old),
+                reply(&none, new),
+                None,
+            );
+        }
+        let report = c.report();
+        let rename = &report.bridges["signup→account_created"];
+        assert_eq!(rename.ratio, Some(1.0));
+        assert!(!rename.discontinuity);
+        let checkout = &report.bridges["checkout"];
+        assert_eq!((checkout.ratio, checkout.expected), (Some(1.5), 2.0));
+        assert!(checkout.discontinuity);
+        assert!(report.bridges["checkout platform=web"].discontinuity);
+        // The mapped names are judged by their bridges only.
+        assert!(report.events["signup"].mapped && !report.events["signup"].discontinuity);
+        assert_eq!(
+            report.discontinuities,
+            ["checkout", "checkout platform=web"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn explained_answers_give_outcomes_regions_and_source_for_segment_routes_too() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(SOURCE_HEADER, "web".parse().unwrap());
+        headers.insert(
+            OUTCOMES_HEADER,
+            "accepted@eu,rejected:unknown_event".parse().unwrap(),
+        );
+        let outcomes = outcomes_of(reply(&headers, r#"{"success":true}"#), 2);
+        assert_eq!(outcomes.events, ["accepted", "rejected:unknown_event"]);
+        assert_eq!(outcomes.regions, [Some("eu"), None]);
+        assert_eq!(outcomes.source, Some("web"));
+        // Without the headers a Segment answer only has its status.
+        let none = http::HeaderMap::new();
+        assert_eq!(
+            outcomes_of(reply(&none, r#"{"success":true}"#), 2).events,
+            ["accepted", "accepted"]
+        );
+
+        let batch = r#"{"batch":[
+            {"type":"track","event":"Order Completed","userId":"u1","context":{"app":{"version":"5.1.0"}}},
+            {"type":"identify","userId":"u1"}],
+          "context":{"device":{"type":"ios"}}}"#;
+        let seen = events_of("/v1/batch", batch.as_bytes());
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].event_name, "order_completed");
+        assert_eq!(seen[0].app_version.as_deref(), Some("5.1.0"));
+        let track = events_of("/v1/track", br#"{"event":"Clicked","anonymousId":"d1"}"#);
+        assert_eq!(track[0].event_name, "clicked");
     }
 }

@@ -5,12 +5,16 @@
 //! listen = "0.0.0.0:8081"
 //! primary = "http://tollgate-collector:80"
 //! shadow = "http://tollgate-collector-shadow:80"
+//! replica = "http://tollgate-collector-replica:80"   # optional A/A noise floor
+//! mapping = "/etc/tollgate/mapping.toml"             # optional renames, splits, merges
 //! queue = 10000
+//! queue_bytes = 268435456
 //! shadow_concurrency = 64
 //! shadow_timeout = "2s"
 //! tolerance = 0.05
 //! sample_rate = 1.0
 //! sample_key = "user_id"
+//! shadow_nice = 10
 //! [tls]
 //! cert_file = "/etc/tollgate/tls/tls.crt"
 //! key_file = "/etc/tollgate/tls/tls.key"
@@ -31,7 +35,12 @@ pub struct ProxyFile {
     pub listen: Option<SocketAddr>,
     pub primary: Option<String>,
     pub shadow: Option<String>,
+    pub replica: Option<String>,
+    /// A mapping file (renames, splits, merges; see [`crate::mapping`]), relative to
+    /// the working directory.
+    pub mapping: Option<PathBuf>,
     pub queue: Option<usize>,
+    pub queue_bytes: Option<usize>,
     pub shadow_concurrency: Option<usize>,
     #[serde(default, with = "humantime_serde")]
     pub shadow_timeout: Option<Duration>,
@@ -39,6 +48,7 @@ pub struct ProxyFile {
     pub tolerance: Option<f64>,
     pub sample_rate: Option<f64>,
     pub sample_key: Option<String>,
+    pub shadow_nice: Option<i32>,
     pub tls: Option<TlsFile>,
 }
 
@@ -74,13 +84,17 @@ impl ProxyFile {
             listen: overrides.listen.or(self.listen),
             primary: overrides.primary.or(self.primary),
             shadow: overrides.shadow.or(self.shadow),
+            replica: overrides.replica.or(self.replica),
+            mapping: overrides.mapping.or(self.mapping),
             queue: overrides.queue.or(self.queue),
+            queue_bytes: overrides.queue_bytes.or(self.queue_bytes),
             shadow_concurrency: overrides.shadow_concurrency.or(self.shadow_concurrency),
             shadow_timeout: overrides.shadow_timeout.or(self.shadow_timeout),
             max_body: overrides.max_body.or(self.max_body),
             tolerance: overrides.tolerance.or(self.tolerance),
             sample_rate: overrides.sample_rate.or(self.sample_rate),
             sample_key: overrides.sample_key.or(self.sample_key),
+            shadow_nice: overrides.shadow_nice.or(self.shadow_nice),
             tls: overrides.tls.or(self.tls),
         }
     }
@@ -97,7 +111,13 @@ impl ProxyFile {
         let config = ProxyConfig {
             primary,
             shadow: self.shadow,
+            replica: self.replica,
+            mapping: match &self.mapping {
+                Some(path) => crate::mapping::Mapping::load(path)?,
+                None => crate::mapping::Mapping::default(),
+            },
             queue: self.queue.unwrap_or(defaults.queue),
+            queue_bytes: self.queue_bytes.unwrap_or(defaults.queue_bytes),
             shadow_concurrency: self
                 .shadow_concurrency
                 .unwrap_or(defaults.shadow_concurrency),
@@ -106,6 +126,7 @@ impl ProxyFile {
             tolerance: self.tolerance.unwrap_or(defaults.tolerance),
             sample_rate: self.sample_rate.unwrap_or(defaults.sample_rate),
             sample_key: self.sample_key.unwrap_or(defaults.sample_key),
+            shadow_nice: self.shadow_nice.unwrap_or(defaults.shadow_nice),
             tls: self.tls.map(|t| tollgate_edge::TlsFiles {
                 cert: t.cert_file,
                 key: t.key_file,
@@ -115,6 +136,12 @@ impl ProxyFile {
             return Err(format!(
                 "sample_rate {} is not between 0 and 1",
                 config.sample_rate
+            ));
+        }
+        if !(0..=19).contains(&config.shadow_nice) {
+            return Err(format!(
+                "shadow_nice {} is not between 0 and 19",
+                config.shadow_nice
             ));
         }
         if config.tolerance <= 0.0 {
@@ -157,6 +184,7 @@ mod tests {
         let (listen, config) = ProxyFile::load(&shipped).unwrap().into_config().unwrap();
         let defaults = ProxyConfig::default();
         assert_eq!(listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(config.queue_bytes, defaults.queue_bytes);
         assert_eq!(
             (
                 config.queue,
@@ -175,6 +203,28 @@ mod tests {
             (config.tolerance, config.sample_rate),
             (defaults.tolerance, defaults.sample_rate)
         );
+
+        // A mapping file named in the config is read; a broken one is named.
+        let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mapping.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "primary = \"http://old:80\"\nreplica = \"http://old-2:80\"\nmapping = {:?}\n",
+                mapping.display().to_string()
+            ),
+        )
+        .unwrap();
+        let (_, config) = ProxyFile::load(&path).unwrap().into_config().unwrap();
+        assert_eq!(config.replica.as_deref(), Some("http://old-2:80"));
+        assert_eq!(config.mapping.bridges().len(), 3);
+        let broken = dir.path().join("broken.toml");
+        std::fs::write(&broken, "[[bridge]]\nold = []\nnew = [\"a\"]\n").unwrap();
+        let file = ProxyFile {
+            primary: Some("http://old:80".into()),
+            mapping: Some(broken),
+            ..ProxyFile::default()
+        };
+        assert!(file.into_config().unwrap_err().contains("broken.toml"));
 
         std::fs::write(&path, "primry = \"http://old:80\"\n").unwrap();
         assert!(ProxyFile::load(&path).unwrap_err().contains("primry"));

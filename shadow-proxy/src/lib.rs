@@ -11,16 +11,19 @@
 
 pub mod compare;
 pub mod file;
+pub mod mapping;
 pub mod offline;
 mod render;
+mod tee;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -29,7 +32,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::compare::Comparison;
+use crate::compare::{Comparison, EXPLAIN_HEADER, OUTCOMES_HEADER, Reply, SOURCE_HEADER, Side};
+use crate::tee::{Copied, Tee};
 
 /// Marks the copies the shadow receives, so that it counts them apart.
 pub const SHADOW_HEADER: &str = "x-tollgate-shadow";
@@ -41,13 +45,22 @@ pub struct ProxyConfig {
     pub primary: String,
     /// The collector that receives copies; `None` mirrors nothing.
     pub shadow: Option<String>,
+    /// A second replica of the primary's version that receives the same copies: old vs
+    /// old is the noise floor new vs old must exceed to be flagged (A/A).
+    pub replica: Option<String>,
+    /// Renames, splits and merges between old and new event names.
+    pub mapping: mapping::Mapping,
     /// Copies waiting for the shadow; when full, new copies are dropped.
     pub queue: usize,
+    /// Bytes of bodies waiting for the shadow; past this, new copies are dropped too
+    /// (so large bodies cannot make a count-bounded queue hold gigabytes).
+    pub queue_bytes: usize,
     /// Copies in flight to the shadow at once.
     pub shadow_concurrency: usize,
     /// Longest the shadow may take for one copy.
     pub shadow_timeout: Duration,
-    /// Largest body passed on (the collector's own limit is the real one).
+    /// Largest body copied to the shadow; a larger one still reaches the primary whole
+    /// (the collector's own limit is the real one), only its copy is dropped.
     pub max_body: usize,
     /// A discontinuity is a bridge-ratio interval that excludes 1 ± this.
     pub tolerance: f64,
@@ -58,6 +71,9 @@ pub struct ProxyConfig {
     pub sample_key: String,
     /// Serve clients over TLS with this certificate (reloaded on SIGHUP or change).
     pub tls: Option<tollgate_edge::TlsFiles>,
+    /// Nice value of the shadow thread (copying, sending, comparing): above 0 it yields
+    /// the CPU to the primary path when both want it; 0 runs it at the primary's priority.
+    pub shadow_nice: i32,
 }
 
 impl Default for ProxyConfig {
@@ -65,7 +81,10 @@ impl Default for ProxyConfig {
         ProxyConfig {
             primary: "http://127.0.0.1:8080".into(),
             shadow: None,
+            replica: None,
+            mapping: mapping::Mapping::default(),
             queue: 10_000,
+            queue_bytes: 256 << 20,
             shadow_concurrency: 64,
             shadow_timeout: Duration::from_secs(2),
             max_body: 4 << 20,
@@ -73,6 +92,7 @@ impl Default for ProxyConfig {
             sample_rate: 1.0,
             sample_key: "user_id".into(),
             tls: None,
+            shadow_nice: 10,
         }
     }
 }
@@ -84,15 +104,27 @@ struct Copy {
     headers: http::HeaderMap,
     body: Bytes,
     primary_status: StatusCode,
+    primary_headers: http::HeaderMap,
     primary_body: Bytes,
 }
 
+/// What clients receive: the primary's answer as it streams in, or the proxy's own.
+type Answer = Either<Tee<Incoming>, Full<Bytes>>;
+
 struct Proxy {
     config: ProxyConfig,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, Tee<Incoming>>,
     primary: http::Uri,
     copies: Option<mpsc::Sender<Copy>>,
+    /// Body bytes in the copy queue.
+    queued_bytes: Arc<AtomicUsize>,
     comparison: Arc<Comparison>,
+}
+
+impl Copy {
+    fn size(&self) -> usize {
+        self.body.len() + self.primary_body.len()
+    }
 }
 
 /// Serves until `shutdown` resolves.
@@ -107,22 +139,25 @@ pub async fn run(
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    let comparison = Arc::new(Comparison::new(config.tolerance));
+    let comparison = Arc::new(Comparison::new(config.tolerance, &config.mapping));
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let copies = match &config.shadow {
         Some(shadow) => {
             let shadow: http::Uri = shadow.parse()?;
+            let replica = config
+                .replica
+                .as_deref()
+                .map(str::parse::<http::Uri>)
+                .transpose()?;
             let (tx, rx) = mpsc::channel(config.queue.max(1));
-            // The shadow gets its own pool: it never shares a connection with the primary.
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            let shadow_client = Client::builder(TokioExecutor::new()).build(connector);
-            tokio::spawn(mirror(
+            spawn_mirror(
                 rx,
                 shadow,
-                shadow_client,
+                replica,
                 config.clone(),
                 comparison.clone(),
-            ));
+                queued_bytes.clone(),
+            )?;
             Some(tx)
         }
         None => None,
@@ -132,6 +167,7 @@ pub async fn run(
         config,
         client,
         copies,
+        queued_bytes,
         comparison,
     });
     let token = CancellationToken::new();
@@ -162,27 +198,7 @@ pub async fn run(
 }
 
 impl Proxy {
-    /// Whether this request is mirrored: a stable hash of the first event's sample key
-    /// (falling back to its event id) against the sample rate.
-    fn sampled(&self, body: &Bytes) -> bool {
-        if self.config.sample_rate >= 1.0 {
-            return true;
-        }
-        let key = serde_json::from_slice::<serde_json::Value>(body)
-            .ok()
-            .and_then(|v| {
-                let first = v.get("events")?.get(0)?.clone();
-                first
-                    .get(&self.config.sample_key)
-                    .or_else(|| first.get("event_id"))
-                    .and_then(|k| k.as_str())
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        stable_fraction(&key) < self.config.sample_rate
-    }
-
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Answer> {
         match req.uri().path() {
             "/shadow/report" => {
                 let body = serde_json::to_vec_pretty(&self.comparison.report())
@@ -208,37 +224,39 @@ impl Proxy {
             _ => {}
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, self.config.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return respond(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    Bytes::from_static(br#"{"error":{"code":"body_too_large","message":"the proxy's body limit was exceeded"}}"#),
-                    "application/json",
-                );
-            }
-        };
         let path = parts
             .uri
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        let headers = forwardable(&parts.headers);
+        let mut headers = forwardable(&parts.headers);
+        // The request streams to the primary; a copy of it is kept only when mirroring.
+        let mirroring = self.copies.is_some();
+        // Both sides are asked what they did with each event (and under which region
+        // and source); the client gets the primary's answer without it unless it asked.
+        let client_asked = headers.contains_key(EXPLAIN_HEADER);
+        if mirroring && !client_asked {
+            headers.insert(EXPLAIN_HEADER, http::HeaderValue::from_static("1"));
+        }
+        let (request_copy, request_copied) = tokio::sync::oneshot::channel();
+        let limit = if mirroring { self.config.max_body } else { 0 };
+        let body = Tee::new(body, limit, move |copied| {
+            let _ = request_copy.send(copied);
+        });
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = upstream_uri(&self.primary, &path);
+        let copy_headers = if mirroring {
+            headers.clone()
+        } else {
+            http::HeaderMap::new()
+        };
+        *request.headers_mut() = headers;
         let started = std::time::Instant::now();
-        let answer = send(
-            &self.client,
-            &self.primary,
-            &parts.method,
-            &path,
-            &headers,
-            body.clone(),
-            false,
-        )
-        .await;
-        let (status, response_headers, response_body) = match answer {
-            Ok(answer) => {
-                self.comparison.latency(false, started.elapsed());
-                answer
+        let response = match self.client.request(request).await {
+            Ok(response) => {
+                self.comparison.latency(Side::Primary, started.elapsed());
+                response
             }
             Err(e) => {
                 tracing::warn!(error = %e, "primary unreachable");
@@ -250,107 +268,280 @@ impl Proxy {
                 );
             }
         };
-        if let Some(copies) = self.copies.as_ref().filter(|_| self.sampled(&body)) {
-            let copy = Copy {
-                method: parts.method.clone(),
-                path,
-                headers,
-                body,
-                primary_status: status,
-                primary_body: response_body.clone(),
-            };
-            // Never wait: a full queue drops the copy.
-            if copies.try_send(copy).is_err() {
-                self.comparison.dropped("queue_full");
+        let (mut parts_back, body) = response.into_parts();
+        parts_back.headers.remove(http::header::TRANSFER_ENCODING);
+        parts_back.headers.remove(http::header::CONNECTION);
+        let status = parts_back.status;
+        let body = match &self.copies {
+            Some(copies) => {
+                let primary_headers = parts_back.headers.clone();
+                if !client_asked {
+                    parts_back.headers.remove(OUTCOMES_HEADER);
+                    parts_back.headers.remove(SOURCE_HEADER);
+                }
+                let (copies, comparison) = (copies.clone(), self.comparison.clone());
+                let (queued_bytes, queue_bytes) =
+                    (self.queued_bytes.clone(), self.config.queue_bytes);
+                let (method, path) = (parts.method, path);
+                // When the primary's answer has streamed to the client, the copy (request
+                // and answer) is queued for the shadow; never waits, a full queue drops it.
+                Tee::new(body, self.config.max_body, move |answer| {
+                    let mut request_copied = request_copied;
+                    let copy = match (request_copied.try_recv(), answer) {
+                        (Ok(Copied::Whole(body)), Copied::Whole(primary_body)) => Copy {
+                            method,
+                            path,
+                            headers: copy_headers,
+                            body,
+                            primary_status: status,
+                            primary_headers,
+                            primary_body,
+                        },
+                        (Ok(Copied::TooLarge), _) | (_, Copied::TooLarge) => {
+                            return comparison.dropped("too_large");
+                        }
+                        _ => return comparison.dropped("incomplete"),
+                    };
+                    let size = copy.size();
+                    if queued_bytes.fetch_add(size, Ordering::Relaxed) + size > queue_bytes {
+                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        return comparison.dropped("queue_full");
+                    }
+                    if copies.try_send(copy).is_err() {
+                        queued_bytes.fetch_sub(size, Ordering::Relaxed);
+                        comparison.dropped("queue_full");
+                    }
+                })
             }
-        }
-        let mut response = Response::new(Full::new(response_body));
-        *response.status_mut() = status;
-        *response.headers_mut() = response_headers;
-        response
+            None => Tee::new(body, 0, |_| {}),
+        };
+        Response::from_parts(parts_back, Either::Left(body))
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+fn upstream_uri(base: &http::Uri, path: &http::uri::PathAndQuery) -> http::Uri {
+    let mut parts = base.clone().into_parts();
+    parts.path_and_query = Some(path.clone());
+    http::Uri::from_parts(parts).expect("an upstream URL with a request's path is a URL")
+}
+
+/// Starts the shadow side on a thread of its own, with its own runtime, connection
+/// pool and a lower CPU priority: copying, sending and comparing never take a worker
+/// (or a core's time) from the primary path, and on a busy machine they yield first.
+fn spawn_mirror(
+    rx: mpsc::Receiver<Copy>,
+    shadow: http::Uri,
+    replica: Option<http::Uri>,
+    config: ProxyConfig,
+    comparison: Arc<Comparison>,
+    queued_bytes: Arc<AtomicUsize>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("tollgate-shadow".into())
+        .spawn(move || {
+            lower_priority(config.shadow_nice);
+            runtime.block_on(mirror(
+                rx,
+                shadow,
+                replica,
+                config,
+                comparison,
+                queued_bytes,
+            ));
+        })?;
+    Ok(())
+}
+
+/// Raises this thread's nice value (Linux keeps one per thread).
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority reads no memory of ours; on Linux `who = 0` with
+        // PRIO_PROCESS names the calling thread.
+        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0;
+        if failed {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower the shadow thread's priority");
+        }
+    }
+}
+
+/// What an upstream answered to a copy.
+struct Answered {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Answered {
+    fn reply(&self) -> Reply<'_> {
+        Reply {
+            status: self.status,
+            headers: &self.headers,
+            body: &self.body,
+        }
+    }
+}
+
+/// Sends a copy to an upstream within `timeout` and reads its whole answer; a failure
+/// is counted as `<side>_error` or `<side>_timeout`.
 async fn send(
     client: &Client<HttpConnector, Full<Bytes>>,
     base: &http::Uri,
-    method: &http::Method,
-    path: &http::uri::PathAndQuery,
-    headers: &http::HeaderMap,
-    body: Bytes,
-    shadow: bool,
-) -> anyhow::Result<(StatusCode, http::HeaderMap, Bytes)> {
-    let uri = http::Uri::builder()
-        .scheme(base.scheme_str().unwrap_or("http"))
-        .authority(base.authority().map(|a| a.as_str()).unwrap_or("127.0.0.1"))
-        .path_and_query(path.clone())
-        .build()?;
-    let mut request = Request::builder().method(method.clone()).uri(uri);
-    for (name, value) in headers {
-        request = request.header(name, value);
+    copy: &Copy,
+    side: Side,
+    timeout: Duration,
+    comparison: &Comparison,
+) -> Option<Answered> {
+    let started = std::time::Instant::now();
+    let name = if side == Side::Replica {
+        "replica"
+    } else {
+        "shadow"
+    };
+    match tokio::time::timeout(timeout, send_once(client, base, copy)).await {
+        Ok(Ok(answered)) => {
+            comparison.latency(side, started.elapsed());
+            Some(answered)
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, side = name, "copy failed");
+            comparison.dropped(&format!("{name}_error"));
+            None
+        }
+        Err(_) => {
+            comparison.dropped(&format!("{name}_timeout"));
+            None
+        }
     }
-    if shadow {
-        request = request.header(SHADOW_HEADER, "1");
-    }
-    let response = client.request(request.body(Full::new(body))?).await?;
-    let (parts, body) = response.into_parts();
+}
+
+async fn send_once(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    base: &http::Uri,
+    copy: &Copy,
+) -> anyhow::Result<Answered> {
+    let mut request = Request::new(Full::new(copy.body.clone()));
+    *request.method_mut() = copy.method.clone();
+    *request.uri_mut() = upstream_uri(base, &copy.path);
+    *request.headers_mut() = copy.headers.clone();
+    request
+        .headers_mut()
+        .insert(SHADOW_HEADER, http::HeaderValue::from_static("1"));
+    let (parts, body) = client.request(request).await?.into_parts();
     let body = body.collect().await?.to_bytes();
-    let mut headers = parts.headers;
-    headers.remove(http::header::TRANSFER_ENCODING);
-    headers.remove(http::header::CONNECTION);
-    Ok((parts.status, headers, body))
+    Ok(Answered {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Drains the copy queue into the shadow, `shadow_concurrency` at a time.
 async fn mirror(
     mut rx: mpsc::Receiver<Copy>,
     shadow: http::Uri,
-    client: Client<HttpConnector, Full<Bytes>>,
+    replica: Option<http::Uri>,
     config: ProxyConfig,
     comparison: Arc<Comparison>,
+    queued_bytes: Arc<AtomicUsize>,
 ) {
+    // The shadow gets its own pool: it never shares a connection with the primary.
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let permits = Arc::new(tokio::sync::Semaphore::new(
         config.shadow_concurrency.max(1),
     ));
     while let Some(copy) = rx.recv().await {
+        queued_bytes.fetch_sub(copy.size(), Ordering::Relaxed);
+        if !sampled(&config, copy.path.path(), &copy.body) {
+            continue;
+        }
         let Ok(permit) = permits.clone().acquire_owned().await else {
             break;
         };
-        let (client, shadow, comparison) = (client.clone(), shadow.clone(), comparison.clone());
+        let (client, shadow, replica, comparison) = (
+            client.clone(),
+            shadow.clone(),
+            replica.clone(),
+            comparison.clone(),
+        );
         let timeout = config.shadow_timeout;
         tokio::spawn(async move {
             let _permit = permit;
-            let started = std::time::Instant::now();
-            let sent = tokio::time::timeout(
-                timeout,
-                send(
-                    &client,
-                    &shadow,
-                    &copy.method,
-                    &copy.path,
-                    &copy.headers,
-                    copy.body.clone(),
-                    true,
-                ),
-            )
-            .await;
-            match sent {
-                Ok(Ok((status, _, body))) => {
-                    comparison.latency(true, started.elapsed());
-                    comparison.record(
-                        &copy.body,
-                        copy.primary_status,
-                        &copy.primary_body,
-                        status,
-                        &body,
-                    )
+            let to_shadow = send(&client, &shadow, &copy, Side::Shadow, timeout, &comparison);
+            let to_replica = async {
+                match &replica {
+                    Some(replica) => {
+                        send(&client, replica, &copy, Side::Replica, timeout, &comparison)
+                            .await
+                            .map(Some)
+                    }
+                    None => Some(None),
                 }
-                Ok(Err(_)) => comparison.dropped("shadow_error"),
-                Err(_) => comparison.dropped("shadow_timeout"),
-            }
+            };
+            // Every compared copy has all its answers: a copy the replica missed would
+            // otherwise read as noise.
+            let (Some(new), Some(again)) = tokio::join!(to_shadow, to_replica) else {
+                return;
+            };
+            let primary = Reply {
+                status: copy.primary_status,
+                headers: &copy.primary_headers,
+                body: &copy.primary_body,
+            };
+            comparison.record(
+                copy.path.path(),
+                &copy.body,
+                primary,
+                new.reply(),
+                again.as_ref().map(Answered::reply),
+            );
         });
     }
+}
+
+/// Whether a request is mirrored: a stable hash of its first event's sample key
+/// (falling back to its event id) against the sample rate. Segment messages name the
+/// keys `userId`, `anonymousId` and `messageId`.
+fn sampled(config: &ProxyConfig, path: &str, body: &Bytes) -> bool {
+    if config.sample_rate >= 1.0 {
+        return true;
+    }
+    let key = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let (first, key, id) = match v.get("events") {
+                Some(events) => (events.get(0)?, config.sample_key.as_str(), "event_id"),
+                None => {
+                    let first = if path == "/v1/batch" || path == "/v1/import" {
+                        v.get("batch")?.get(0)?
+                    } else {
+                        &v
+                    };
+                    let key = match config.sample_key.as_str() {
+                        "user_id" => "userId",
+                        "device_id" => "anonymousId",
+                        _ => "messageId",
+                    };
+                    (first, key, "messageId")
+                }
+            };
+            first
+                .get(key)
+                .or_else(|| first.get(id))
+                .and_then(|k| k.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    stable_fraction(&key) < config.sample_rate
 }
 
 /// A value in [0, 1) from a hash that is the same in every process and release, so the
@@ -386,8 +577,8 @@ fn forwardable(headers: &http::HeaderMap) -> http::HeaderMap {
     out
 }
 
-fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<Answer> {
+    let mut response = Response::new(Either::Right(Full::new(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -30,6 +30,14 @@ struct Args {
     /// The collector that receives copies (marked X-Tollgate-Shadow: 1).
     #[arg(long)]
     shadow: Option<String>,
+    /// A second replica of the primary's version that gets the same copies: new vs old
+    /// is flagged only beyond what old vs old shows (A/A noise floor).
+    #[arg(long)]
+    replica: Option<String>,
+    /// TOML with renames (`[rename] old = "new"`) and splits or merges (`[[bridge]]`
+    /// with `old`, `new`, `expected_ratio`); see config/mapping.toml.
+    #[arg(long, value_name = "FILE")]
+    mapping: Option<std::path::PathBuf>,
     /// Copies waiting for the shadow before new ones are dropped [default: 10000].
     #[arg(long)]
     queue: Option<usize>,
@@ -67,7 +75,7 @@ enum Command {
         /// The new collector's data directory.
         #[arg(long)]
         new: std::path::PathBuf,
-        /// TOML with `[rename] old_name = "new_name"` entries.
+        /// TOML with renames, splits and merges (see config/mapping.toml).
         #[arg(long)]
         mapping: Option<std::path::PathBuf>,
         /// Print JSON instead of a table.
@@ -101,9 +109,10 @@ fn real_main() -> anyhow::Result<bool> {
     }) = args.command
     {
         let mapping = match mapping {
-            Some(path) => toml::from_str(&std::fs::read_to_string(&path)?)
-                .with_context(|| format!("reading {}", path.display()))?,
-            None => tollgate_shadow_proxy::offline::Mapping::default(),
+            Some(path) => {
+                tollgate_shadow_proxy::mapping::Mapping::load(&path).map_err(anyhow::Error::msg)?
+            }
+            None => tollgate_shadow_proxy::mapping::Mapping::default(),
         };
         let comparison = tollgate_shadow_proxy::offline::compare(&old, &new, &mapping, tolerance)?;
         if json {
@@ -121,6 +130,8 @@ fn real_main() -> anyhow::Result<bool> {
         listen: args.listen,
         primary: args.primary,
         shadow: args.shadow,
+        replica: args.replica,
+        mapping: args.mapping,
         queue: args.queue,
         shadow_timeout: args.shadow_timeout,
         tolerance: args.tolerance,

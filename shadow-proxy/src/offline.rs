@@ -1,7 +1,8 @@
 //! Offline comparison of what two collectors actually logged (old and new logging over
-//! the same traffic): counts and bridge ratios per event, events present on one side
-//! only, field null-rate changes, new or vanished fields, and drift of categorical
-//! fields (population stability index).
+//! the same traffic): counts and bridge ratios per event and per event × segment
+//! (platform, app_version, region, source), splits and merges against their expected
+//! ratio, events present on one side only, field null-rate changes, new or vanished
+//! fields, and drift of categorical fields (population stability index).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
@@ -11,14 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::compare::ratio_interval;
+pub use crate::mapping::Mapping;
 
-/// Old → new event names (renames); names not listed map to themselves.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mapping {
-    #[serde(default)]
-    pub rename: BTreeMap<String, String>,
-}
+/// Segment dimensions of a logged record, counted per event name.
+const SEGMENTS: [&str; 4] = ["platform", "app_version", "region", "source"];
 
 /// Categorical fields whose distribution is compared.
 const CATEGORICAL: [&str; 3] = ["platform", "app_version", "surface"];
@@ -34,6 +31,8 @@ struct Side {
     ids: HashSet<String>,
     /// Event name → count.
     counts: BTreeMap<String, u64>,
+    /// `event_name dimension=value` → count.
+    segment_counts: BTreeMap<String, u64>,
     /// Event name → field → nulls.
     nulls: BTreeMap<String, BTreeMap<String, u64>>,
     /// Event name → property keys seen.
@@ -56,11 +55,48 @@ pub struct EventDiff {
     pub vanished_fields: Vec<String>,
 }
 
+/// Counts of one event × segment or bridge on both sides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Counted {
+    pub old: u64,
+    pub new: u64,
+    pub ratio: Option<f64>,
+    pub interval: Option<(f64, f64)>,
+    /// 1, or a bridge's expected ratio.
+    pub expected: f64,
+    pub discontinuity: bool,
+}
+
+impl Counted {
+    fn new(old: u64, new: u64, expected: f64, tolerance: f64) -> Counted {
+        let interval = ratio_interval(new, old);
+        let discontinuity = match interval {
+            Some((lo, hi)) => {
+                hi < expected * (1.0 - tolerance) || lo > expected * (1.0 + tolerance)
+            }
+            // Only on the new side is a discontinuity of its own.
+            None => new > 0,
+        };
+        Counted {
+            old,
+            new,
+            ratio: (old > 0).then(|| new as f64 / old as f64),
+            interval,
+            expected,
+            discontinuity,
+        }
+    }
+}
+
 /// The whole offline comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
     pub tolerance: f64,
     pub events: BTreeMap<String, EventDiff>,
+    /// Each event name by segment: `item_view platform=android`.
+    pub segments: BTreeMap<String, Counted>,
+    /// Splits and merges (`[[bridge]]`): the total and `label dimension=value` rows.
+    pub bridges: BTreeMap<String, Counted>,
     pub only_in_old: u64,
     pub only_in_new: u64,
     /// field → population stability index between old and new.
@@ -81,6 +117,17 @@ impl Comparison {
             "{:<28} {:>10} {:>10} {:>8}  {:<20} flag\n",
             "event", "old", "new", "ratio", "95% interval"
         );
+        for (label, b) in self.bridges.iter().filter(|(k, _)| !k.contains(' ')) {
+            out.push_str(&counted_line(label, b));
+        }
+        for (key, row) in self
+            .segments
+            .iter()
+            .chain(&self.bridges)
+            .filter(|(_, row)| row.discontinuity)
+        {
+            out.push_str(&counted_line(key, row));
+        }
         for (name, e) in &self.events {
             let ratio = e.ratio.map_or("-".into(), |r| format!("{r:.3}"));
             let interval = e
@@ -132,6 +179,13 @@ pub fn compare(
 ) -> anyhow::Result<Comparison> {
     let old_side = read_side(old, &mapping.rename)?;
     let new_side = read_side(new, &BTreeMap::new())?;
+    // Renames were applied to the old side's names; splits and merges get rows of their
+    // own and their names are judged there.
+    let split_and_merge = Mapping {
+        rename: BTreeMap::new(),
+        bridge: mapping.bridge.clone(),
+    };
+    let split_or_merged = split_and_merge.mapped_names();
     let names: BTreeSet<&String> = old_side
         .counts
         .keys()
@@ -147,7 +201,7 @@ pub fn compare(
             Some((lo, hi)) => hi < 1.0 - tolerance || lo > 1.0 + tolerance,
             // A name on one side only is a discontinuity of its own.
             None => new_n > 0,
-        };
+        } && !split_or_merged.contains(name);
         if discontinuity {
             discontinuities.push(name.clone());
         }
@@ -196,6 +250,67 @@ pub fn compare(
             },
         );
     }
+    let keys: BTreeSet<&String> = old_side
+        .segment_counts
+        .keys()
+        .chain(new_side.segment_counts.keys())
+        .collect();
+    let segments: BTreeMap<String, Counted> = keys
+        .into_iter()
+        .map(|key| {
+            let count = |side: &Side| side.segment_counts.get(key).copied().unwrap_or(0);
+            let name = key.split(' ').next().unwrap_or(key);
+            let mut row = Counted::new(count(&old_side), count(&new_side), 1.0, tolerance);
+            row.discontinuity &= !split_or_merged.contains(name);
+            (key.clone(), row)
+        })
+        .collect();
+    discontinuities.extend(
+        segments
+            .iter()
+            .filter(|(_, row)| row.discontinuity)
+            .map(|(k, _)| k.clone()),
+    );
+    let mut bridges = BTreeMap::new();
+    for bridge in split_and_merge.bridges() {
+        let sum = |side: &Side, names: &[String], segment: Option<&str>| -> u64 {
+            names
+                .iter()
+                .map(|name| match segment {
+                    None => side.counts.get(name).copied().unwrap_or(0),
+                    Some(segment) => side
+                        .segment_counts
+                        .get(&format!("{name} {segment}"))
+                        .copied()
+                        .unwrap_or(0),
+                })
+                .sum()
+        };
+        let segment_values: BTreeSet<&str> = old_side
+            .segment_counts
+            .keys()
+            .chain(new_side.segment_counts.keys())
+            .filter_map(|key| key.split_once(' '))
+            .filter(|(name, _)| bridge.old.iter().chain(&bridge.new).any(|n| n == name))
+            .map(|(_, segment)| segment)
+            .collect();
+        for segment in std::iter::once(None).chain(segment_values.into_iter().map(Some)) {
+            let row = Counted::new(
+                sum(&old_side, &bridge.old, segment),
+                sum(&new_side, &bridge.new, segment),
+                bridge.expected,
+                tolerance,
+            );
+            let key = match segment {
+                None => bridge.label.clone(),
+                Some(segment) => format!("{} {segment}", bridge.label),
+            };
+            if row.discontinuity {
+                discontinuities.push(key.clone());
+            }
+            bridges.insert(key, row);
+        }
+    }
     let mut psi = BTreeMap::new();
     let mut drifted = Vec::new();
     for field in CATEGORICAL {
@@ -212,12 +327,36 @@ pub fn compare(
     Ok(Comparison {
         tolerance,
         events,
+        segments,
+        bridges,
         only_in_old: old_side.ids.difference(&new_side.ids).count() as u64,
         only_in_new: new_side.ids.difference(&old_side.ids).count() as u64,
         psi,
         discontinuities,
         drifted,
     })
+}
+
+fn counted_line(key: &str, row: &Counted) -> String {
+    let ratio = row.ratio.map_or("-".into(), |r| format!("{r:.3}"));
+    let interval = row
+        .interval
+        .map_or("-".into(), |(lo, hi)| format!("[{lo:.3}, {hi:.3}]"));
+    let flag = if row.discontinuity {
+        "DISCONTINUITY"
+    } else {
+        ""
+    };
+    format!(
+        "{key:<28} {:>10} {:>10} {ratio:>8}  {interval:<20} {flag}{}\n",
+        row.old,
+        row.new,
+        if row.expected == 1.0 {
+            String::new()
+        } else {
+            format!(" (expected {:.3})", row.expected)
+        }
+    )
 }
 
 /// Population stability index: Σ (new − old) · ln(new / old) over the categories, with
@@ -264,6 +403,14 @@ fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Si
                 side.ids.insert(id.to_owned());
             }
             *side.counts.entry(name.clone()).or_default() += 1;
+            for dimension in SEGMENTS {
+                if let Some(value) = record[dimension].as_str() {
+                    *side
+                        .segment_counts
+                        .entry(format!("{name} {dimension}={value}"))
+                        .or_default() += 1;
+                }
+            }
             *seen_per_name.entry(name.clone()).or_default() += 1;
             for field in NULLABLE {
                 if record.get(field).is_none_or(Value::is_null) {

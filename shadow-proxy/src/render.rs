@@ -62,6 +62,7 @@ impl Report {
             for (side, counts) in [
                 ("primary", &event.outcomes.primary),
                 ("shadow", &event.outcomes.shadow),
+                ("replica", &event.outcomes.replica),
             ] {
                 for (outcome, n) in counts {
                     outcomes.push((
@@ -90,13 +91,18 @@ impl Report {
                         .iter()
                         .map(|(seg, e)| (format!("{{segment=\"{}\"}}", label(seg)), e)),
                 )
+                .chain(
+                    self.bridges
+                        .iter()
+                        .map(|(b, e)| (format!("{{bridge=\"{}\"}}", label(b)), e)),
+                )
                 .filter_map(|(labels, e)| pick(e).map(|v| (labels, v)))
                 .collect()
         };
         metric(
             "tollgate_shadow_bridge_ratio",
             "gauge",
-            "Shadow accepted / primary accepted, per event name and per segment",
+            "Shadow accepted / primary accepted, per event name, segment and bridge (renames, splits, merges: new names / old names)",
             ratio_lines(|e| e.ratio),
         );
         metric(
@@ -112,9 +118,21 @@ impl Report {
             ratio_lines(|e| e.interval.map(|i| i.1)),
         );
         metric(
+            "tollgate_shadow_expected_ratio",
+            "gauge",
+            "The ratio a row should have: 1, or a bridge's expected ratio",
+            ratio_lines(|e| Some(e.expected)),
+        );
+        metric(
+            "tollgate_shadow_noise_ratio",
+            "gauge",
+            "Replica accepted / primary accepted (old vs old, the A/A noise floor)",
+            ratio_lines(|e| e.noise.as_ref().and_then(|n| n.ratio)),
+        );
+        metric(
             "tollgate_shadow_discontinuity",
             "gauge",
-            "1 when the interval excludes 1 ± tolerance",
+            "1 when the interval excludes expected × (1 ± tolerance) and the A/A noise",
             ratio_lines(|e| Some(f64::from(u8::from(e.discontinuity)))),
         );
         let mut latency = Vec::new();
@@ -171,8 +189,18 @@ impl Report {
         }
         out.push_str(&forest("Event names", &self.events, self.tolerance));
         out.push_str(&forest(
-            "Segments (all events)",
+            "Segments (all events no bridge covers)",
             &self.segments,
+            self.tolerance,
+        ));
+        out.push_str(&forest(
+            "Bridges (renames, splits, merges), as ratio ÷ expected",
+            &self.bridges,
+            self.tolerance,
+        ));
+        out.push_str(&forest(
+            "Event names by segment",
+            &self.event_segments,
             self.tolerance,
         ));
         out.push_str("</body></html>\n");
@@ -181,7 +209,9 @@ impl Report {
 }
 
 /// One row per name: the interval as a line, the ratio as a dot, over the 1 ± tolerance
-/// band.
+/// band; each row divided by its expected ratio, so one band fits all. The A/A noise
+/// interval, when there is one, is a wide grey line behind; a row whose difference is
+/// within that noise is drawn in amber.
 fn forest(
     title: &str,
     rows: &std::collections::BTreeMap<String, EventReport>,
@@ -190,13 +220,16 @@ fn forest(
     const W: f64 = 820.0;
     const ROW: f64 = 22.0;
     const LEFT: f64 = 260.0;
-    let rows: Vec<_> = rows.iter().filter(|(_, e)| e.ratio.is_some()).collect();
+    let rows: Vec<_> = rows
+        .iter()
+        .filter(|(_, e)| e.ratio.is_some() && !e.mapped)
+        .collect();
     if rows.is_empty() {
         return String::new();
     }
     let max = rows
         .iter()
-        .filter_map(|(_, e)| e.interval.map(|i| i.1).or(e.ratio))
+        .filter_map(|(_, e)| e.interval.map(|i| i.1).or(e.ratio).map(|v| v / e.expected))
         .fold(1.0 + 2.0 * tolerance, f64::max)
         .min(5.0);
     let x = |v: f64| LEFT + (W - LEFT - 20.0) * (v.clamp(0.0, max) / max);
@@ -214,11 +247,22 @@ fn forest(
         let y = ROW * (i as f64 + 1.0);
         let color = if e.discontinuity {
             "#b00020"
+        } else if e.within_noise {
+            "#e65100"
         } else {
             "#1a237e"
         };
         let ratio = e.ratio.unwrap_or(0.0);
-        if let Some((low, high)) = e.interval {
+        let scaled = ratio / e.expected;
+        if let Some((low, high)) = e.noise.as_ref().and_then(|n| n.interval) {
+            let _ = write!(
+                out,
+                "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#bdbdbd\" stroke-width=\"8\"/>",
+                x(low),
+                x(high)
+            );
+        }
+        if let Some((low, high)) = e.interval.map(|(l, h)| (l / e.expected, h / e.expected)) {
             let _ = write!(
                 out,
                 "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"{color}\" stroke-width=\"2\"/>",
@@ -230,7 +274,7 @@ fn forest(
             out,
             "<circle cx=\"{:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{color}\"/>\
              <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"12\" text-anchor=\"end\" fill=\"{color}\">{} {ratio:.3}</text>",
-            x(ratio),
+            x(scaled),
             LEFT - 8.0,
             y + 4.0,
             escape(name)

@@ -226,7 +226,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
         report.events["button_click"]
             .outcomes
             .shadow
-            .get("rejected"),
+            .get("rejected:unknown_event"),
         Some(&480)
     );
     assert_eq!(report.events["item_view"].ratio, Some(1.0));
@@ -258,7 +258,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("tollgate_shadow_events_total{event_name=\"button_click\",side=\"shadow\",outcome=\"rejected\"} 480\n"),
+        metrics.contains("tollgate_shadow_events_total{event_name=\"button_click\",side=\"shadow\",outcome=\"rejected:unknown_event\"} 480\n"),
         "{metrics}"
     );
     let page = client
@@ -314,9 +314,13 @@ async fn a_shadow_that_drops_one_platform_is_flagged_for_that_segment() {
         .filter(|(_, e)| e.discontinuity)
         .map(|(k, _)| k)
         .collect();
-    assert!(!flagged.is_empty(), "{report:?}");
     assert!(
-        flagged.iter().all(|k| k.ends_with("platform=android")),
+        flagged.contains(&&"item_view platform=android".to_owned()),
+        "{flagged:?}"
+    );
+    // (and each event's region and source totals, which include android)
+    assert!(
+        flagged.iter().all(|k| !k.ends_with("platform=web")),
         "{flagged:?}"
     );
     assert!(report.event_segments.contains_key("item_view platform=web"));
@@ -449,6 +453,32 @@ async fn offline_compare_reports_the_known_differences_exactly() {
     );
     assert!(!mapped.drifted.contains(&"surface".to_owned()));
     assert!(!mapped.clean());
+    // Per event × segment: exactly android lost item_view.
+    assert!(mapped.segments["item_view platform=android"].discontinuity);
+    assert_eq!(mapped.segments["item_view platform=android"].new, 0);
+    assert!(!mapped.segments["item_view platform=web"].discontinuity);
+    assert_eq!(mapped.segments["item_view platform=web"].ratio, Some(1.0));
+
+    // The same change written as a bridge (a split or merge would list several names):
+    // judged against its expected ratio, per segment too; its names are not flagged alone.
+    let bridged: Mapping = toml::from_str(
+        "[[bridge]]\nname = \"click\"\nold = [\"button_click\"]\nnew = [\"button_tap\"]\nexpected_ratio = 1.0\n",
+    )
+    .unwrap();
+    let bridged = compare(old_dir.path(), new_dir.path(), &bridged, 0.05).unwrap();
+    assert_eq!(
+        (bridged.bridges["click"].old, bridged.bridges["click"].new),
+        (150, 100)
+    );
+    assert!(bridged.bridges["click platform=android"].discontinuity);
+    assert!(!bridged.bridges["click platform=web"].discontinuity);
+    assert!(!bridged.discontinuities.contains(&"button_click".to_owned()));
+    assert!(
+        !bridged
+            .discontinuities
+            .contains(&"button_tap platform=web".to_owned())
+    );
+    assert!(bridged.discontinuities.contains(&"click".to_owned()));
 
     // A/A: the old log against itself is clean, and the binary says so with exit 0.
     let same = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-shadow-proxy"))
@@ -601,4 +631,197 @@ async fn clients_can_reach_the_proxy_over_tls() {
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["accepted"], 10, "{body}");
+}
+
+/// A schema directory with `item_view` and one more event (any properties).
+fn schemas_with(dir: &Path, event: &str) -> std::path::PathBuf {
+    let schemas = dir.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas/item_view/v1.json");
+    std::fs::copy(shipped, schemas.join("item_view.v1.json")).unwrap();
+    std::fs::write(
+        schemas.join(format!("{event}.v1.json")),
+        r#"{"type": "object"}"#,
+    )
+    .unwrap();
+    schemas
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_is_bridged_live_and_a_replica_sets_the_noise_floor() {
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    // Old logging knows button_click, new logging calls it button_tap; the client logs
+    // both during the migration. The replica runs the old version again.
+    let versioned = |dir: &Path, event: &str| {
+        let schemas = schemas_with(dir, event);
+        move |c: &mut Config| {
+            c.schemas.dir = schemas;
+            c.sources[0].allow_unknown_events = false;
+            c.default_region = "eu".into();
+        }
+    };
+    let old = collector_with(dirs[0].path(), versioned(dirs[0].path(), "button_click")).await;
+    let replica = collector_with(dirs[1].path(), versioned(dirs[1].path(), "button_click")).await;
+    let new = collector_with(dirs[2].path(), versioned(dirs[2].path(), "button_tap")).await;
+    let mapping: tollgate_shadow_proxy::mapping::Mapping =
+        toml::from_str("[rename]\nbutton_click = \"button_tap\"\n").unwrap();
+    let proxy = proxy_with(&old.url, &new.url, |c| {
+        c.replica = Some(replica.url.clone());
+        c.mapping = mapping;
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let requests = 120;
+    for n in 0..requests {
+        let platform = if n % 2 == 0 { "web" } else { "android" };
+        let event = |suffix: &str, name: &str, properties: Value| {
+            json!({"event_id": format!("bridge-{n:04}-{suffix}"), "event_name": name,
+                   "schema_version": 1, "user_id": format!("user-{}", n % 9),
+                   "timestamp_event": "2026-11-29T10:00:00Z", "platform": platform,
+                   "app_version": "5.1.0", "properties": properties})
+        };
+        let body = json!({"events": [
+            event("a", "item_view", json!({"item_id": "i-1", "position": 1})),
+            event("b", "button_click", json!({"button": "share"})),
+            event("c", "button_tap", json!({"button": "share"})),
+        ]});
+        let answer = client
+            .post(format!("{}/v1/events", proxy.url))
+            .basic_auth("dev", Some(""))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        // The explanation the proxy asked for is not passed on to the client.
+        assert!(!answer.headers().contains_key("x-tollgate-outcomes"));
+        let answer: Value = answer.json().await.unwrap();
+        assert_eq!(
+            (answer["accepted"].as_u64(), answer["rejected"].as_u64()),
+            (Some(2), Some(1))
+        );
+    }
+    let report = report_after(&proxy.url, requests).await;
+    assert!(
+        report.discontinuities.is_empty(),
+        "{:?}",
+        report.discontinuities
+    );
+    let bridge = &report.bridges["button_click→button_tap"];
+    assert_eq!(bridge.ratio, Some(1.0));
+    assert_eq!(
+        bridge.noise.as_ref().unwrap().ratio,
+        Some(1.0),
+        "old vs old"
+    );
+    for segment in [
+        "platform=web",
+        "platform=android",
+        "region=eu",
+        "source=dev",
+        "app_version=5.1.0",
+    ] {
+        let row = &report.bridges[&format!("button_click→button_tap {segment}")];
+        assert_eq!(row.ratio, Some(1.0), "{segment}");
+    }
+    // Each renamed name alone differs completely, but is judged through its bridge.
+    let click = &report.events["button_click"];
+    assert!(click.mapped && !click.discontinuity);
+    assert_eq!(
+        click.outcomes.shadow.get("rejected:unknown_event"),
+        Some(&requests)
+    );
+    assert_eq!(
+        report.events["item_view"].noise.as_ref().unwrap().ratio,
+        Some(1.0)
+    );
+    // Region and source are segments the collector reported in its explanation.
+    // (Segment totals leave the bridged names to their bridge.)
+    assert_eq!(
+        report.segments["region=eu"]
+            .outcomes
+            .primary
+            .get("accepted"),
+        Some(&requests)
+    );
+    assert_eq!(report.segments["source=dev"].ratio, Some(1.0));
+    assert_eq!(report.latency["replica"].count, requests);
+    // The replica logged the copies apart, like the shadow.
+    assert_eq!(logged(dirs[1].path()).len(), 2 * requests as usize);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn segment_requests_are_compared_per_event_and_a_large_body_is_passed_on_uncopied() {
+    let (old_dir, new_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let old = collector(old_dir.path(), true).await;
+    // The new logging no longer accepts events without a schema.
+    let new = collector(new_dir.path(), false).await;
+    let proxy = proxy_with(&old.url, &new.url, |c| c.max_body = 4096).await;
+    let client = reqwest::Client::new();
+    for n in 0..60 {
+        let body = json!({"batch": [
+            {"type": "track", "event": "Item View", "messageId": format!("seg-{n}-a"),
+             "userId": "u-1", "properties": {"item_id": "i-1", "position": 1}},
+            {"type": "track", "event": "Promo Shown", "messageId": format!("seg-{n}-b"),
+             "userId": "u-1", "properties": {}},
+        ], "context": {"library": {"name": "analytics-ios"}}});
+        let answer = client
+            .post(format!("{}/v1/batch", proxy.url))
+            .basic_auth("dev", Some(""))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        assert_eq!(answer.text().await.unwrap(), r#"{"success":true}"#);
+    }
+    // A body over the proxy's copy limit still reaches the primary, streamed whole.
+    let big: Vec<Value> = (0..40)
+        .map(|i| {
+            json!({"event_id": format!("big-{i:04}-0000"), "event_name": "item_view",
+            "schema_version": 1, "user_id": "u-2", "timestamp_event": "2026-11-29T10:00:00Z",
+            "platform": "ios", "properties": {"item_id": format!("item-{i}"), "position": i}})
+        })
+        .collect();
+    let answer = client
+        .post(format!("{}/v1/events", proxy.url))
+        .basic_auth("dev", Some(""))
+        .json(&json!({"events": big}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let report = report_after(&proxy.url, 61).await;
+    assert_eq!(report.dropped.get("too_large"), Some(&1), "{report:?}");
+    assert_eq!(report.mirrored, 60);
+    // Segment answers carry no per-event results; the explanation headers do.
+    let promo = &report.events["promo_shown"];
+    assert_eq!(promo.outcomes.primary.get("accepted"), Some(&60));
+    assert_eq!(
+        promo.outcomes.shadow.get("rejected:unknown_event"),
+        Some(&60)
+    );
+    assert!(promo.discontinuity);
+    assert_eq!(report.events["item_view"].ratio, Some(1.0));
+    assert!(
+        report.segments.contains_key("platform=ios"),
+        "{:?}",
+        report.segments.keys()
+    );
+    // Exactly the changed event is flagged: alone, per segment, and in the totals of
+    // the segments it belongs to.
+    let mut flagged = report.discontinuities.clone();
+    flagged.sort();
+    assert_eq!(
+        flagged,
+        [
+            "platform=ios",
+            "promo_shown",
+            "promo_shown platform=ios",
+            "promo_shown region=default",
+            "promo_shown source=dev",
+            "region=default",
+            "source=dev"
+        ]
+    );
+    assert_eq!(logged(old_dir.path()).len(), 120 + 40);
 }
