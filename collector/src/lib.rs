@@ -252,9 +252,12 @@ impl Collector {
         };
         let mut public_options = plain.clone();
         if let (Some(store), Some(settings)) = (&self.tls, &self.config.server.tls) {
-            store
-                .clone()
-                .watch(settings.reload_interval, token.child_token());
+            let reloads = self.app.metrics.tls_reloads.clone();
+            store.clone().watch_with(
+                settings.reload_interval,
+                token.child_token(),
+                move |outcome| reloads.add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]),
+            );
             public_options.tls = Some(
                 store
                     .server_config()

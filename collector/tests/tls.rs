@@ -189,6 +189,29 @@ async fn a_renewed_certificate_reaches_new_connections_and_open_ones_keep_workin
 
     // The connection opened before the renewal still carries requests.
     accepted_one(open.send_request(post(&collector, &["renew-000002"]))).await;
+    assert!(
+        collector
+            .metrics()
+            .await
+            .contains("tollgate_tls_reloads_total{outcome=\"reloaded\"}")
+    );
+
+    // A broken renewal is counted, and the last good pair keeps being served.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !collector
+        .metrics()
+        .await
+        .contains("tollgate_tls_reloads_total{outcome=\"failed\"}")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed reload was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let tls = connect(&collector, both).await;
+    assert_eq!(leaf(&tls), new.der);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,17 @@ impl CertStore {
     /// Reloads on SIGHUP, and when the files change (checked every `interval`), until
     /// `shutdown` is cancelled.
     pub fn watch(self: Arc<Self>, interval: Duration, shutdown: CancellationToken) {
+        self.watch_with(interval, shutdown, |_| {});
+    }
+
+    /// [`watch`](Self::watch), telling `observe` of every reload: `"reloaded"` or
+    /// `"failed"` (the previous pair stays in use), e.g. to count them in a metric.
+    pub fn watch_with(
+        self: Arc<Self>,
+        interval: Duration,
+        shutdown: CancellationToken,
+        observe: impl Fn(&'static str) + Send + 'static,
+    ) {
         tokio::spawn(async move {
             let mut hangup =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -127,11 +138,13 @@ impl CertStore {
                 };
                 match result {
                     Ok(true) => {
-                        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
+                        tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded");
+                        observe("reloaded");
                     }
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::error!(error = %e, "TLS certificate reload failed; still serving the previous one")
+                        tracing::error!(error = %e, "TLS certificate reload failed; still serving the previous one");
+                        observe("failed");
                     }
                 }
             }

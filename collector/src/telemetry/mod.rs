@@ -71,6 +71,8 @@ pub struct Metrics {
     /// Requests refused by a rate limit, by limit (source_requests, source_events,
     /// ip_requests).
     pub rate_limited: Counter<u64>,
+    /// TLS certificate reloads, by outcome (reloaded, failed: the previous pair stays).
+    pub tls_reloads: Counter<u64>,
     /// Events by outcome (accepted, rejected) × event_name × platform × app_version,
     /// with bounded labels (see [`quality`]).
     pub events_by_segment: Counter<u64>,
@@ -202,6 +204,10 @@ impl Metrics {
             rate_limited: counter(
                 "tollgate_rate_limited",
                 "Requests refused by a rate limit, by limit",
+            ),
+            tls_reloads: counter(
+                "tollgate_tls_reloads",
+                "TLS certificate reloads, by outcome (failed: the previous pair stays in use)",
             ),
             events_by_segment: counter(
                 "tollgate_events_by_segment",
