@@ -4,10 +4,13 @@
 //! dead shadow never slows the primary path (copies are dropped and counted instead).
 //!
 //! # Layout
-//! - [`ProxyConfig`] and [`run`]: the listener, the primary path, the mirror queue;
-//! - [`compare`]: per-event outcomes of both sides, counted per event name, and the
-//!   bridge ratio new/old with a confidence interval;
-//! - [`offline`]: the same questions over what two collectors logged.
+//! - [`ProxyConfig`] and [`run`]: the listener, the primary path (bodies streamed
+//!   through a `tee` that keeps the copy), the mirror queue and the shadow thread;
+//! - [`compare`]: per-event outcomes of every side, counted per event name, segment and
+//!   bridge, and the bridge ratio new/old with a confidence interval and the A/A floor;
+//! - [`mapping`]: renames, splits and merges between old and new names;
+//! - [`offline`]: the same questions over what two collectors logged;
+//! - [`file`]: the configuration file.
 
 pub mod compare;
 pub mod file;

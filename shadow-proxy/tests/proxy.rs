@@ -507,6 +507,17 @@ async fn offline_compare_reports_the_known_differences_exactly() {
 
 /// A misbehaving shadow: answers every request with `status` after `delay`.
 async fn misbehaving_shadow(status: u16, delay: Duration) -> String {
+    scripted(status, delay, &[], b"{}").await
+}
+
+/// An upstream that answers every request with `status`, `headers` and `body` after
+/// `delay`.
+async fn scripted(
+    status: u16,
+    delay: Duration,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+) -> String {
     use http_body_util::Full;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -519,8 +530,13 @@ async fn misbehaving_shadow(status: u16, delay: Duration) -> String {
                 let service = hyper::service::service_fn(move |_req| async move {
                     tokio::time::sleep(delay).await;
                     let mut response =
-                        hyper::Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+                        hyper::Response::new(Full::new(bytes::Bytes::from_static(body)));
                     *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    for (name, value) in headers {
+                        response
+                            .headers_mut()
+                            .insert(*name, hyper::header::HeaderValue::from_static(value));
+                    }
                     Ok::<_, std::convert::Infallible>(response)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -824,4 +840,37 @@ async fn segment_requests_are_compared_per_event_and_a_large_body_is_passed_on_u
         ]
     );
     assert_eq!(logged(old_dir.path()).len(), 120 + 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_get_the_primarys_status_headers_and_body_byte_for_byte() {
+    const BODY: &[u8] =
+        b"{\"error\":{\"code\":\"rate_limited\",\"message\":\"slow down \xc3\xa9\"}}\n";
+    let primary = scripted(
+        429,
+        Duration::ZERO,
+        &[
+            ("retry-after", "7"),
+            ("x-request-id", "req-123"),
+            ("content-type", "application/json"),
+        ],
+        BODY,
+    )
+    .await;
+    let shadow = misbehaving_shadow(200, Duration::ZERO).await;
+    let proxy = proxy(&primary, &shadow).await;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/events", proxy.url))
+        .basic_auth("dev", Some(""))
+        .json(&batch(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 429);
+    assert_eq!(answer.headers()["retry-after"], "7");
+    assert_eq!(answer.headers()["x-request-id"], "req-123");
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    assert_eq!(&answer.bytes().await.unwrap()[..], BODY);
+    let report = report_after(&proxy.url, 1).await;
+    assert_eq!(report.status_mismatches, 1, "429 against 200");
 }
