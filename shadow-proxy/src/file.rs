@@ -14,7 +14,7 @@
 //! tolerance = 0.05
 //! sample_rate = 1.0
 //! sample_key = "user_id"
-//! shadow_nice = 10
+//! shadow_priority = "idle"
 //! [tls]
 //! cert_file = "/etc/tollgate/tls/tls.crt"
 //! key_file = "/etc/tollgate/tls/tls.key"
@@ -48,7 +48,7 @@ pub struct ProxyFile {
     pub tolerance: Option<f64>,
     pub sample_rate: Option<f64>,
     pub sample_key: Option<String>,
-    pub shadow_nice: Option<i32>,
+    pub shadow_priority: Option<crate::ShadowPriority>,
     pub tls: Option<TlsFile>,
 }
 
@@ -94,7 +94,7 @@ impl ProxyFile {
             tolerance: overrides.tolerance.or(self.tolerance),
             sample_rate: overrides.sample_rate.or(self.sample_rate),
             sample_key: overrides.sample_key.or(self.sample_key),
-            shadow_nice: overrides.shadow_nice.or(self.shadow_nice),
+            shadow_priority: overrides.shadow_priority.or(self.shadow_priority),
             tls: overrides.tls.or(self.tls),
         }
     }
@@ -126,7 +126,7 @@ impl ProxyFile {
             tolerance: self.tolerance.unwrap_or(defaults.tolerance),
             sample_rate: self.sample_rate.unwrap_or(defaults.sample_rate),
             sample_key: self.sample_key.unwrap_or(defaults.sample_key),
-            shadow_nice: self.shadow_nice.unwrap_or(defaults.shadow_nice),
+            shadow_priority: self.shadow_priority.unwrap_or(defaults.shadow_priority),
             tls: self.tls.map(|t| tollgate_edge::TlsFiles {
                 cert: t.cert_file,
                 key: t.key_file,
@@ -136,12 +136,6 @@ impl ProxyFile {
             return Err(format!(
                 "sample_rate {} is not between 0 and 1",
                 config.sample_rate
-            ));
-        }
-        if !(0..=19).contains(&config.shadow_nice) {
-            return Err(format!(
-                "shadow_nice {} is not between 0 and 19",
-                config.shadow_nice
             ));
         }
         if config.tolerance <= 0.0 {
@@ -185,6 +179,7 @@ mod tests {
         let defaults = ProxyConfig::default();
         assert_eq!(listen.to_string(), "127.0.0.1:8081");
         assert_eq!(config.queue_bytes, defaults.queue_bytes);
+        assert_eq!(config.shadow_priority, defaults.shadow_priority);
         assert_eq!(
             (
                 config.queue,

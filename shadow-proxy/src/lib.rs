@@ -74,9 +74,8 @@ pub struct ProxyConfig {
     pub sample_key: String,
     /// Serve clients over TLS with this certificate (reloaded on SIGHUP or change).
     pub tls: Option<tollgate_edge::TlsFiles>,
-    /// Nice value of the shadow thread (copying, sending, comparing): above 0 it yields
-    /// the CPU to the primary path when both want it; 0 runs it at the primary's priority.
-    pub shadow_nice: i32,
+    /// CPU priority of the shadow thread (copying, sending, comparing).
+    pub shadow_priority: ShadowPriority,
 }
 
 impl Default for ProxyConfig {
@@ -95,7 +94,7 @@ impl Default for ProxyConfig {
             sample_rate: 1.0,
             sample_key: "user_id".into(),
             tls: None,
-            shadow_nice: 10,
+            shadow_priority: ShadowPriority::Idle,
         }
     }
 }
@@ -345,7 +344,7 @@ fn spawn_mirror(
     std::thread::Builder::new()
         .name("tollgate-shadow".into())
         .spawn(move || {
-            lower_priority(config.shadow_nice);
+            lower_priority(config.shadow_priority);
             runtime.block_on(mirror(
                 rx,
                 shadow,
@@ -358,20 +357,39 @@ fn spawn_mirror(
     Ok(())
 }
 
-/// Raises this thread's nice value (Linux keeps one per thread).
-fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
+/// How the shadow thread shares a busy CPU with the primary path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShadowPriority {
+    /// Linux `SCHED_IDLE`: runs only on CPU time nothing else wants; under saturation
+    /// copies wait in the queue and are dropped there, the primary path keeps its CPU.
+    Idle,
+    /// Nice 10: a tenth of the primary path's share when both want the CPU.
+    Low,
+    /// The primary path's own priority.
+    Normal,
+}
+
+/// Lowers the calling thread's CPU priority (Linux keeps one per thread).
+fn lower_priority(priority: ShadowPriority) {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: setpriority reads no memory of ours; on Linux `who = 0` with
-        // PRIO_PROCESS names the calling thread.
-        let failed = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0;
+        // SAFETY: both calls only read the arguments given; on Linux `0` names the
+        // calling thread, and `param` lives across the call.
+        let failed = match priority {
+            ShadowPriority::Normal => false,
+            ShadowPriority::Low => unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) != 0 },
+            ShadowPriority::Idle => {
+                let param = libc::sched_param { sched_priority: 0 };
+                unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 }
+            }
+        };
         if failed {
-            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower the shadow thread's priority");
+            tracing::warn!(?priority, error = %std::io::Error::last_os_error(), "could not lower the shadow thread's priority");
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = priority;
 }
 
 /// What an upstream answered to a copy.
