@@ -102,6 +102,17 @@ fn batch(n: usize) -> Value {
     json!({"events": events})
 }
 
+/// Posts a native batch with the dev write key.
+async fn post_events(url: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .basic_auth("dev", Some(""))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// Sends `requests` batches through the proxy; returns the answers' request ids.
 async fn send_through(proxy: &str, requests: usize) -> Vec<String> {
     send_range(proxy, 0..requests).await
@@ -594,13 +605,7 @@ async fn a_dead_primary_answers_502_and_is_counted() {
         format!("http://{}", l.local_addr().unwrap())
     };
     let proxy = proxy(&dead, &dead).await;
-    let r = reqwest::Client::new()
-        .post(format!("{}/v1/events", proxy.url))
-        .basic_auth("dev", Some(""))
-        .json(&batch(0))
-        .send()
-        .await
-        .unwrap();
+    let r = post_events(&proxy.url, &batch(0)).await;
     assert_eq!(r.status().as_u16(), 502);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "primary_unavailable");
@@ -686,7 +691,6 @@ async fn a_rename_is_bridged_live_and_a_replica_sets_the_noise_floor() {
         c.mapping = mapping;
     })
     .await;
-    let client = reqwest::Client::new();
     let requests = 120;
     for n in 0..requests {
         let platform = if n % 2 == 0 { "web" } else { "android" };
@@ -701,13 +705,7 @@ async fn a_rename_is_bridged_live_and_a_replica_sets_the_noise_floor() {
             event("b", "button_click", json!({"button": "share"})),
             event("c", "button_tap", json!({"button": "share"})),
         ]});
-        let answer = client
-            .post(format!("{}/v1/events", proxy.url))
-            .basic_auth("dev", Some(""))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post_events(&proxy.url, &body).await;
         // The explanation the proxy asked for is not passed on to the client.
         assert!(!answer.headers().contains_key("x-tollgate-outcomes"));
         let answer: Value = answer.json().await.unwrap();
@@ -798,13 +796,7 @@ async fn segment_requests_are_compared_per_event_and_a_large_body_is_passed_on_u
             "platform": "ios", "properties": {"item_id": format!("item-{i}"), "position": i}})
         })
         .collect();
-    let answer = client
-        .post(format!("{}/v1/events", proxy.url))
-        .basic_auth("dev", Some(""))
-        .json(&json!({"events": big}))
-        .send()
-        .await
-        .unwrap();
+    let answer = post_events(&proxy.url, &json!({"events": big})).await;
     assert_eq!(answer.status().as_u16(), 200);
     let report = report_after(&proxy.url, 61).await;
     assert_eq!(report.dropped.get("too_large"), Some(&1), "{report:?}");
@@ -859,13 +851,7 @@ async fn clients_get_the_primarys_status_headers_and_body_byte_for_byte() {
     .await;
     let shadow = misbehaving_shadow(200, Duration::ZERO).await;
     let proxy = proxy(&primary, &shadow).await;
-    let answer = reqwest::Client::new()
-        .post(format!("{}/v1/events", proxy.url))
-        .basic_auth("dev", Some(""))
-        .json(&batch(0))
-        .send()
-        .await
-        .unwrap();
+    let answer = post_events(&proxy.url, &batch(0)).await;
     assert_eq!(answer.status().as_u16(), 429);
     assert_eq!(answer.headers()["retry-after"], "7");
     assert_eq!(answer.headers()["x-request-id"], "req-123");
