@@ -568,16 +568,23 @@ fn bridge_rows(
 ) -> BTreeMap<String, Sides> {
     let mut rows: BTreeMap<String, Sides> = BTreeMap::new();
     let mut add = |key: String, name: &str, sides: &Sides| {
+        let (old, new) = (
+            bridge.old.iter().any(|n| n == name),
+            bridge.new.iter().any(|n| n == name),
+        );
+        if !old && !new {
+            return;
+        }
         let row = rows.entry(key).or_default();
-        let accepted = |side: &BTreeMap<String, u64>| Sides::accepted(side);
-        if bridge.old.iter().any(|n| n == name) {
-            *row.primary.entry("accepted".into()).or_default() += accepted(&sides.primary);
+        if old {
+            *row.primary.entry("accepted".into()).or_default() += Sides::accepted(&sides.primary);
             if !sides.replica.is_empty() {
-                *row.replica.entry("accepted".into()).or_default() += accepted(&sides.replica);
+                *row.replica.entry("accepted".into()).or_default() +=
+                    Sides::accepted(&sides.replica);
             }
         }
-        if bridge.new.iter().any(|n| n == name) {
-            *row.shadow.entry("accepted".into()).or_default() += accepted(&sides.shadow);
+        if new {
+            *row.shadow.entry("accepted".into()).or_default() += Sides::accepted(&sides.shadow);
         }
     };
     for (name, sides) in events {
@@ -588,7 +595,6 @@ fn bridge_rows(
             add(format!("{} {segment}", bridge.label), name, sides);
         }
     }
-    rows.retain(|_, sides| !sides.primary.is_empty() || !sides.shadow.is_empty());
     rows
 }
 
