@@ -503,11 +503,7 @@ impl Comparison {
         let old = Sides::accepted(&sides.primary);
         let new = Sides::accepted(&sides.shadow);
         let interval = ratio_interval(new, old);
-        let (low, high) = (
-            expected * (1.0 - self.tolerance),
-            expected * (1.0 + self.tolerance),
-        );
-        let outside = interval.is_some_and(|(lo, hi)| hi < low || lo > high);
+        let outside = interval.is_some_and(|i| outside_band(i, expected, self.tolerance));
         let noise = (!sides.replica.is_empty()).then(|| {
             let again = Sides::accepted(&sides.replica);
             Noise {
@@ -596,6 +592,12 @@ fn bridge_rows(
         }
     }
     rows
+}
+
+/// Whether a ratio's interval lies entirely outside expected × (1 ± tolerance): the one
+/// definition of a discontinuity, live and offline.
+pub fn outside_band((lo, hi): (f64, f64), expected: f64, tolerance: f64) -> bool {
+    hi < expected * (1.0 - tolerance) || lo > expected * (1.0 + tolerance)
 }
 
 /// 95 % interval of new/old from the Wilson interval of p = new / (new + old).

@@ -53,7 +53,9 @@ pub struct ProxyConfig {
     pub replica: Option<String>,
     /// Renames, splits and merges between old and new event names.
     pub mapping: mapping::Mapping,
-    /// Copies waiting for the shadow; when full, new copies are dropped.
+    /// Copies waiting for the shadow; when full, new copies are dropped. With a
+    /// `sample_rate` below 1 the shadow thread decides sampling (it parses the body), so
+    /// unsampled copies pass through this queue too, briefly.
     pub queue: usize,
     /// Bytes of bodies waiting for the shadow; past this, new copies are dropped too
     /// (so large bodies cannot make a count-bounded queue hold gigabytes).
@@ -610,7 +612,34 @@ fn respond(status: StatusCode, body: Bytes, content_type: &'static str) -> Respo
 
 #[cfg(test)]
 mod tests {
-    use super::stable_fraction;
+    use super::{ShadowPriority, lower_priority, stable_fraction};
+
+    /// The scheduling policy (field 41 of /proc/thread-self/stat) and nice value (19).
+    #[cfg(target_os = "linux")]
+    fn own_scheduling() -> (u32, i32) {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the parenthesised command name, which may hold spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        (fields[38].parse().unwrap(), fields[16].parse().unwrap())
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_shadow_thread_gives_way_to_the_primary_path() {
+        let on_a_thread = |priority| {
+            std::thread::spawn(move || {
+                lower_priority(priority);
+                own_scheduling()
+            })
+            .join()
+            .unwrap()
+        };
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        assert_eq!(on_a_thread(ShadowPriority::Idle).0, SCHED_IDLE);
+        assert_eq!(on_a_thread(ShadowPriority::Low), (SCHED_OTHER, 10));
+        assert_eq!(on_a_thread(ShadowPriority::Normal).0, SCHED_OTHER);
+    }
 
     #[test]
     fn similar_keys_spread_evenly_and_stably() {

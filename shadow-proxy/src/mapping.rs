@@ -97,6 +97,14 @@ impl Mapping {
         renames.chain(others).collect()
     }
 
+    /// Only the splits and merges (`compare` applies renames to names instead).
+    pub fn without_renames(&self) -> Mapping {
+        Mapping {
+            rename: BTreeMap::new(),
+            bridge: self.bridge.clone(),
+        }
+    }
+
     /// Every event name some bridge covers: their own per-name ratio says nothing.
     pub fn mapped_names(&self) -> std::collections::BTreeSet<String> {
         self.bridges()

@@ -11,7 +11,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::compare::ratio_interval;
+use crate::compare::{outside_band, ratio_interval};
 pub use crate::mapping::Mapping;
 
 /// Segment dimensions of a logged record, counted per event name.
@@ -71,9 +71,7 @@ impl Counted {
     fn new(old: u64, new: u64, expected: f64, tolerance: f64) -> Counted {
         let interval = ratio_interval(new, old);
         let discontinuity = match interval {
-            Some((lo, hi)) => {
-                hi < expected * (1.0 - tolerance) || lo > expected * (1.0 + tolerance)
-            }
+            Some(interval) => outside_band(interval, expected, tolerance),
             // Only on the new side is a discontinuity of its own.
             None => new > 0,
         };
@@ -181,10 +179,7 @@ pub fn compare(
     let new_side = read_side(new, &BTreeMap::new())?;
     // Renames were applied to the old side's names; splits and merges get rows of their
     // own and their names are judged there.
-    let split_and_merge = Mapping {
-        rename: BTreeMap::new(),
-        bridge: mapping.bridge.clone(),
-    };
+    let split_and_merge = mapping.without_renames();
     let split_or_merged = split_and_merge.mapped_names();
     let names: BTreeSet<&String> = old_side
         .counts
@@ -196,12 +191,8 @@ pub fn compare(
     for name in names {
         let old_n = old_side.counts.get(name).copied().unwrap_or(0);
         let new_n = new_side.counts.get(name).copied().unwrap_or(0);
-        let interval = ratio_interval(new_n, old_n);
-        let discontinuity = match interval {
-            Some((lo, hi)) => hi < 1.0 - tolerance || lo > 1.0 + tolerance,
-            // A name on one side only is a discontinuity of its own.
-            None => new_n > 0,
-        } && !split_or_merged.contains(name);
+        let counted = Counted::new(old_n, new_n, 1.0, tolerance);
+        let discontinuity = counted.discontinuity && !split_or_merged.contains(name);
         if discontinuity {
             discontinuities.push(name.clone());
         }
@@ -241,8 +232,8 @@ pub fn compare(
             EventDiff {
                 old: old_n,
                 new: new_n,
-                ratio: (old_n > 0).then(|| new_n as f64 / old_n as f64),
-                interval,
+                ratio: counted.ratio,
+                interval: counted.interval,
                 discontinuity,
                 null_rate_changes,
                 new_fields,
