@@ -76,7 +76,7 @@ proxy_pid=0; nginx_pid=0
 start_mirrors() { # shadow_port
   [ "$proxy_pid" != 0 ] && kill "$proxy_pid" && wait "$proxy_pid" 2>/dev/null || true
   [ "$nginx_pid" != 0 ] && kill "$nginx_pid" && wait "$nginx_pid" 2>/dev/null || true
-  "${server_cpu[@]}" "$target/tollgate-shadow-proxy" --listen 127.0.0.1:18281 \
+  "${server_cpu[@]}" "$target/tollgate-shadow-proxy" --listen 127.0.0.1:18281 --admin-listen 127.0.0.1:18291 \
     --primary http://127.0.0.1:18280 --shadow "http://127.0.0.1:$1" 2>/dev/null & proxy_pid=$!; pids+=($!)
   mkdir -p "$data/nginx"
   cat > "$data/nginx/nginx.conf" <<CONF
@@ -130,4 +130,4 @@ echo "== the same with a shadow answering after 200 ms"
 start_mirrors 18299
 lt "proxy, slow shadow" http://127.0.0.1:18281 --rate "$half" --duration "$DURATION"
 lt "nginx mirror, slow shadow" http://127.0.0.1:18282 --rate "$half" --duration "$DURATION"
-curl -s http://127.0.0.1:18281/shadow/report | python3 -c "import json,sys; r=json.load(sys.stdin); print('proxy copies dropped:', r['dropped'], 'mirrored:', r['mirrored'])"
+curl -s http://127.0.0.1:18291/shadow/report | python3 -c "import json,sys; r=json.load(sys.stdin); print('proxy copies dropped:', r['dropped'], 'mirrored:', r['mirrored'])"

@@ -9,5 +9,5 @@
 pub mod serve;
 pub mod tls;
 
-pub use serve::{ServeOptions, serve};
+pub use serve::{ConnectionEvent, ConnectionObserver, ServeOptions, serve};
 pub use tls::{CertStore, TlsError, TlsFiles};

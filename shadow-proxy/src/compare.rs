@@ -20,6 +20,10 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Rows per table unless configured otherwise (`max_rows`).
+pub const DEFAULT_MAX_ROWS: usize = 10_000;
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -143,9 +147,7 @@ pub enum Side {
 #[derive(Default)]
 struct State {
     mirrored: u64,
-    dropped: BTreeMap<String, u64>,
     status_mismatches: u64,
-    primary_errors: u64,
     events: HashMap<String, Sides>,
     segments: HashMap<String, Sides>,
     event_segments: HashMap<String, Sides>,
@@ -167,7 +169,57 @@ pub struct Comparison {
     /// Apart from `state`: the primary path records here and must never wait for a
     /// comparison in progress.
     latency: Mutex<Latencies>,
+    /// Copies dropped, by [`Dropped`] reason, and requests the primary did not answer:
+    /// counted on the primary path, so lock-free (the shadow thread, which runs at idle
+    /// priority, may hold `state` for a while).
+    dropped: [AtomicU64; Dropped::ALL.len()],
+    primary_errors: AtomicU64,
+    /// Most rows per table (events, segments, event × segment); the keys are
+    /// client-controlled, so past this new keys are counted under `other`.
+    max_rows: usize,
 }
+
+/// Why a copy was not compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// A body was larger than `max_body`.
+    TooLarge,
+    /// The client or the primary abandoned a body.
+    Incomplete,
+    /// The copy queue was full (by count or bytes).
+    QueueFull,
+    ShadowError,
+    ShadowTimeout,
+    ReplicaError,
+    ReplicaTimeout,
+}
+
+impl Dropped {
+    pub const ALL: [Dropped; 7] = [
+        Dropped::TooLarge,
+        Dropped::Incomplete,
+        Dropped::QueueFull,
+        Dropped::ShadowError,
+        Dropped::ShadowTimeout,
+        Dropped::ReplicaError,
+        Dropped::ReplicaTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dropped::TooLarge => "too_large",
+            Dropped::Incomplete => "incomplete",
+            Dropped::QueueFull => "queue_full",
+            Dropped::ShadowError => "shadow_error",
+            Dropped::ShadowTimeout => "shadow_timeout",
+            Dropped::ReplicaError => "replica_error",
+            Dropped::ReplicaTimeout => "replica_timeout",
+        }
+    }
+}
+
+/// Key of the row that counts what did not fit under `max_rows`.
+pub const OTHER_ROW: &str = "other";
 
 /// An event of a mirrored request, as far as the comparison needs it (borrowed from
 /// the body where it can be: this runs for every mirrored event).
@@ -331,12 +383,20 @@ pub fn outcomes_of<'a>(reply: Reply<'a>, events: usize) -> Outcomes<'a> {
 
 impl Comparison {
     pub fn new(tolerance: f64, mapping: &Mapping) -> Comparison {
+        Comparison::with_max_rows(tolerance, mapping, DEFAULT_MAX_ROWS)
+    }
+
+    /// A comparison keeping at most `max_rows` rows per table.
+    pub fn with_max_rows(tolerance: f64, mapping: &Mapping, max_rows: usize) -> Comparison {
         Comparison {
             tolerance,
             bridges: mapping.bridges(),
             mapped: mapping.mapped_names(),
             state: Mutex::new(State::default()),
             latency: Mutex::new(Latencies::default()),
+            dropped: Default::default(),
+            primary_errors: AtomicU64::new(0),
+            max_rows: max_rows.max(1),
         }
     }
 
@@ -356,17 +416,12 @@ impl Comparison {
 
     /// Counts a request the primary did not answer.
     pub fn primary_error(&self) {
-        self.state.lock().expect("comparison lock").primary_errors += 1;
+        self.primary_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn dropped(&self, reason: &str) {
-        *self
-            .state
-            .lock()
-            .expect("comparison lock")
-            .dropped
-            .entry(reason.to_owned())
-            .or_default() += 1;
+    /// Counts a copy that was not compared.
+    pub fn dropped(&self, reason: Dropped) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one mirrored request's outcomes on every side.
@@ -416,12 +471,16 @@ impl Comparison {
                 let Some(value) = value else { continue };
                 key.clear();
                 let _ = write!(key, "{name} {dimension}={value}");
-                count(row(&mut state.event_segments, &key));
+                count(row(&mut state.event_segments, &key, self.max_rows));
                 if !mapped {
-                    count(row(&mut state.segments, &key[name.len() + 1..]));
+                    count(row(
+                        &mut state.segments,
+                        &key[name.len() + 1..],
+                        self.max_rows,
+                    ));
                 }
             }
-            count(row(&mut state.events, name));
+            count(row(&mut state.events, name, self.max_rows));
         }
     }
 
@@ -460,12 +519,18 @@ impl Comparison {
                 bridges.insert(key, report);
             }
         }
-        let (mirrored, dropped, status_mismatches, primary_errors) = (
-            state.mirrored,
-            state.dropped.clone(),
-            state.status_mismatches,
-            state.primary_errors,
-        );
+        let (mirrored, status_mismatches) = (state.mirrored, state.status_mismatches);
+        let dropped = Dropped::ALL
+            .iter()
+            .map(|d| {
+                (
+                    d.as_str().to_owned(),
+                    self.dropped[*d as usize].load(Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let primary_errors = self.primary_errors.load(Ordering::Relaxed);
         drop(state);
         let latencies = self.latency.lock().expect("latency lock");
         let summary = |h: &Option<hdrhistogram::Histogram<u64>>| {
@@ -538,7 +603,13 @@ fn outcome_at<'o>(outcomes: &'o Outcomes<'_>, i: usize) -> &'o str {
 }
 
 /// The row of `key`, allocating its key only the first time it is seen.
-fn row<'m>(rows: &'m mut HashMap<String, Sides>, key: &str) -> &'m mut Sides {
+/// The row of `key`, or of [`OTHER_ROW`] when the table holds `max` rows already.
+fn row<'m>(rows: &'m mut HashMap<String, Sides>, key: &str, max: usize) -> &'m mut Sides {
+    let key = if rows.contains_key(key) || rows.len() < max {
+        key
+    } else {
+        OTHER_ROW
+    };
     if !rows.contains_key(key) {
         rows.insert(key.to_owned(), Sides::default());
     }
@@ -782,5 +853,50 @@ mod tests {
         assert_eq!(seen[0].app_version.as_deref(), Some("5.1.0"));
         let track = events_of("/v1/track", br#"{"event":"Clicked","anonymousId":"d1"}"#);
         assert_eq!(track[0].event_name, "clicked");
+    }
+
+    #[test]
+    fn client_chosen_names_cannot_grow_the_tables_past_their_cap() {
+        let c = Comparison::with_max_rows(0.05, &Mapping::default(), 3);
+        let none = http::HeaderMap::new();
+        const ONE: &str = r#"{"results":[{"status":"accepted"}]}"#;
+        for i in 0..50 {
+            let request = format!(
+                r#"{{"events":[{{"event_name":"name_{i}","platform":"p{i}","app_version":"{i}"}}]}}"#
+            );
+            c.record(
+                "/v1/events",
+                request.as_bytes(),
+                reply(&none, ONE),
+                reply(&none, ONE),
+                None,
+            );
+        }
+        let report = c.report();
+        // Three rows, then `other` for the rest.
+        assert_eq!(report.events.len(), 4, "{:?}", report.events.keys());
+        assert_eq!(
+            report.events[OTHER_ROW]
+                .outcomes
+                .primary
+                .values()
+                .sum::<u64>(),
+            47
+        );
+        assert!(report.segments.len() <= 4);
+        assert!(report.event_segments.len() <= 4);
+    }
+
+    #[test]
+    fn primary_path_counters_do_not_wait_for_the_comparison() {
+        let c = Comparison::new(0.05, &Mapping::default());
+        // The shadow thread is in the middle of a comparison.
+        let state = c.state.lock().unwrap();
+        c.dropped(Dropped::QueueFull);
+        c.primary_error();
+        drop(state);
+        let report = c.report();
+        assert_eq!(report.dropped["queue_full"], 1);
+        assert_eq!(report.primary_errors, 1);
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! listen = "0.0.0.0:8081"
+//! admin_listen = "127.0.0.1:9091"   # /shadow/report, /shadow/report.html, /metrics
 //! primary = "http://tollgate-collector:80"
 //! shadow = "http://tollgate-collector-shadow:80"
 //! replica = "http://tollgate-collector-replica:80"   # optional A/A noise floor
@@ -15,6 +16,10 @@
 //! sample_rate = 1.0
 //! sample_key = "user_id"
 //! shadow_priority = "idle"
+//! max_rows = 10000                  # rows per comparison table; the rest count as `other`
+//! header_read_timeout = "10s"
+//! idle_timeout = "60s"
+//! max_connections = 10000
 //! [tls]
 //! cert_file = "/etc/tollgate/tls/tls.crt"
 //! key_file = "/etc/tollgate/tls/tls.key"
@@ -33,6 +38,8 @@ use crate::ProxyConfig;
 #[serde(deny_unknown_fields)]
 pub struct ProxyFile {
     pub listen: Option<SocketAddr>,
+    /// Where reports and metrics are served; never the client-facing port.
+    pub admin_listen: Option<SocketAddr>,
     pub primary: Option<String>,
     pub shadow: Option<String>,
     pub replica: Option<String>,
@@ -49,7 +56,22 @@ pub struct ProxyFile {
     pub sample_rate: Option<f64>,
     pub sample_key: Option<String>,
     pub shadow_priority: Option<crate::ShadowPriority>,
+    pub max_rows: Option<usize>,
+    #[serde(default, with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
     pub tls: Option<TlsFile>,
+}
+
+/// Where the proxy listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    /// Client traffic (default 127.0.0.1:8081).
+    pub public: SocketAddr,
+    /// Reports and metrics (default 127.0.0.1:9091).
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -82,6 +104,7 @@ impl ProxyFile {
     pub fn merge(self, overrides: ProxyFile) -> ProxyFile {
         ProxyFile {
             listen: overrides.listen.or(self.listen),
+            admin_listen: overrides.admin_listen.or(self.admin_listen),
             primary: overrides.primary.or(self.primary),
             shadow: overrides.shadow.or(self.shadow),
             replica: overrides.replica.or(self.replica),
@@ -95,15 +118,19 @@ impl ProxyFile {
             sample_rate: overrides.sample_rate.or(self.sample_rate),
             sample_key: overrides.sample_key.or(self.sample_key),
             shadow_priority: overrides.shadow_priority.or(self.shadow_priority),
+            max_rows: overrides.max_rows.or(self.max_rows),
+            header_read_timeout: overrides.header_read_timeout.or(self.header_read_timeout),
+            idle_timeout: overrides.idle_timeout.or(self.idle_timeout),
+            max_connections: overrides.max_connections.or(self.max_connections),
             tls: overrides.tls.or(self.tls),
         }
     }
 
-    /// The listen address and the proxy settings, defaults filled in.
+    /// The listen addresses and the proxy settings, defaults filled in.
     ///
     /// # Errors
     /// No primary, or a setting out of range.
-    pub fn into_config(self) -> Result<(SocketAddr, ProxyConfig), String> {
+    pub fn into_config(self) -> Result<(Listen, ProxyConfig), String> {
         let defaults = ProxyConfig::default();
         let primary = self
             .primary
@@ -127,6 +154,12 @@ impl ProxyFile {
             sample_rate: self.sample_rate.unwrap_or(defaults.sample_rate),
             sample_key: self.sample_key.unwrap_or(defaults.sample_key),
             shadow_priority: self.shadow_priority.unwrap_or(defaults.shadow_priority),
+            max_rows: self.max_rows.unwrap_or(defaults.max_rows),
+            header_read_timeout: self
+                .header_read_timeout
+                .unwrap_or(defaults.header_read_timeout),
+            idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
+            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
             tls: self.tls.map(|t| tollgate_edge::TlsFiles {
                 cert: t.cert_file,
                 key: t.key_file,
@@ -141,9 +174,20 @@ impl ProxyFile {
         if config.tolerance <= 0.0 {
             return Err("tolerance must be above 0".into());
         }
-        let listen = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081)));
+        if config.idle_timeout <= config.shadow_timeout {
+            return Err("idle_timeout must be longer than shadow_timeout".into());
+        }
+        let listen = Listen {
+            public: self
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
+            admin: self
+                .admin_listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9091))),
+        };
+        if listen.public.port() != 0 && listen.public == listen.admin {
+            return Err("listen and admin_listen must differ".into());
+        }
         Ok((listen, config))
     }
 }
@@ -167,7 +211,8 @@ mod tests {
             ..ProxyFile::default()
         };
         let (listen, config) = file.merge(flags).into_config().unwrap();
-        assert_eq!(listen.port(), 8081);
+        assert_eq!(listen.public.port(), 8081);
+        assert_eq!(listen.admin.port(), 9091);
         assert_eq!(config.primary, "http://old:80");
         assert_eq!(config.shadow_timeout, Duration::from_millis(500));
         assert_eq!(config.sample_rate, 0.5, "the flag wins");
@@ -177,7 +222,7 @@ mod tests {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/shadow-proxy.toml");
         let (listen, config) = ProxyFile::load(&shipped).unwrap().into_config().unwrap();
         let defaults = ProxyConfig::default();
-        assert_eq!(listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(listen.public.to_string(), "127.0.0.1:8081");
         assert_eq!(config.queue_bytes, defaults.queue_bytes);
         assert_eq!(config.shadow_priority, defaults.shadow_priority);
         assert_eq!(

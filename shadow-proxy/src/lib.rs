@@ -35,7 +35,9 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::compare::{Comparison, EXPLAIN_HEADER, OUTCOMES_HEADER, Reply, SOURCE_HEADER, Side};
+use crate::compare::{
+    Comparison, Dropped, EXPLAIN_HEADER, OUTCOMES_HEADER, Reply, SOURCE_HEADER, Side,
+};
 use crate::tee::{Copied, Tee};
 
 /// Marks the copies the shadow receives, so that it counts them apart.
@@ -78,6 +80,15 @@ pub struct ProxyConfig {
     pub tls: Option<tollgate_edge::TlsFiles>,
     /// CPU priority of the shadow thread (copying, sending, comparing).
     pub shadow_priority: ShadowPriority,
+    /// Most rows per comparison table (events, segments, event × segment): their keys
+    /// come from clients, so past this new keys are counted under `other`.
+    pub max_rows: usize,
+    /// Longest a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// A client connection on which nothing moves for this long is closed.
+    pub idle_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for ProxyConfig {
@@ -97,6 +108,10 @@ impl Default for ProxyConfig {
             sample_key: "user_id".into(),
             tls: None,
             shadow_priority: ShadowPriority::Idle,
+            max_rows: compare::DEFAULT_MAX_ROWS,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
         }
     }
 }
@@ -131,19 +146,25 @@ impl Copy {
     }
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves clients on `listener`, and the report and metrics on `admin` (never on the
+/// client-facing port), until `shutdown` resolves; then drains open requests.
 ///
 /// # Errors
 /// A primary or shadow URL that cannot be parsed.
 pub async fn run(
     config: ProxyConfig,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    let comparison = Arc::new(Comparison::new(config.tolerance, &config.mapping));
+    let comparison = Arc::new(Comparison::with_max_rows(
+        config.tolerance,
+        &config.mapping,
+        config.max_rows,
+    ));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let copies = match &config.shadow {
         Some(shadow) => {
@@ -175,7 +196,13 @@ pub async fn run(
         comparison,
     });
     let token = CancellationToken::new();
-    let mut options = tollgate_edge::ServeOptions::default();
+    let plain = tollgate_edge::ServeOptions {
+        header_read_timeout: proxy.config.header_read_timeout,
+        idle_timeout: proxy.config.idle_timeout,
+        max_connections: proxy.config.max_connections,
+        ..tollgate_edge::ServeOptions::default()
+    };
+    let mut options = plain.clone();
     if let Some(files) = &proxy.config.tls {
         let store = tollgate_edge::CertStore::load(files.clone())?;
         store
@@ -183,7 +210,23 @@ pub async fn run(
             .watch(Duration::from_secs(10), token.child_token());
         options.tls = Some(store.server_config()?);
     }
-    let server = tokio::spawn(tollgate_edge::serve(
+    let mut servers = Vec::new();
+    if let Some(admin) = admin {
+        let comparison = proxy.comparison.clone();
+        servers.push(tokio::spawn(tollgate_edge::serve(
+            admin,
+            plain,
+            token.clone(),
+            move |_peer| {
+                let comparison = comparison.clone();
+                hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let answer = admin_answer(&comparison, req.uri().path());
+                    async move { Ok::<_, Infallible>(answer) }
+                })
+            },
+        )));
+    }
+    servers.push(tokio::spawn(tollgate_edge::serve(
         listener,
         options,
         token.clone(),
@@ -194,39 +237,56 @@ pub async fn run(
                 async move { Ok::<_, Infallible>(proxy.handle(req).await) }
             })
         },
-    ));
+    )));
     shutdown.await;
+    tracing::info!("shutting down: no new connections, draining open requests");
     token.cancel();
-    let _ = server.await;
+    for server in servers {
+        let _ = server.await;
+    }
     Ok(())
+}
+
+/// The admin listener's answers: the comparison as JSON, HTML and Prometheus text.
+fn admin_answer(comparison: &Comparison, path: &str) -> Response<Full<Bytes>> {
+    let (status, body, content_type) = match path {
+        "/shadow/report" => (
+            StatusCode::OK,
+            serde_json::to_vec_pretty(&comparison.report()).expect("a report serializes"),
+            "application/json",
+        ),
+        "/shadow/report.html" => (
+            StatusCode::OK,
+            comparison.report().html().into_bytes(),
+            "text/html; charset=utf-8",
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            comparison.report().prometheus().into_bytes(),
+            "text/plain; version=0.0.4",
+        ),
+        "/healthz" => (
+            StatusCode::OK,
+            br#"{"status":"ok"}"#.to_vec(),
+            "application/json",
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"not_found","message":"no such route"}}"#.to_vec(),
+            "application/json",
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 impl Proxy {
     async fn handle(&self, req: Request<Incoming>) -> Response<Answer> {
-        match req.uri().path() {
-            "/shadow/report" => {
-                let body = serde_json::to_vec_pretty(&self.comparison.report())
-                    .expect("a report serializes");
-                return respond(StatusCode::OK, Bytes::from(body), "application/json");
-            }
-            "/shadow/report.html" => {
-                let body = self.comparison.report().html();
-                return respond(
-                    StatusCode::OK,
-                    Bytes::from(body),
-                    "text/html; charset=utf-8",
-                );
-            }
-            "/metrics" => {
-                let body = self.comparison.report().prometheus();
-                return respond(
-                    StatusCode::OK,
-                    Bytes::from(body),
-                    "text/plain; version=0.0.4",
-                );
-            }
-            _ => {}
-        }
         let (parts, body) = req.into_parts();
         let path = parts
             .uri
@@ -302,18 +362,18 @@ impl Proxy {
                             primary_body,
                         },
                         (Ok(Copied::TooLarge), _) | (_, Copied::TooLarge) => {
-                            return comparison.dropped("too_large");
+                            return comparison.dropped(Dropped::TooLarge);
                         }
-                        _ => return comparison.dropped("incomplete"),
+                        _ => return comparison.dropped(Dropped::Incomplete),
                     };
                     let size = copy.size();
                     if queued_bytes.fetch_add(size, Ordering::Relaxed) + size > queue_bytes {
                         queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                        return comparison.dropped("queue_full");
+                        return comparison.dropped(Dropped::QueueFull);
                     }
                     if copies.try_send(copy).is_err() {
                         queued_bytes.fetch_sub(size, Ordering::Relaxed);
-                        comparison.dropped("queue_full");
+                        comparison.dropped(Dropped::QueueFull);
                     }
                 })
             }
@@ -422,10 +482,10 @@ async fn send(
     comparison: &Comparison,
 ) -> Option<Answered> {
     let started = std::time::Instant::now();
-    let name = if side == Side::Replica {
-        "replica"
+    let (name, failed, timed_out) = if side == Side::Replica {
+        ("replica", Dropped::ReplicaError, Dropped::ReplicaTimeout)
     } else {
-        "shadow"
+        ("shadow", Dropped::ShadowError, Dropped::ShadowTimeout)
     };
     match tokio::time::timeout(timeout, send_once(client, base, copy)).await {
         Ok(Ok(answered)) => {
@@ -434,11 +494,11 @@ async fn send(
         }
         Ok(Err(e)) => {
             tracing::debug!(error = %e, side = name, "copy failed");
-            comparison.dropped(&format!("{name}_error"));
+            comparison.dropped(failed);
             None
         }
         Err(_) => {
-            comparison.dropped(&format!("{name}_timeout"));
+            comparison.dropped(timed_out);
             None
         }
     }

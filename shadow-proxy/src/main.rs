@@ -24,6 +24,10 @@ struct Args {
     /// Address to listen on [default: 127.0.0.1:8081].
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Address of /shadow/report, /shadow/report.html and /metrics; keep it private
+    /// [default: 127.0.0.1:9091].
+    #[arg(long)]
+    admin_listen: Option<SocketAddr>,
     /// The collector whose answers clients receive, e.g. http://127.0.0.1:8080.
     #[arg(long)]
     primary: Option<String>,
@@ -128,6 +132,7 @@ fn real_main() -> anyhow::Result<bool> {
     };
     let overrides = ProxyFile {
         listen: args.listen,
+        admin_listen: args.admin_listen,
         primary: args.primary,
         shadow: args.shadow,
         replica: args.replica,
@@ -152,12 +157,25 @@ fn real_main() -> anyhow::Result<bool> {
         .init();
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen)
+        let listener = tokio::net::TcpListener::bind(listen.public)
             .await
-            .with_context(|| format!("binding {listen}"))?;
-        tracing::info!(listen = %listener.local_addr()?, "tollgate-shadow-proxy ready");
-        run(config, listener, async {
-            let _ = tokio::signal::ctrl_c().await;
+            .with_context(|| format!("binding {}", listen.public))?;
+        let admin = tokio::net::TcpListener::bind(listen.admin)
+            .await
+            .with_context(|| format!("binding {}", listen.admin))?;
+        tracing::info!(
+            listen = %listener.local_addr()?,
+            admin = %admin.local_addr()?,
+            "tollgate-shadow-proxy ready"
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        // SIGTERM is what Kubernetes sends: drain like on Ctrl-C.
+        run(config, listener, Some(admin), async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
         })
         .await
     })?;

@@ -13,6 +13,8 @@ use tollgate_shadow_proxy::{ProxyConfig, run};
 
 struct Running {
     url: String,
+    /// The proxy's admin listener (reports, metrics); empty for a collector.
+    admin: String,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -42,6 +44,8 @@ async fn collector_metrics(
 ) {
     let mut config = Config::embedded();
     config.log.data_dir = data.to_owned();
+    // The proxies of these tests run on loopback: their copies are believed.
+    config.server.shadow_proxies = vec!["127.0.0.1".into()];
     config.schemas.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas");
     tweak(&mut config);
     let collector = Collector::build(config).unwrap();
@@ -54,6 +58,7 @@ async fn collector_metrics(
     }));
     let running = Running {
         url,
+        admin: String::new(),
         stop: Some(stop),
     };
     (running, metrics)
@@ -66,6 +71,8 @@ async fn proxy(primary: &str, shadow: &str) -> Running {
 async fn proxy_with(primary: &str, shadow: &str, tweak: impl FnOnce(&mut ProxyConfig)) -> Running {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_url = format!("http://{}", admin.local_addr().unwrap());
     let mut config = ProxyConfig {
         primary: primary.to_owned(),
         shadow: Some(shadow.to_owned()),
@@ -74,11 +81,12 @@ async fn proxy_with(primary: &str, shadow: &str, tweak: impl FnOnce(&mut ProxyCo
     };
     tweak(&mut config);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(run(config, listener, async move {
+    tokio::spawn(run(config, listener, Some(admin), async move {
         let _ = stopped.await;
     }));
     Running {
         url,
+        admin: admin_url,
         stop: Some(stop),
     }
 }
@@ -180,7 +188,7 @@ async fn a_to_a_mirrors_everything_and_flags_nothing() {
     let (new, new_metrics) = collector_metrics(new_dir.path(), |_| {}).await;
     let proxy = proxy(&old.url, &new.url).await;
     let request_ids = send_through(&proxy.url, 150).await;
-    let report = report_after(&proxy.url, 150).await;
+    let report = report_after(&proxy.admin, 150).await;
 
     assert_eq!(report.mirrored, 150, "{report:?}");
     assert!(report.discontinuities.is_empty(), "{report:?}");
@@ -223,7 +231,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
     let new = collector(new_dir.path(), false).await;
     let proxy = proxy(&old.url, &new.url).await;
     send_through(&proxy.url, 120).await;
-    let report = report_after(&proxy.url, 120).await;
+    let report = report_after(&proxy.admin, 120).await;
     // Among event names, exactly the changed one is flagged (its drop shows in every
     // platform segment too, since both platforms send it).
     let flagged: Vec<&String> = report
@@ -245,7 +253,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
     // The same findings as Prometheus metrics and as the HTML page.
     let client = reqwest::Client::new();
     let metrics = client
-        .get(format!("{}/metrics", proxy.url))
+        .get(format!("{}/metrics", proxy.admin))
         .send()
         .await
         .unwrap()
@@ -273,7 +281,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
         "{metrics}"
     );
     let page = client
-        .get(format!("{}/shadow/report.html", proxy.url))
+        .get(format!("{}/shadow/report.html", proxy.admin))
         .send()
         .await
         .unwrap();
@@ -297,7 +305,7 @@ async fn a_dead_shadow_changes_nothing_for_clients_and_drops_are_counted() {
     };
     let proxy = proxy(&old.url, &dead).await;
     send_through(&proxy.url, 40).await;
-    let report = report_after(&proxy.url, 40).await;
+    let report = report_after(&proxy.admin, 40).await;
     assert_eq!(report.mirrored, 0);
     assert_eq!(report.dropped.get("shadow_error"), Some(&40), "{report:?}");
     assert_eq!(logged(old_dir.path()).len(), 400);
@@ -310,7 +318,7 @@ async fn a_shadow_that_drops_one_platform_is_flagged_for_that_segment() {
     let new = collector_with(new_dir.path(), |c| c.platforms.retain(|p| p != "android")).await;
     let proxy = proxy(&old.url, &new.url).await;
     send_through(&proxy.url, 100).await;
-    let report = report_after(&proxy.url, 100).await;
+    let report = report_after(&proxy.admin, 100).await;
     assert!(
         report.segments["platform=android"].discontinuity,
         "{report:?}"
@@ -345,7 +353,7 @@ async fn sampling_keeps_whole_users() {
     let proxy = proxy_with(&old.url, &new.url, |c| c.sample_rate = 0.5).await;
     send_through(&proxy.url, 140).await;
     // Every user sends 20 batches (n % 7): at least one sampled user's copies settle.
-    let report = report_after(&proxy.url, 20).await;
+    let report = report_after(&proxy.admin, 20).await;
     let per_user = |dir: &Path| {
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
         for r in logged(dir) {
@@ -573,7 +581,7 @@ async fn a_slow_shadow_times_out_copies_and_a_failing_one_is_counted_as_mismatch
     })
     .await;
     send_range(&slow_proxy.url, 0..20).await;
-    let report = report_after(&slow_proxy.url, 20).await;
+    let report = report_after(&slow_proxy.admin, 20).await;
     assert_eq!(
         report.dropped.get("shadow_timeout"),
         Some(&20),
@@ -585,7 +593,7 @@ async fn a_slow_shadow_times_out_copies_and_a_failing_one_is_counted_as_mismatch
     let failing = misbehaving_shadow(500, Duration::ZERO).await;
     let failing_proxy = proxy(&old.url, &failing).await;
     send_range(&failing_proxy.url, 20..50).await;
-    let report = report_after(&failing_proxy.url, 30).await;
+    let report = report_after(&failing_proxy.admin, 30).await;
     assert_eq!(
         (report.mirrored, report.status_mismatches),
         (30, 30),
@@ -609,7 +617,7 @@ async fn a_dead_primary_answers_502_and_is_counted() {
     assert_eq!(r.status().as_u16(), 502);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "primary_unavailable");
-    let report: Report = reqwest::get(format!("{}/shadow/report", proxy.url))
+    let report: Report = reqwest::get(format!("{}/shadow/report", proxy.admin))
         .await
         .unwrap()
         .json()
@@ -714,7 +722,7 @@ async fn a_rename_is_bridged_live_and_a_replica_sets_the_noise_floor() {
             (Some(2), Some(1))
         );
     }
-    let report = report_after(&proxy.url, requests).await;
+    let report = report_after(&proxy.admin, requests).await;
     assert!(
         report.discontinuities.is_empty(),
         "{:?}",
@@ -798,7 +806,7 @@ async fn segment_requests_are_compared_per_event_and_a_large_body_is_passed_on_u
         .collect();
     let answer = post_events(&proxy.url, &json!({"events": big})).await;
     assert_eq!(answer.status().as_u16(), 200);
-    let report = report_after(&proxy.url, 61).await;
+    let report = report_after(&proxy.admin, 61).await;
     assert_eq!(report.dropped.get("too_large"), Some(&1), "{report:?}");
     assert_eq!(report.mirrored, 60);
     // Segment answers carry no per-event results; the explanation headers do.
@@ -857,6 +865,57 @@ async fn clients_get_the_primarys_status_headers_and_body_byte_for_byte() {
     assert_eq!(answer.headers()["x-request-id"], "req-123");
     assert_eq!(answer.headers()["content-type"], "application/json");
     assert_eq!(&answer.bytes().await.unwrap()[..], BODY);
-    let report = report_after(&proxy.url, 1).await;
+    let report = report_after(&proxy.admin, 1).await;
     assert_eq!(report.status_mismatches, 1, "429 against 200");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-shadow-proxy"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--primary",
+            "http://127.0.0.1:9",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the proxy binary starts");
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let ready = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|line| line.contains("tollgate-shadow-proxy ready"));
+    assert!(ready, "the proxy says when it is ready");
+    std::thread::spawn(move || for _ in lines {});
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "SIGTERM drains and exits 0: {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_served_on_the_admin_listener_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let primary = collector(dir.path(), true).await;
+    let shadow_dir = tempfile::tempdir().unwrap();
+    let shadow = collector(shadow_dir.path(), true).await;
+    let proxy = proxy(&primary.url, &shadow.url).await;
+    // On the client-facing port the path is the primary's business (a 404 there).
+    let public = reqwest::get(format!("{}/shadow/report", proxy.url))
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    let admin = reqwest::get(format!("{}/shadow/report", proxy.admin))
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
 }
