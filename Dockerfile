@@ -1,7 +1,10 @@
 # Tollgate: tollgate-collector, tollgate-shadow-proxy and tollgate-loadtest in one small
 # image that runs as a non-root user.
 #   docker build -t ghcr.io/tollgate-dev/tollgate:0.1.0 .
-#   docker run -p 8080:8080 ghcr.io/tollgate-dev/tollgate:0.1.0 tollgate-collector --listen 0.0.0.0:8080
+#   docker run -p 8080:8080 ghcr.io/tollgate-dev/tollgate:0.1.0
+# The default command is a playground: the embedded `dev` write key, served on the
+# container's network (--expose-dev-source says so on purpose). In production pass
+# --config with your own sources, as the Kubernetes manifests do.
 
 # The toolchain the project is tested with.
 FROM rust:1.95-bookworm AS build
@@ -29,4 +32,4 @@ ENV TOLLGATE_SCHEMAS__DIR=/etc/tollgate/schemas \
 USER 65532:65532
 EXPOSE 8080 9090
 ENTRYPOINT []
-CMD ["tollgate-collector", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090"]
+CMD ["tollgate-collector", "--listen", "0.0.0.0:8080", "--admin-listen", "0.0.0.0:9090", "--expose-dev-source"]

@@ -97,7 +97,29 @@ pub struct ServerConfig {
     /// are pruned, and past this new addresses are not limited per IP until there is
     /// room (the source's own limits still apply).
     pub max_tracked_ips: NonZeroUsize,
+    /// Longest a client may take to send a request's headers before its connection is
+    /// closed (slow-header attacks).
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moves in either direction for this long (an idle
+    /// keep-alive connection, a client that stopped reading its answer) is closed.
+    /// Must exceed `request_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most connections open at once on each listener; past this, new connections
+    /// wait in the kernel's accept backlog.
+    pub max_connections: NonZeroUsize,
+    /// Shadow proxies (CIDR or address) whose `X-Tollgate-Shadow: 1` is believed: their
+    /// copies are logged to the shadow stream. Anyone else's header is ignored (the
+    /// events are logged as real traffic). Default: nobody, loopback included.
+    pub shadow_proxies: Vec<String>,
+    /// Serve the embedded `dev` source (write key `dev`, unregistered events accepted)
+    /// on a non-loopback address. Off: the collector refuses to start that way.
+    pub expose_dev_source: bool,
 }
+
+/// The write key of the embedded development source: anyone can guess it.
+pub const DEV_WRITE_KEY: &str = "dev";
 
 /// A source's rate limits (GCRA). Each is off unless its rate is set; a burst defaults
 /// to one second of its rate.
@@ -148,6 +170,12 @@ pub struct LimitsConfig {
     pub max_event: ByteSize,
     /// Most events in one request. More: 413.
     pub max_events_per_batch: NonZeroUsize,
+    /// Bytes all requests in flight may hold at once: each reserves its body on the
+    /// wire (or `max_body` when the length is not declared), then twice its
+    /// decompressed size (the decoded events and the records waiting for the log).
+    /// Past it a request gets 503 `memory_budget_exceeded` with `Retry-After`, so
+    /// memory stays bounded under any load instead of the process being killed.
+    pub max_in_flight_bytes: ByteSize,
 }
 
 /// How event time is judged against server time.
@@ -404,6 +432,11 @@ impl Default for ServerConfig {
             tls: None,
             trusted_proxies: Vec::new(),
             max_tracked_ips: NonZeroUsize::new(100_000).unwrap(),
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: NonZeroUsize::new(10_000).unwrap(),
+            shadow_proxies: Vec::new(),
+            expose_dev_source: false,
         }
     }
 }
@@ -416,6 +449,7 @@ impl Default for LimitsConfig {
             max_gzip_ratio: NonZeroU32::new(200).unwrap(),
             max_event: ByteSize::kib(32),
             max_events_per_batch: NonZeroUsize::new(1000).unwrap(),
+            max_in_flight_bytes: ByteSize::gib(1),
         }
     }
 }
@@ -504,7 +538,7 @@ impl Config {
         Config {
             sources: vec![SourceConfig {
                 id: "dev".into(),
-                write_keys: vec!["dev".into()],
+                write_keys: vec![DEV_WRITE_KEY.into()],
                 allow_unknown_events: true,
                 write_keys_file: None,
                 rate_limit: RateLimitConfig::default(),
@@ -630,13 +664,40 @@ impl Config {
                 );
             }
         }
-        for proxy in &self.server.trusted_proxies {
-            if parse_net(proxy).is_none() {
-                problem(
-                    "server.trusted_proxies",
-                    format!("{proxy:?} is neither a CIDR block nor an IP address"),
-                );
+        for (key, list) in [
+            ("server.trusted_proxies", &self.server.trusted_proxies),
+            ("server.shadow_proxies", &self.server.shadow_proxies),
+        ] {
+            for proxy in list {
+                if parse_net(proxy).is_none() {
+                    problem(
+                        key,
+                        format!("{proxy:?} is neither a CIDR block nor an IP address"),
+                    );
+                }
             }
+        }
+        let dev_source = self
+            .sources
+            .iter()
+            .any(|s| s.write_keys.iter().any(|k| k == DEV_WRITE_KEY));
+        if dev_source && !self.server.listen.ip().is_loopback() && !self.server.expose_dev_source {
+            problem(
+                "server.listen",
+                format!(
+                    "{} is reachable from the network, and the write key {DEV_WRITE_KEY:?} (the embedded development source, which anyone can guess) is configured: give a --config with your own [[sources]], or pass --expose-dev-source (server.expose_dev_source = true) to serve it anyway",
+                    self.server.listen
+                ),
+            );
+        }
+        if self.server.idle_timeout <= self.server.request_timeout {
+            problem(
+                "server.idle_timeout",
+                "must be longer than server.request_timeout, or a slow request's connection is cut while it is processed".into(),
+            );
+        }
+        if self.server.header_read_timeout.is_zero() {
+            problem("server.header_read_timeout", "must be more than 0s".into());
         }
         if !(0.0..=1.0).contains(&self.telemetry.trace_sample_ratio) {
             problem(
@@ -686,6 +747,15 @@ impl Config {
                 "limits.max_event",
                 "must not exceed limits.max_decompressed".into(),
             );
+        }
+        if l.max_in_flight_bytes.as_u64() < l.max_body.as_u64() + 2 * l.max_decompressed.as_u64() {
+            problem(
+                "limits.max_in_flight_bytes",
+                "must hold at least one largest request: max_body + 2 × max_decompressed".into(),
+            );
+        }
+        if l.max_in_flight_bytes.as_u64() > (u64::from(u32::MAX) << 10) {
+            problem("limits.max_in_flight_bytes", "must be at most 4 TiB".into());
         }
         if l.max_body > l.max_decompressed {
             problem(

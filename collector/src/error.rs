@@ -30,10 +30,11 @@ pub enum ApiError {
     DecompressedTooLarge { limit: u64 },
     #[error("the body is not valid gzip: {0}")]
     InvalidGzip(String),
-    #[error("Content-Encoding {0:?} is not supported; use gzip or none")]
-    UnsupportedEncoding(String),
-    #[error("Content-Type {0:?} is not supported here")]
-    UnsupportedMediaType(String),
+    #[error("this Content-Encoding is not supported; use gzip or none")]
+    UnsupportedEncoding,
+    /// The reason names what is accepted instead (never the client's header).
+    #[error("this Content-Type is not supported here: {0}")]
+    UnsupportedMediaType(&'static str),
     #[error("reading the body failed: {0}")]
     BodyRead(String),
     #[error("no write key: send it as the HTTP Basic auth user")]
@@ -59,6 +60,8 @@ pub enum ApiError {
     },
     #[error("the collector is at its concurrency limit; retry shortly")]
     Overloaded,
+    #[error("the collector holds as many request bytes as its memory budget allows; retry shortly")]
+    MemoryBudgetExceeded,
     #[error("the request took longer than the configured timeout")]
     Timeout,
     #[error("the log queue is full; retry shortly")]
@@ -86,7 +89,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::DecompressedTooLarge { .. } => "decompressed_too_large",
             ApiError::InvalidGzip(_) => "invalid_gzip",
-            ApiError::UnsupportedEncoding(_) => "unsupported_encoding",
+            ApiError::UnsupportedEncoding => "unsupported_encoding",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::BodyRead(_) => "body_read_failed",
             ApiError::MissingWriteKey => "missing_write_key",
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::IdempotencyKeyReused => "idempotency_key_reused",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Overloaded => "overloaded",
+            ApiError::MemoryBudgetExceeded => "memory_budget_exceeded",
             ApiError::Timeout => "request_timeout",
             ApiError::LogQueueFull => "log_queue_full",
             ApiError::LogUnavailable => "log_unavailable",
@@ -118,7 +122,7 @@ impl ApiError {
             ApiError::TooManyEvents { .. }
             | ApiError::BodyTooLarge { .. }
             | ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedEncoding(_) | ApiError::UnsupportedMediaType(_) => {
+            ApiError::UnsupportedEncoding | ApiError::UnsupportedMediaType(_) => {
                 StatusCode::UNSUPPORTED_MEDIA_TYPE
             }
             ApiError::MissingWriteKey | ApiError::UnknownWriteKey => StatusCode::UNAUTHORIZED,
@@ -126,6 +130,7 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Overloaded
+            | ApiError::MemoryBudgetExceeded
             | ApiError::Timeout
             | ApiError::LogQueueFull
             | ApiError::LogUnavailable
@@ -138,9 +143,10 @@ impl ApiError {
     /// How long a client should wait before retrying, for the retryable errors.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            ApiError::Overloaded | ApiError::LogQueueFull | ApiError::Timeout => {
-                Some(Duration::from_secs(1))
-            }
+            ApiError::Overloaded
+            | ApiError::MemoryBudgetExceeded
+            | ApiError::LogQueueFull
+            | ApiError::Timeout => Some(Duration::from_secs(1)),
             ApiError::LogUnavailable
             | ApiError::IdempotencyUnavailable
             | ApiError::ShuttingDown => Some(Duration::from_secs(5)),

@@ -216,11 +216,18 @@ impl Collector {
                 max_decompressed: limits.max_decompressed.as_u64(),
                 max_ratio: u64::from(limits.max_gzip_ratio.get()),
             },
+            memory: http::body::MemoryBudget::new(limits.max_in_flight_bytes.as_u64()),
             max_event_bytes: limits.max_event.as_u64() as usize,
             max_events: limits.max_events_per_batch.get(),
             max_concurrent_requests: config.server.max_concurrent_requests.get(),
             request_timeout: config.server.request_timeout,
             answer_ttl: idem.dedupe_window,
+            shadow_proxies: config
+                .server
+                .shadow_proxies
+                .iter()
+                .filter_map(|p| config::parse_net(p))
+                .collect(),
             tasks: TaskTracker::new(),
         });
         Ok(Collector { app, config, tls })
@@ -246,11 +253,22 @@ impl Collector {
         shutdown: impl Future<Output = ()>,
     ) {
         let token = CancellationToken::new();
+        let server = &self.config.server;
         let plain = ServeOptions {
-            grace: self.config.server.shutdown_timeout,
+            grace: server.shutdown_timeout,
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            max_connections: server.max_connections.get(),
             ..ServeOptions::default()
         };
-        let mut public_options = plain.clone();
+        let mut public_options = ServeOptions {
+            observer: Some(self.app.metrics.connection_observer("public")),
+            ..plain.clone()
+        };
+        let plain = ServeOptions {
+            observer: Some(self.app.metrics.connection_observer("admin")),
+            ..plain
+        };
         if let (Some(store), Some(settings)) = (&self.tls, &self.config.server.tls) {
             let reloads = self.app.metrics.tls_reloads.clone();
             store.clone().watch_with(

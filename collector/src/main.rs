@@ -45,7 +45,10 @@ struct Args {
     /// = "redis" and idempotency.redis.url): redis://, rediss:// or redis+unix://.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
-    /// Log output format.
+    /// Serve the embedded `dev` source on a non-loopback --listen address (sets
+    /// server.expose_dev_source); refused otherwise, since anyone can guess its key.
+    #[arg(long)]
+    expose_dev_source: bool,
     /// Serve the public listener over TLS with this PEM certificate chain (with
     /// --tls-key; sets server.tls). Reloaded on SIGHUP and when the file changes.
     #[arg(long, requires = "tls_key", value_name = "FILE")]
@@ -63,6 +66,7 @@ struct Args {
     /// Topic of rejected events (log.kafka.quarantine_topic).
     #[arg(long, value_name = "TOPIC")]
     kafka_quarantine_topic: Option<String>,
+    /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -106,8 +110,10 @@ enum Command {
         /// A native event (JSON file).
         #[arg(long)]
         event: PathBuf,
-        /// Apply this region's policy, as a trusted edge header naming this country
-        /// would (e.g. DE, US-CA); default: from the event's context.country.
+        /// Apply this region's policy: a region name of the privacy file (e.g. eu) or a
+        /// country code, as a trusted edge header would send it (e.g. DE, US-CA);
+        /// anything else is refused with the list of regions. Default: from the
+        /// event's context.country.
         #[arg(long)]
         region: Option<String>,
     },
@@ -139,6 +145,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(admin) = args.admin_listen {
         config.server.admin_listen = Some(admin);
+    }
+    if args.expose_dev_source {
+        config.server.expose_dev_source = true;
     }
     if let Some(dir) = args.data_dir {
         config.log.data_dir = dir;
@@ -299,7 +308,13 @@ fn privacy_check(
     let platforms = tollgate_event::Platforms::new(config.platforms.iter().cloned());
     let (mut event, _) = tollgate_event::parse_event_text(&text, &platforms)
         .map_err(|e| anyhow::anyhow!("the event is invalid: {e}"))?;
-    let policy = privacy.policy_for(region, &event.context).clone();
+    let policy = match region {
+        Some(name) => privacy
+            .policy_named(name)
+            .map_err(|e| anyhow::anyhow!("--region: {e}"))?
+            .clone(),
+        None => privacy.policy_for(None, &event.context).clone(),
+    };
     let verdict = privacy.apply(&policy, &mut event);
     eprintln!("region {}, policy {}", policy.region, policy.id);
     if throwaway {
@@ -307,6 +322,12 @@ fn privacy_check(
     }
     match verdict {
         Verdict::Drop { reason } => println!("dropped: {reason} (the event would not be stored)"),
+        Verdict::Reject(error) => println!(
+            "rejected: {} at {}: {} (only a policy-applied copy would reach the quarantine)",
+            error.code.as_str(),
+            error.path,
+            error.message
+        ),
         Verdict::Keep { previous } => {
             let mut out = serde_json::to_value(&event)?;
             if let Some(previous) = previous {

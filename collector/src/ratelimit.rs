@@ -7,10 +7,10 @@
 //! so a retry later loses nothing.
 //!
 //! The client IP is the TCP peer, or — only when the peer is a configured trusted proxy —
-//! the right-most address of `X-Forwarded-For` that is not itself a trusted proxy. The
-//! per-IP table is bounded: stale entries are pruned, and past `max_tracked_ips` new
-//! addresses are not tracked until pruning frees room (the source's own limits still
-//! apply; such requests are counted).
+//! the right-most address of `X-Forwarded-For` that is not itself a trusted proxy. An
+//! IPv6 client is limited by its /64. The per-IP table is bounded: entries back to a full
+//! budget are pruned, and while it holds `max_tracked_ips` entries clients share one of
+//! 1024 overflow buckets (by hash) until pruning frees room, so limiting never stops.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -89,6 +89,43 @@ pub struct RateLimits {
     clock: LimitClock,
     /// When the per-IP tables were last pruned (clock nanos).
     last_prune: AtomicU64,
+}
+
+/// The key a client is limited under: its IPv4 address, or its IPv6 /64 (one
+/// subscriber usually holds a whole /64, so keying by full address would let one client
+/// take 2^64 keys and fill the table).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+            }
+        },
+    }
+}
+
+/// Buckets new clients share once the table is full.
+const OVERFLOW_BUCKETS: u16 = 1024;
+
+/// The shared bucket of a client while the per-IP table is full: limiting never stops,
+/// it becomes coarser until pruning frees room. The buckets are addresses of the IPv6 discard prefix 100::/64
+/// (RFC 6666), which no real client has.
+fn overflow_key(key: IpAddr) -> IpAddr {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+    IpAddr::from([
+        0x100,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        (hash % u64::from(OVERFLOW_BUCKETS)) as u16,
+    ])
 }
 
 /// Which limit refused a request, for the metric label.
@@ -187,11 +224,13 @@ impl RateLimits {
         };
         if let Some(per_ip) = &limits.per_ip {
             self.prune_if_due(per_ip);
-            if per_ip.len() < self.max_tracked_ips {
-                per_ip
-                    .check_key(&ip)
-                    .map_err(|w| self.refuse(w, "requests", "client IP", Refusal::IpRequests))?;
+            let mut key = client_key(ip);
+            if per_ip.len() >= self.max_tracked_ips {
+                key = overflow_key(key);
             }
+            per_ip
+                .check_key(&key)
+                .map_err(|w| self.refuse(w, "requests", "client IP", Refusal::IpRequests))?;
         }
         if let Some(requests) = &limits.requests {
             requests
@@ -348,13 +387,42 @@ mod tests {
         limits.check_request("app", ip(2)).unwrap();
         limits.check_request("app", ip(3)).unwrap();
         assert_eq!(limits.tracked_ips(), 3);
-        // Full: a fourth address is not tracked (not refused) until pruning frees room.
+        // Full: a fourth address is limited in a shared overflow bucket, not waved
+        // through, until pruning frees room.
         limits.check_request("app", ip(4)).unwrap();
-        assert_eq!(limits.tracked_ips(), 3);
+        assert!(limits.check_request("app", ip(4)).is_err());
+        assert_eq!(
+            limits.tracked_ips(),
+            4,
+            "three clients and one overflow bucket"
+        );
         // A second later every entry is back to full and is pruned.
         clock.advance(Duration::from_secs(2));
         limits.check_request("app", ip(5)).unwrap();
         assert_eq!(limits.tracked_ips(), 1, "stale entries pruned");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        let (limits, _) = limits(RateLimitConfig {
+            ip_requests_per_second: nz(1),
+            ip_request_burst: nz(1),
+            ..RateLimitConfig::default()
+        });
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        // An IPv4-mapped address is its IPv4 address.
+        limits.check_request("app", ip("192.0.2.7")).unwrap();
+        assert!(limits.check_request("app", ip("::ffff:192.0.2.7")).is_err());
+        limits.check_request("app", ip("2001:db8:1:2::1")).unwrap();
+        // Another address of the same /64 is the same client.
+        assert!(
+            limits
+                .check_request("app", ip("2001:db8:1:2:ffff::9"))
+                .is_err()
+        );
+        // Another /64 is another client.
+        limits.check_request("app", ip("2001:db8:1:3::1")).unwrap();
+        assert_eq!(limits.tracked_ips(), 3);
     }
 
     #[test]

@@ -35,6 +35,20 @@ fn privacy_check_prints_the_event_as_it_would_be_logged() {
     assert!(stderr.contains("region eu, policy gdpr@1"), "{stderr}");
     let logged: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(logged["context"]["ip"], "203.0.113.0");
+    // A region name of the policy file selects the same policy as its countries.
+    let by_name = run("eu");
+    assert!(by_name.status.success());
+    assert!(String::from_utf8_lossy(&by_name.stderr).contains("region eu, policy gdpr@1"));
+    let by_name: serde_json::Value = serde_json::from_slice(&by_name.stdout).unwrap();
+    assert_eq!(by_name["context"]["ip"], "203.0.113.0");
+    // Anything else is refused, naming the regions; never a silent default policy.
+    let unknown = run("europe");
+    assert!(!unknown.status.success());
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        stderr.contains("\"europe\"") && stderr.contains("eu, uk, us_ca, default"),
+        "{stderr}"
+    );
     assert!(logged["properties"].get("email").is_none());
     assert_eq!(
         logged["user_id"].as_str().unwrap().len(),

@@ -559,3 +559,54 @@ async fn redis_killed_mid_load_loses_and_doubles_nothing_under_fail_closed() {
     );
     assert!(refusals.load(Ordering::SeqCst) > 0);
 }
+
+#[tokio::test]
+async fn after_a_redis_restart_the_first_request_of_an_idle_collector_succeeds() {
+    let mut server = RedisServer::start();
+    let c = redis_collector(&server, FailurePolicy::FailClosed).await;
+    let (status, _) = c.post_events(&batch(&["before-restart-1"])).await;
+    assert_eq!(status, 200);
+    // Redis restarts while the collector is idle: its connection is now broken, and
+    // nothing has used it since. (No /readyz here: it would use the connection.)
+    server.restart();
+    assert!(server.ping());
+    let (status, answer) = c.post_events(&batch(&["after-restart-01"])).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_that_timed_out_under_fail_open_does_not_block_retries() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let c = redis_collector(&server, FailurePolicy::FailOpen).await;
+    let (status, _) = c.post_events(&batch(&["warm-up-00001"])).await;
+    assert_eq!(status, 200);
+    // Redis stops answering for 3 s; commands sent meanwhile run afterwards.
+    let port = server.url().rsplit(':').next().unwrap().to_owned();
+    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 3\r\n").unwrap();
+    assert!(!server.ping(), "Redis is asleep");
+    let body = batch(&["slow-claim-0001"]);
+    let (status, answer) = c.post_events(&body).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !server.ping() {
+        assert!(std::time::Instant::now() < deadline, "Redis woke up");
+    }
+    // The claim landed after its timeout; so did the commit that follows it. A retry is
+    // a duplicate now, not `retry` for the whole claim TTL.
+    let (status, again) = c.post_events(&body).await;
+    assert_eq!(
+        (status, again["duplicate"].as_u64()),
+        (200, Some(1)),
+        "{again}"
+    );
+    assert_eq!(count_id(&c.events(), "slow-claim-0001"), 1);
+}

@@ -4,8 +4,6 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-
 use serde_json::{Value, json};
 use tollgate_collector::Overrides;
 use tollgate_collector::privacy::config::PrivacyConfig;
@@ -21,12 +19,8 @@ const D42_K7: &str = "3e37cf05b77c170200b05a2b7de0f199440e3145222bd9137ee302b294
 const U42_K9: &str = "3c70b7e86eea4a8322eee1092581a79b068b09204581adf83651ed7764543e89";
 const D42_K9: &str = "396ac68aea6451f1a19192195284e8eb56f288ea16aec5d3d0c61b8652894b80";
 
-fn shipped() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/privacy.toml")
-}
-
 fn privacy(previous: bool) -> Privacy {
-    let config = PrivacyConfig::load(&shipped()).unwrap();
+    let config = PrivacyConfig::load(&shipped_privacy()).unwrap();
     let previous = if previous {
         vec![("k9".to_owned(), vec![9u8; 32])]
     } else {
@@ -205,7 +199,7 @@ fn pseudonyms_are_keyed_and_a_rotation_writes_both() {
 
 #[test]
 fn the_shipped_policy_file_is_valid_and_bad_files_name_the_problem() {
-    let config = PrivacyConfig::load(&shipped()).unwrap();
+    let config = PrivacyConfig::load(&shipped_privacy()).unwrap();
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let mut bad = config.clone();
     bad.regions[0].policy = "nope".into();
@@ -219,18 +213,6 @@ fn the_shipped_policy_file_is_valid_and_bad_files_name_the_problem() {
     assert!(problems.contains("regions[0].policy"), "{problems}");
     assert!(problems.contains("\"event_id\""), "{problems}");
     assert!(problems.contains("not-a-net"), "{problems}");
-}
-
-fn with_policy(config: &mut tollgate_collector::config::Config, trusted: &str) -> PathBuf {
-    let dir = tempfile::tempdir().unwrap().keep();
-    let text = std::fs::read_to_string(shipped()).unwrap().replace(
-        "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]",
-        &format!("trusted_proxies = [\"{trusted}\"]"),
-    );
-    let path = dir.join("privacy.toml");
-    std::fs::write(&path, text).unwrap();
-    config.privacy.file = path.clone();
-    path
 }
 
 async fn post_with_header(c: &TestCollector, country: &str, body: &Value) -> Value {
@@ -329,15 +311,7 @@ async fn no_raw_pii_the_policy_names_reaches_any_file() {
     assert_eq!(answer["results"][2]["error"]["code"], "consent_denied");
     assert_eq!(c.quarantine().len(), 1);
 
-    let mut written = String::new();
-    let mut stack = vec![c.data.clone()];
-    while let Some(path) = stack.pop() {
-        if path.is_dir() {
-            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-        } else {
-            written.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
-        }
-    }
+    let written = written_under(&c.data);
     assert!(
         written.contains("pii-good-0001") && written.contains("pii-bad-00001"),
         "the scan read the log"

@@ -101,3 +101,80 @@ impl EventError {
         Self::new(ErrorCode::InvalidType, path, message)
     }
 }
+
+/// The message of a JSON parse error without any of the input in it.
+///
+/// serde_json's own messages quote the offending value (`invalid type: string
+/// "jane@example.com", expected u64`); answers, quarantine records and log lines must
+/// never echo what a client sent, so only the kind of problem, what was expected (from
+/// our own types) and the position are kept.
+pub fn json_error_message(e: &serde_json::Error) -> String {
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    let full = e.to_string();
+    let message = full.strip_suffix(&position).unwrap_or(&full);
+    let safe = match e.classify() {
+        // Syntax and end-of-input messages are fixed wording ("expected value",
+        // "trailing characters", "EOF while parsing a string").
+        serde_json::error::Category::Syntax
+        | serde_json::error::Category::Eof
+        | serde_json::error::Category::Io => message.to_owned(),
+        serde_json::error::Category::Data => {
+            let kind = if message.starts_with("missing field") {
+                // The name is one of our own fields.
+                return format!("{message}{position}");
+            } else if message.starts_with("invalid type") {
+                "wrong JSON type"
+            } else if message.starts_with("invalid length") {
+                "wrong number of items"
+            } else if message.starts_with("unknown field") {
+                "unknown field"
+            } else if message.starts_with("duplicate field") {
+                "duplicate field"
+            } else {
+                "invalid value"
+            };
+            // What was expected comes last and from our own types; the client's value
+            // comes before it, so the last ", expected " is the real one.
+            match message.rfind(", expected ") {
+                Some(at) => format!("{kind}, expected {}", &message[at + 11..]),
+                None => kind.to_owned(),
+            }
+        }
+    };
+    format!("{safe}{position}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message_of<T: serde::de::DeserializeOwned + std::fmt::Debug>(text: &str) -> String {
+        json_error_message(&serde_json::from_str::<T>(text).unwrap_err())
+    }
+
+    #[test]
+    fn json_errors_never_quote_the_input() {
+        let typed = message_of::<u64>(r#""jane@example.com, expected bait""#);
+        assert!(!typed.contains("jane"), "{typed}");
+        assert!(
+            typed.starts_with("wrong JSON type, expected u64"),
+            "{typed}"
+        );
+        let syntax = message_of::<serde_json::Value>(r#"{"email":"jane@example.com", bad}"#);
+        assert!(!syntax.contains("jane"), "{syntax}");
+        assert!(syntax.contains("line 1 column"), "{syntax}");
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Envelope {
+            events: Vec<u8>,
+        }
+        let unknown = message_of::<Envelope>(r#"{"jane@example.com": 1, "events": []}"#);
+        assert!(!unknown.contains("jane"), "{unknown}");
+        assert!(
+            unknown.starts_with("unknown field, expected `events`"),
+            "{unknown}"
+        );
+        assert!(message_of::<Envelope>("{}").starts_with("missing field `events`"));
+    }
+}

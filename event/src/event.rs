@@ -116,7 +116,7 @@ pub fn parse_event_text(text: &[u8], platforms: &Platforms) -> Result<(Event, us
         Err(e) => Err(EventError::new(
             ErrorCode::InvalidEvent,
             "",
-            format!("not valid JSON: {e}"),
+            format!("not valid JSON: {}", crate::error::json_error_message(&e)),
         )),
     }
 }
@@ -363,18 +363,31 @@ fn finish(f: Fields, platforms: &Platforms) -> Result<Event, EventError> {
 
 /// Parses an RFC 3339 timestamp and normalises it to UTC.
 ///
+/// The text is client-controlled, so nothing here may panic: an offset that would move
+/// the time out of the years RFC 3339 can write (`9999-12-31T23:30:00-01:00`) is an
+/// error like any other bad value.
+///
 /// # Errors
-/// `invalid_value` at `path` when the text is not RFC 3339.
+/// `invalid_value` at `path` when the text is not RFC 3339 or its UTC time is outside
+/// the years 0000 to 9999.
 pub fn parse_timestamp(text: &str, path: &str) -> Result<OffsetDateTime, EventError> {
     OffsetDateTime::parse(text, &Rfc3339)
-        .map(|t| t.to_offset(time::UtcOffset::UTC))
-        .map_err(|_| {
+        .ok()
+        .and_then(|t| t.checked_to_offset(time::UtcOffset::UTC))
+        .filter(|t| in_writable_range(*t))
+        .ok_or_else(|| {
             EventError::new(
                 ErrorCode::InvalidValue,
                 path,
                 format!("`{path}` must be an RFC 3339 timestamp such as 2026-01-31T12:00:00.000Z"),
             )
         })
+}
+
+/// True when `t` (in UTC) has a year RFC 3339 can write, 0000 to 9999: every timestamp
+/// the collector logs must be, or its record could not be read back.
+pub fn in_writable_range(t: OffsetDateTime) -> bool {
+    (0..=9999).contains(&t.year())
 }
 
 /// True for `[a-z][a-z0-9_]*` of at most 128 bytes.
@@ -564,6 +577,22 @@ mod tests {
             let err = err_with(field, value);
             assert_eq!((err.code, err.path.as_str()), (code, path), "{err}");
         }
+    }
+
+    #[test]
+    fn timestamps_past_the_writable_years_are_invalid_values() {
+        // 23:30 at offset -01:00 on the last day of 9999 is year 10000 in UTC.
+        for text in ["9999-12-31T23:30:00-01:00", "0000-01-01T00:30:00+01:00"] {
+            let err = err_with("timestamp_event", Some(json!(text)));
+            assert_eq!(
+                (err.code, err.path.as_str()),
+                (ErrorCode::InvalidValue, "/timestamp_event"),
+                "{text}"
+            );
+        }
+        // The very ends are fine.
+        assert!(parse_timestamp("9999-12-31T23:59:59Z", "/t").is_ok());
+        assert!(parse_timestamp("0000-01-01T00:00:00Z", "/t").is_ok());
     }
 
     #[test]

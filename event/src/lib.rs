@@ -16,6 +16,6 @@ pub mod record;
 pub mod segment;
 pub mod timefmt;
 
-pub use error::{ErrorCode, EventError};
+pub use error::{ErrorCode, EventError, json_error_message};
 pub use event::{Event, Platforms, parse_event, parse_event_text};
-pub use record::{Api, Arrival, Dedupe, QuarantineRecord, Record, Timing};
+pub use record::{Api, Arrival, Dedupe, OutOfRange, QuarantineRecord, Record, Timing};

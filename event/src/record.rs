@@ -75,20 +75,37 @@ pub struct Timing {
     pub arrival: Arrival,
 }
 
+/// A client's times that cannot be corrected for skew without leaving the years a
+/// timestamp can be written in (`timestamp_event` 9999-06-01 with `sent_at` 1990-01-01).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event time corrected by the client's clock skew is outside the years 0000 to 9999")]
+pub struct OutOfRange;
+
 impl Timing {
     /// Computes the timing of an event received at `server`.
+    ///
+    /// Every operand but `server` comes from the client, so the arithmetic is checked:
+    /// nothing a client sends can make it panic.
+    ///
+    /// # Errors
+    /// [`OutOfRange`] when the skew-corrected time leaves the writable years.
     pub fn compute(
         timestamp_event: OffsetDateTime,
         sent_at: Option<OffsetDateTime>,
         server: OffsetDateTime,
         allowed_lateness: Duration,
         future_tolerance: Duration,
-    ) -> Timing {
+    ) -> Result<Timing, OutOfRange> {
+        // Differences of two writable timestamps fit a `time::Duration` (±10 000 years
+        // in seconds is far inside i64); only the sum can leave the writable years.
         let skew = sent_at.map(|sent| server - sent);
         let timestamp_derived = match skew {
-            Some(skew) => timestamp_event + skew,
+            Some(skew) => timestamp_event.checked_add(skew).ok_or(OutOfRange)?,
             None => timestamp_event,
         };
+        if !crate::event::in_writable_range(timestamp_derived) {
+            return Err(OutOfRange);
+        }
         let lateness = server - timestamp_derived;
         let arrival = if -lateness > future_tolerance {
             Arrival::Future
@@ -97,13 +114,17 @@ impl Timing {
         } else {
             Arrival::OnTime
         };
-        Timing {
-            clock_skew_ms: skew.map(|d| d.whole_milliseconds() as i64),
+        Ok(Timing {
+            clock_skew_ms: skew.map(|d| saturating_ms(d.whole_milliseconds())),
             timestamp_derived,
-            lateness_ms: lateness.whole_milliseconds() as i64,
+            lateness_ms: saturating_ms(lateness.whole_milliseconds()),
             arrival,
-        }
+        })
     }
+}
+
+fn saturating_ms(ms: i128) -> i64 {
+    i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// One accepted event as logged.
@@ -174,7 +195,8 @@ mod tests {
             datetime!(2026-11-29 12:00 UTC),
             HOUR,
             MINUTE,
-        );
+        )
+        .unwrap();
         assert_eq!(t.clock_skew_ms, Some(600_000));
         assert_eq!(t.timestamp_derived, datetime!(2026-11-29 11:59 UTC));
         assert_eq!(t.lateness_ms, 60_000);
@@ -184,11 +206,14 @@ mod tests {
     #[test]
     fn arrival_classes() {
         let server = datetime!(2026-11-29 12:00 UTC);
-        let late = Timing::compute(datetime!(2026-11-29 10:00 UTC), None, server, HOUR, MINUTE);
+        let late =
+            Timing::compute(datetime!(2026-11-29 10:00 UTC), None, server, HOUR, MINUTE).unwrap();
         assert_eq!((late.arrival, late.lateness_ms), (Arrival::Late, 7_200_000));
-        let future = Timing::compute(datetime!(2026-11-29 12:05 UTC), None, server, HOUR, MINUTE);
+        let future =
+            Timing::compute(datetime!(2026-11-29 12:05 UTC), None, server, HOUR, MINUTE).unwrap();
         assert_eq!(future.arrival, Arrival::Future);
-        let edge = Timing::compute(datetime!(2026-11-29 12:01 UTC), None, server, HOUR, MINUTE);
+        let edge =
+            Timing::compute(datetime!(2026-11-29 12:01 UTC), None, server, HOUR, MINUTE).unwrap();
         assert_eq!(edge.arrival, Arrival::OnTime);
         // A clock far ahead is corrected by sent_at and is then on time.
         let corrected = Timing::compute(
@@ -197,8 +222,42 @@ mod tests {
             server,
             HOUR,
             MINUTE,
-        );
+        )
+        .unwrap();
         assert_eq!(corrected.arrival, Arrival::OnTime);
         assert_eq!(corrected.clock_skew_ms, Some(-86_400_000));
+    }
+
+    #[test]
+    fn extreme_client_times_are_an_error_not_a_panic() {
+        let server = datetime!(2026-11-29 12:00 UTC);
+        // The event is near the end of year 9999 and the client's clock claims 1990:
+        // correcting by 37 years of skew would leave the writable years.
+        let far = Timing::compute(
+            datetime!(9999-06-01 00:00 UTC),
+            Some(datetime!(1990-01-01 00:00 UTC)),
+            server,
+            HOUR,
+            MINUTE,
+        );
+        assert_eq!(far, Err(OutOfRange));
+        let early = Timing::compute(
+            datetime!(0000-01-01 00:00 UTC),
+            Some(datetime!(9999-01-01 00:00 UTC)),
+            server,
+            HOUR,
+            MINUTE,
+        );
+        assert_eq!(early, Err(OutOfRange));
+        // The far ends themselves, without skew, are fine.
+        let end = Timing::compute(
+            datetime!(9999-12-31 23:59:59 UTC),
+            None,
+            server,
+            HOUR,
+            MINUTE,
+        )
+        .unwrap();
+        assert_eq!(end.arrival, Arrival::Future);
     }
 }

@@ -167,16 +167,7 @@ pub fn map_message(
         .and_then(Value::as_str)
         .map(str::to_owned);
     let consent = consent_of(&context);
-    if let Some(ua) = context.remove("userAgent") {
-        context.insert("user_agent".into(), ua);
-    }
-    if let Some(country) = context
-        .get("location")
-        .and_then(|l| l.get("country"))
-        .cloned()
-    {
-        context.entry("country").or_insert(country);
-    }
+    native_context(&mut context);
 
     let mut properties = match call {
         CallType::Identify | CallType::Group => object_field(&mut msg, "traits")?,
@@ -225,6 +216,86 @@ pub fn map_message(
         client_event_id,
         sent_at,
     })
+}
+
+/// A Segment message that could not be mapped, renamed field by field to the native
+/// names so that the privacy policy (whose paths are native: `user_id`,
+/// `context.ip`, `properties.email`) applies to its quarantine copy exactly as to an
+/// accepted event. Nothing is validated; fields without a native name keep theirs, and
+/// a `writeKey` is removed (a write key never reaches the log).
+pub fn native_names(mut msg: Map<String, Value>) -> Map<String, Value> {
+    msg.remove("writeKey");
+    let mut out = Map::new();
+    for (from, to) in [
+        ("messageId", "event_id"),
+        ("userId", "user_id"),
+        ("anonymousId", "device_id"),
+        ("timestamp", "timestamp_event"),
+        ("sentAt", "sent_at"),
+    ] {
+        if let Some(value) = msg.remove(from) {
+            out.insert(to.into(), value);
+        }
+    }
+    match msg.remove("event") {
+        Some(Value::String(name)) => {
+            out.insert("event_name".into(), Value::String(snake_case(&name)));
+        }
+        Some(other) => {
+            out.insert("event_name".into(), other);
+        }
+        None => {}
+    }
+    match msg.remove("context") {
+        Some(Value::Object(mut context)) => {
+            native_context(&mut context);
+            out.insert("context".into(), Value::Object(context));
+        }
+        Some(other) => {
+            out.insert("context".into(), other);
+        }
+        None => {}
+    }
+    // Traits and properties both become `properties`; when a message has both and
+    // either is not an object, the second is kept under its own name.
+    for field in ["properties", "traits"] {
+        let Some(value) = msg.remove(field) else {
+            continue;
+        };
+        match (out.get_mut("properties"), value) {
+            (Some(Value::Object(properties)), Value::Object(more)) => {
+                for (k, v) in more {
+                    properties.entry(k).or_insert(v);
+                }
+            }
+            (None, value) => {
+                out.insert("properties".into(), value);
+            }
+            (Some(_), value) => {
+                out.insert(field.into(), value);
+            }
+        }
+    }
+    for (k, v) in msg {
+        out.entry(k).or_insert(v);
+    }
+    out
+}
+
+/// The native names of a Segment `context`'s fields that the privacy policy reads:
+/// `userAgent` → `user_agent`, and `location.country` → `country` (the region) unless
+/// `country` is set.
+fn native_context(context: &mut Map<String, Value>) {
+    if let Some(ua) = context.remove("userAgent") {
+        context.insert("user_agent".into(), ua);
+    }
+    if let Some(country) = context
+        .get("location")
+        .and_then(|l| l.get("country"))
+        .cloned()
+    {
+        context.entry("country").or_insert(country);
+    }
 }
 
 /// Segment event names are free text ("Order Completed"); Tollgate's are snake_case, as
@@ -450,5 +521,33 @@ mod tests {
         assert_eq!(snake_case("  Signed-Up!! "), "signed_up");
         assert_eq!(snake_case("3D View"), "e_3d_view");
         assert_eq!(snake_case("already_snake"), "already_snake");
+    }
+
+    #[test]
+    fn rejected_messages_are_renamed_for_the_policy() {
+        let Value::Object(msg) = json!({
+            "type": "identify",
+            "writeKey": "wk_secret",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "messageId": "m-1",
+            "timestamp": "not a time",
+            "context": {"ip": "203.0.113.7", "userAgent": "UA", "location": {"country": "DE"}},
+            "traits": {"email": "jane@example.com"},
+            "properties": {"plan": "pro"}
+        }) else {
+            unreachable!()
+        };
+        let native = Value::Object(native_names(msg));
+        assert_eq!(native["user_id"], "u1");
+        assert_eq!(native["device_id"], "a1");
+        assert_eq!(native["event_id"], "m-1");
+        assert_eq!(native["timestamp_event"], "not a time");
+        assert_eq!(native["context"]["country"], "DE");
+        assert_eq!(native["context"]["user_agent"], "UA");
+        assert_eq!(native["properties"]["email"], "jane@example.com");
+        assert_eq!(native["properties"]["plan"], "pro");
+        assert!(native.get("writeKey").is_none());
+        assert!(!native.to_string().contains("wk_secret"));
     }
 }

@@ -44,11 +44,40 @@ type Answer = (u64, Arc<[u8]>);
 /// Most request-level answers kept (`Idempotency-Key`); past it the oldest go first.
 const MAX_ANSWERS: usize = 100_000;
 
+/// Most bytes of request-level answers kept (keys and bodies); past it the oldest go
+/// first, so that large answers cannot grow memory without bound.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// The request-level answers and their total size.
+#[derive(Default)]
+struct Answers {
+    map: HashMap<String, Answer>,
+    bytes: usize,
+}
+
+impl Answers {
+    fn size(key: &str, answer: &[u8]) -> usize {
+        key.len() + answer.len() + 64
+    }
+
+    /// Keeps only the answers `keep` accepts, keeping the byte count true.
+    fn retain(&mut self, mut keep: impl FnMut(u64) -> bool) {
+        let bytes = &mut self.bytes;
+        self.map.retain(|key, (expires, answer)| {
+            let kept = keep(*expires);
+            if !kept {
+                *bytes -= Answers::size(key, answer);
+            }
+            kept
+        });
+    }
+}
+
 /// A bounded in-memory store. Right for a single collector; replicas do not share it.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     /// Request-level answers (`Idempotency-Key`).
-    answers: Mutex<HashMap<String, Answer>>,
+    answers: Mutex<Answers>,
     digest: (RandomState, RandomState),
     claim_ttl_ms: u64,
     window_ms: u64,
@@ -80,7 +109,7 @@ impl MemoryStore {
         };
         MemoryStore {
             shards: (0..SHARDS).map(|_| shard()).collect(),
-            answers: Mutex::new(HashMap::new()),
+            answers: Mutex::new(Answers::default()),
             digest: (RandomState::new(), RandomState::new()),
             claim_ttl_ms: claim_ttl.as_millis() as u64,
             window_ms,
@@ -89,6 +118,11 @@ impl MemoryStore {
             epoch: Instant::now(),
             metrics,
         }
+    }
+
+    /// Bytes of request-level answers held (for tests).
+    pub fn answer_bytes(&self) -> usize {
+        self.answers.lock().expect("answers lock poisoned").bytes
     }
 
     fn now_ms(&self) -> u64 {
@@ -210,6 +244,7 @@ impl IdempotencyStore for MemoryStore {
         let now = self.now_ms();
         let answers = self.answers.lock().expect("answers lock poisoned");
         Ok(answers
+            .map
             .get(key)
             .filter(|(expires, _)| *expires > now)
             .map(|(_, answer)| answer.to_vec()))
@@ -217,22 +252,31 @@ impl IdempotencyStore for MemoryStore {
 
     async fn remember(&self, key: &str, answer: &[u8], ttl: Duration) -> Result<(), StoreError> {
         let now = self.now_ms();
+        let size = Answers::size(key, answer);
         let mut answers = self.answers.lock().expect("answers lock poisoned");
-        if answers.len() >= MAX_ANSWERS {
-            answers.retain(|_, (expires, _)| *expires > now);
+        let full = |a: &Answers| a.map.len() >= MAX_ANSWERS || a.bytes + size > MAX_ANSWER_BYTES;
+        if full(&answers) {
+            answers.retain(|expires| expires > now);
         }
-        if answers.len() >= MAX_ANSWERS {
-            let mut expiries: Vec<u64> = answers.values().map(|(e, _)| *e).collect();
+        // Still full: forget the eighth that expires first, until there is room.
+        while full(&answers) && !answers.map.is_empty() {
+            let mut expiries: Vec<u64> = answers.map.values().map(|(e, _)| *e).collect();
             let nth = expiries.len() / 8;
             let cutoff = *expiries.select_nth_unstable(nth).1;
-            answers.retain(|_, (expires, _)| *expires > cutoff);
+            answers.retain(|expires| expires > cutoff);
         }
-        let live = answers.get(key).is_some_and(|(expires, _)| *expires > now);
-        if !live {
-            answers.insert(
+        let live = answers
+            .map
+            .get(key)
+            .is_some_and(|(expires, _)| *expires > now);
+        if !live && size <= MAX_ANSWER_BYTES {
+            if let Some((_, old)) = answers.map.insert(
                 key.to_owned(),
                 (now + ttl.as_millis() as u64, Arc::from(answer)),
-            );
+            ) {
+                answers.bytes -= Answers::size(key, &old);
+            }
+            answers.bytes += size;
         }
         Ok(())
     }
@@ -294,6 +338,25 @@ mod tests {
 
     fn keys(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn request_answers_are_bounded_in_bytes_not_only_in_count() {
+        let s = store(1000);
+        let answer = vec![b'x'; 1 << 20];
+        for i in 0..200 {
+            s.remember(&format!("src:key-{i}"), &answer, Duration::from_secs(3600))
+                .await
+                .unwrap();
+        }
+        assert!(
+            s.answer_bytes() <= MAX_ANSWER_BYTES,
+            "{} bytes held",
+            s.answer_bytes()
+        );
+        // The newest answers are the ones kept.
+        assert!(s.recall("src:key-199").await.unwrap().is_some());
+        assert!(s.recall("src:key-0").await.unwrap().is_none());
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum ClaimOutcome {
 pub struct StoreError {
     pub operation: &'static str,
     pub message: String,
+    /// The store did not answer in time: the operation may have been applied all the
+    /// same (a claim may hold the keys for the claim TTL).
+    pub timed_out: bool,
 }
 
 /// A shared memory of which events were already logged.

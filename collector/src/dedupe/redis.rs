@@ -72,7 +72,13 @@ pub struct RedisStore {
     claim_ttl_ms: u64,
     window_ms: u64,
     timeout: Duration,
+    /// Stops the background health check when the store is dropped.
+    _health: Option<tokio_util::sync::DropGuard>,
 }
+
+/// How often an idle connection is checked, so that one broken while nobody used it
+/// (Redis restarted) is replaced before a request needs it.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RedisStore {
     /// Creates the store without connecting: the first operation connects, and a Redis
@@ -107,12 +113,25 @@ impl RedisStore {
                 Connection::Cluster(Box::new(client), Mutex::new(None))
             }
         };
+        let health = match (&connection, tokio::runtime::Handle::try_current()) {
+            (Connection::Single(manager), Ok(runtime)) => {
+                let token = tokio_util::sync::CancellationToken::new();
+                runtime.spawn(health_check(
+                    manager.clone(),
+                    options.command_timeout,
+                    token.clone(),
+                ));
+                Some(token.drop_guard())
+            }
+            _ => None,
+        };
         Ok(RedisStore {
             connection,
             prefix: options.key_prefix,
             claim_ttl_ms: options.claim_ttl.as_millis() as u64,
             window_ms: options.dedupe_window.as_millis() as u64,
             timeout: options.command_timeout,
+            _health: health,
         })
     }
 
@@ -133,7 +152,11 @@ impl RedisStore {
         commands: Vec<Cmd>,
     ) -> Result<Vec<Value>, StoreError> {
         let count = commands.len();
-        let error = |message: String| StoreError { operation, message };
+        let error = |message: String| StoreError {
+            operation,
+            message,
+            timed_out: false,
+        };
         let work = async {
             match &self.connection {
                 Connection::Single(manager) => {
@@ -141,7 +164,17 @@ impl RedisStore {
                     for command in commands {
                         pipe.add_command(command);
                     }
-                    pipe.query_async::<Vec<Value>>(&mut manager.clone()).await
+                    match pipe.query_async::<Vec<Value>>(&mut manager.clone()).await {
+                        // A connection found broken (Redis restarted since it was
+                        // last used) is replaced by the manager; every operation
+                        // here is safe to send twice (a claim that did land on the
+                        // first try reads back our own token), so try once more.
+                        Err(e) if e.is_connection_dropped() || e.is_io_error() => {
+                            tracing::debug!(error = %e, operation, "Redis connection broken; retrying once");
+                            pipe.query_async::<Vec<Value>>(&mut manager.clone()).await
+                        }
+                        result => result,
+                    }
                 }
                 Connection::Cluster(client, cached) => {
                     let connection = {
@@ -170,7 +203,32 @@ impl RedisStore {
                 values.len()
             ))),
             Ok(Err(e)) => Err(error(e.to_string())),
-            Err(_) => Err(error(format!("no answer within {:?}", self.timeout))),
+            Err(_) => Err(StoreError {
+                timed_out: true,
+                ..error(format!("no answer within {:?}", self.timeout))
+            }),
+        }
+    }
+}
+
+/// PINGs the connection every [`HEALTH_INTERVAL`] while the store lives: a ping on a
+/// broken connection makes the manager reconnect in the background.
+async fn health_check(
+    manager: ConnectionManager,
+    timeout: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(HEALTH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let (ping, mut connection) = (redis::cmd("PING"), manager.clone());
+        let answer = ping.query_async::<Value>(&mut connection);
+        if let Ok(Err(e)) = tokio::time::timeout(timeout, answer).await {
+            tracing::debug!(error = %e, "Redis health check failed; reconnecting");
         }
     }
 }
@@ -206,11 +264,14 @@ impl IdempotencyStore for RedisStore {
             .map(
                 |reply| match redis::from_redis_value::<Option<String>>(reply) {
                     Ok(None) => Ok(ClaimOutcome::Claimed),
+                    // Our own claim, from a first try whose reply was lost.
+                    Ok(Some(value)) if value == pending => Ok(ClaimOutcome::Claimed),
                     Ok(Some(value)) if value == DONE => Ok(ClaimOutcome::Duplicate),
                     Ok(Some(_)) => Ok(ClaimOutcome::InFlight),
                     Err(e) => Err(StoreError {
                         operation: "claim",
                         message: e.to_string(),
+                        timed_out: false,
                     }),
                 },
             )
@@ -257,6 +318,7 @@ impl IdempotencyStore for RedisStore {
             StoreError {
                 operation: "recall",
                 message: e.to_string(),
+                timed_out: false,
             }
         })
     }

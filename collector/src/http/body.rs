@@ -2,12 +2,14 @@
 //! decompressed size and on the compression ratio, and the media type.
 
 use std::io::Read;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -34,6 +36,62 @@ pub enum Encoding {
     Gzip,
 }
 
+/// The bytes all requests in flight may hold (`limits.max_in_flight_bytes`), counted in
+/// KiB permits of one semaphore: a request reserves before it reads its body and again
+/// once it knows the decompressed size, and gives everything back when it is answered.
+pub struct MemoryBudget {
+    permits: Arc<Semaphore>,
+}
+
+/// Bytes a request holds from the [`MemoryBudget`]; returned when dropped.
+pub struct Reservation(OwnedSemaphorePermit);
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> MemoryBudget {
+        let kib = usize::try_from(bytes.div_ceil(1024))
+            .unwrap_or(Semaphore::MAX_PERMITS)
+            .min(Semaphore::MAX_PERMITS);
+        MemoryBudget {
+            permits: Arc::new(Semaphore::new(kib)),
+        }
+    }
+
+    /// Reserves `bytes` more for a request, added to `held` when it has some already.
+    ///
+    /// # Errors
+    /// `memory_budget_exceeded` when the budget cannot hold them now; nothing is
+    /// reserved then.
+    pub fn reserve(&self, held: Option<Reservation>, bytes: u64) -> Result<Reservation, ApiError> {
+        let kib =
+            u32::try_from(bytes.div_ceil(1024)).map_err(|_| ApiError::MemoryBudgetExceeded)?;
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| ApiError::MemoryBudgetExceeded)?;
+        Ok(match held {
+            Some(Reservation(mut held)) => {
+                held.merge(permit);
+                Reservation(held)
+            }
+            None => Reservation(permit),
+        })
+    }
+
+    /// Bytes free now (for tests and metrics), rounded to KiB.
+    pub fn available(&self) -> u64 {
+        self.permits.available_permits() as u64 * 1024
+    }
+}
+
+/// The body length a client declared, if any.
+pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Reads `Content-Type`: JSON (or none, or `text/plain`) or NDJSON.
 ///
 /// # Errors
@@ -55,7 +113,9 @@ pub fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
         | "application/ndjson"
         | "application/jsonl"
         | "application/x-jsonlines" => Ok(Framing::Ndjson),
-        _ => Err(ApiError::UnsupportedMediaType(text.to_owned())),
+        _ => Err(ApiError::UnsupportedMediaType(
+            "send application/json (or text/plain) or application/x-ndjson",
+        )),
     }
 }
 
@@ -75,7 +135,7 @@ pub fn encoding(headers: &HeaderMap) -> Result<Encoding, ApiError> {
     match text.as_str() {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
-        _ => Err(ApiError::UnsupportedEncoding(text)),
+        _ => Err(ApiError::UnsupportedEncoding),
     }
 }
 
@@ -92,10 +152,7 @@ pub async fn read(
     let too_large = ApiError::BodyTooLarge {
         limit: limits.max_body,
     };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = declared_length(headers);
     if declared.is_some_and(|n| n > limits.max_body) {
         return Err(too_large);
     }
@@ -198,10 +255,7 @@ mod tests {
         h.insert(CONTENT_TYPE, "application/xml".parse().unwrap());
         assert!(framing(&h).is_err());
         h.insert(CONTENT_ENCODING, "br".parse().unwrap());
-        assert!(matches!(
-            encoding(&h),
-            Err(ApiError::UnsupportedEncoding(_))
-        ));
+        assert!(matches!(encoding(&h), Err(ApiError::UnsupportedEncoding)));
         h.insert(CONTENT_ENCODING, "GZIP".parse().unwrap());
         assert_eq!(encoding(&h).unwrap(), Encoding::Gzip);
     }

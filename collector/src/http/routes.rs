@@ -39,6 +39,11 @@ pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
 /// answer; the same key with another body gets 422.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+/// Largest answer stored under an `Idempotency-Key` (a 500-event batch of accepted
+/// events answers in about 40 KiB): stored answers are held for the dedupe window, so
+/// their size bounds the store's memory (the memory store also caps their total).
+pub const MAX_STORED_ANSWER: usize = 64 << 10;
+
 /// The answer stored under an `Idempotency-Key`.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct StoredAnswer {
@@ -88,12 +93,16 @@ pub struct App {
     pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
     pub platforms: tollgate_event::Platforms,
     pub body_limits: BodyLimits,
+    /// Bytes all requests in flight may hold (`limits.max_in_flight_bytes`).
+    pub memory: body::MemoryBudget,
     pub max_event_bytes: usize,
     pub max_events: usize,
     pub max_concurrent_requests: usize,
     pub request_timeout: Duration,
     /// How long an `Idempotency-Key` answer is kept (the dedupe window).
     pub answer_ttl: Duration,
+    /// Peers whose `X-Tollgate-Shadow: 1` is believed (`server.shadow_proxies`).
+    pub shadow_proxies: Vec<ipnet::IpNet>,
     /// Ingest work runs as tasks tracked here, so it finishes (and commits its claims)
     /// even when the client goes away, and shutdown can wait for it.
     pub tasks: TaskTracker,
@@ -162,7 +171,12 @@ impl App {
         let started = Instant::now();
         let route = Route::find(req.uri().path(), listener);
         if req.headers().get(SHADOW_HEADER).is_some_and(|v| v == "1") {
-            self.metrics.shadow_requests.add(
+            let metric = if self.is_shadow_copy(req.headers(), req.extensions()) {
+                &self.metrics.shadow_requests
+            } else {
+                &self.metrics.shadow_untrusted
+            };
+            metric.add(
                 1,
                 &[opentelemetry::KeyValue::new("route", Route::label(route))],
             );
@@ -231,6 +245,17 @@ impl App {
             started.elapsed(),
         );
         response
+    }
+
+    /// A copy from a shadow proxy: marked `X-Tollgate-Shadow: 1` by a peer listed in
+    /// `server.shadow_proxies`. Anyone else could otherwise send real events to the
+    /// shadow stream while their ids are committed in the main idempotency namespace
+    /// (acknowledged, yet missing from the main log).
+    fn is_shadow_copy(&self, headers: &HeaderMap, extensions: &http::Extensions) -> bool {
+        headers.get(SHADOW_HEADER).is_some_and(|v| v == "1")
+            && extensions
+                .get::<super::PeerAddr>()
+                .is_some_and(|peer| self.shadow_proxies.iter().any(|net| net.contains(&peer.0)))
     }
 
     async fn readiness(&self) -> Response<Full<Bytes>> {
@@ -324,7 +349,7 @@ impl App {
         let framing = body::framing(&parts.headers)?;
         if framing == Framing::Ndjson && api == Api::Segment {
             return Err(ApiError::UnsupportedMediaType(
-                "NDJSON is accepted on /v1/events only".into(),
+                "NDJSON is accepted on /v1/events only",
             ));
         }
         let encoding = body::encoding(&parts.headers)?;
@@ -342,6 +367,13 @@ impl App {
                 Some(key.to_owned())
             }
         };
+        let shadow = self.is_shadow_copy(&parts.headers, &parts.extensions);
+        // The body's bytes are reserved before it is read: past the budget the client
+        // is told to come back rather than the process running out of memory.
+        let wire = body::declared_length(&parts.headers)
+            .unwrap_or(self.body_limits.max_body)
+            .min(self.body_limits.max_body);
+        let reservation = self.memory.reserve(None, wire)?;
         let raw = body::read(&parts.headers, incoming, self.body_limits).await?;
         let edge_country = self.pipeline.privacy.as_ref().and_then(|privacy| {
             let header = privacy
@@ -352,7 +384,6 @@ impl App {
             let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0);
             privacy.edge_country(header, peer)
         });
-        let shadow = parts.headers.get(SHADOW_HEADER).is_some_and(|v| v == "1");
         let explain = parts.headers.get(EXPLAIN_HEADER).is_some_and(|v| v == "1");
         let sent_at_header = parts
             .headers
@@ -366,6 +397,8 @@ impl App {
         let work = self.tasks.spawn(
             async move {
             let bytes = body::decode(raw, encoding, app.body_limits)?;
+            // Decoded events and their records, until the log has them.
+            let _reservation = app.memory.reserve(Some(reservation), 2 * bytes.len() as u64)?;
             let limits = DecodeLimits {
                 max_event_bytes: app.max_event_bytes,
                 max_events: app.max_events,
@@ -450,12 +483,18 @@ impl App {
                     body: String::from_utf8_lossy(&body).into_owned(),
                 };
                 let stored = serde_json::to_vec(&stored).expect("answers serialize");
-                let remembered = app
-                    .pipeline
-                    .store_call("remember", 1, app.pipeline.store.remember(key, &stored, app.answer_ttl))
-                    .await;
-                if let Err(e) = remembered {
-                    tracing::warn!(error = %e, "storing an Idempotency-Key answer failed");
+                if stored.len() > MAX_STORED_ANSWER {
+                    // A replay is then processed again: its events come back
+                    // `duplicate`, and nothing is logged twice.
+                    app.pipeline.count_keys("answer_too_large", 1);
+                } else {
+                    let remembered = app
+                        .pipeline
+                        .store_call("remember", 1, app.pipeline.store.remember(key, &stored, app.answer_ttl))
+                        .await;
+                    if let Err(e) = remembered {
+                        tracing::warn!(error = %e, "storing an Idempotency-Key answer failed");
+                    }
                 }
             }
             let mut response = json_bytes_response(status, Bytes::from(body));

@@ -11,8 +11,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tollgate_event::event::parse_timestamp;
-use tollgate_event::segment::{BatchDefaults, CallType, map_message};
-use tollgate_event::{ErrorCode, Event, EventError, Platforms, parse_event_text};
+use tollgate_event::segment::{BatchDefaults, CallType, map_message, native_names};
+use tollgate_event::{
+    ErrorCode, Event, EventError, Platforms, json_error_message, parse_event_text,
+};
 
 use crate::error::ApiError;
 
@@ -34,9 +36,71 @@ pub enum Item {
     },
     Invalid {
         error: EventError,
-        /// The event as received, for the quarantine.
-        raw: Value,
+        /// What the quarantine may keep of the event.
+        raw: Raw,
     },
+}
+
+/// A rejected event as the quarantine may keep it: what the privacy policy can see
+/// into, and for anything else only its size and a digest.
+#[derive(Debug)]
+pub enum Raw {
+    /// The event as received, a JSON object (always `Value::Object`) under native
+    /// field names (a Segment message is renamed by [`native_names`]); the policy runs
+    /// over it before writing.
+    Object(Value),
+    /// Bytes the policy cannot see into (not JSON, or JSON that is not an object): they
+    /// are never stored, only their length and SHA-256 (keyed again before writing).
+    Opaque { bytes: usize, sha256: [u8; 32] },
+}
+
+impl Raw {
+    /// The quarantine's view of an event's text.
+    pub fn from_text(text: &[u8]) -> Raw {
+        match serde_json::from_slice::<Value>(text) {
+            Ok(Value::Object(map)) => Raw::from_object(map),
+            _ => Raw::opaque(text),
+        }
+    }
+
+    /// The quarantine's view of a Segment message's text, renamed to native fields.
+    fn from_segment_text(text: &[u8]) -> Raw {
+        match serde_json::from_slice::<Value>(text) {
+            Ok(Value::Object(map)) => Raw::Object(Value::Object(native_names(map))),
+            _ => Raw::opaque(text),
+        }
+    }
+
+    /// A parsed event (a `Value::Object`, or anything else as opaque bytes).
+    pub fn from_value(value: Value) -> Raw {
+        match value {
+            Value::Object(map) => Raw::from_object(map),
+            other => Raw::opaque(other.to_string().as_bytes()),
+        }
+    }
+
+    fn from_object(mut map: Map<String, Value>) -> Raw {
+        // A write key never reaches the log, whatever field a client put it in.
+        map.remove("writeKey");
+        map.remove("write_key");
+        Raw::Object(Value::Object(map))
+    }
+
+    fn opaque(text: &[u8]) -> Raw {
+        use sha2::Digest;
+        Raw::Opaque {
+            bytes: text.len(),
+            sha256: sha2::Sha256::digest(text).into(),
+        }
+    }
+
+    /// A top-level string field, for answers and metric labels.
+    pub fn text(&self, field: &str) -> Option<&str> {
+        match self {
+            Raw::Object(value) => value.get(field).and_then(Value::as_str),
+            Raw::Opaque { .. } => None,
+        }
+    }
 }
 
 /// A request's events, plus a write key carried in the body (Segment allows that).
@@ -139,8 +203,7 @@ fn native_event(text: &[u8], sent_at: Option<OffsetDateTime>, limits: &DecodeLim
         // Parse again for the quarantine: only rejected events pay for it.
         Err(error) => Item::Invalid {
             error,
-            raw: serde_json::from_slice(text)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())),
+            raw: Raw::from_text(text),
         },
     }
 }
@@ -171,13 +234,17 @@ pub fn segment(
         },
         Err(error) => Item::Invalid {
             error,
-            raw: Value::Null,
+            raw: Raw::Opaque {
+                bytes: 0,
+                sha256: [0; 32],
+            },
         },
     };
+    // The quarantine copy is parsed again from the text: only rejected messages pay.
     let with_raw = |item: Item, text: &[u8]| match item {
         Item::Invalid { error, .. } => Item::Invalid {
             error,
-            raw: serde_json::from_slice(text).unwrap_or(Value::Null),
+            raw: Raw::from_segment_text(text),
         },
         ok => ok,
     };
@@ -200,13 +267,17 @@ pub fn segment(
                 .map(|raw| {
                     let text = raw.get().as_bytes();
                     if text.len() > limits.max_event_bytes {
-                        return too_large(text, limits.max_event_bytes);
+                        return with_raw(too_large(text, limits.max_event_bytes), text);
                     }
                     match serde_json::from_slice::<Value>(text) {
                         Ok(value) => with_raw(map(value, defaults), text),
                         Err(e) => Item::Invalid {
-                            error: EventError::new(ErrorCode::InvalidEvent, "", e.to_string()),
-                            raw: Value::Null,
+                            error: EventError::new(
+                                ErrorCode::InvalidEvent,
+                                "",
+                                json_error_message(&e),
+                            ),
+                            raw: Raw::opaque(text),
                         },
                     }
                 })
@@ -228,7 +299,7 @@ pub fn segment(
                 _ => None,
             };
             let item = if body.len() > limits.max_event_bytes {
-                too_large(body, limits.max_event_bytes)
+                with_raw(too_large(body, limits.max_event_bytes), body)
             } else {
                 with_raw(map(value, BatchDefaults::default()), body)
             };
@@ -250,8 +321,7 @@ fn too_large(text: &[u8], max: usize) -> Item {
                 text.len()
             ),
         ),
-        raw: serde_json::from_slice(text)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned())),
+        raw: Raw::from_text(text),
     }
 }
 
@@ -268,8 +338,9 @@ fn check_count(count: usize, limits: &DecodeLimits<'_>) -> Result<(), ApiError> 
 
 /// Syntax errors are `malformed_json`; valid JSON of the wrong shape is `invalid_envelope`.
 fn shape_error(e: serde_json::Error) -> ApiError {
+    let message = json_error_message(&e);
     match e.classify() {
-        serde_json::error::Category::Data => ApiError::InvalidEnvelope(e.to_string()),
-        _ => ApiError::MalformedJson(e.to_string()),
+        serde_json::error::Category::Data => ApiError::InvalidEnvelope(message),
+        _ => ApiError::MalformedJson(message),
     }
 }

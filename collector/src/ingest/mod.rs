@@ -24,7 +24,7 @@ use tollgate_event::{
     Api, Arrival, Dedupe, ErrorCode, Event, EventError, QuarantineRecord, Record, Timing,
 };
 
-pub use decode::{DecodeLimits, Decoded, Item};
+pub use decode::{DecodeLimits, Decoded, Item, Raw};
 
 use crate::config::FailurePolicy;
 use crate::dedupe::{ClaimOutcome, IdempotencyStore, StoreError};
@@ -158,7 +158,7 @@ enum Slot {
     },
     Rejected {
         error: EventError,
-        raw: serde_json::Value,
+        raw: Raw,
     },
     /// Removed by the privacy policy: answered, counted, never written.
     Dropped {
@@ -208,65 +208,28 @@ impl Pipeline {
                 } => {
                     ignored_fields += ignored;
                     let validated = match api {
-                        Api::Native => self
-                            .schemas
-                            .validate_map(&event.event_name, event.schema_version, &mut event.properties, unknown),
+                        Api::Native => self.schemas.validate_map(
+                            &event.event_name,
+                            event.schema_version,
+                            &mut event.properties,
+                            unknown,
+                        ),
                         // Segment events carry no version: the newest one they satisfy.
                         Api::Segment => self
                             .schemas
-                            .validate_newest_matching(&event.event_name, &mut event.properties, unknown)
+                            .validate_newest_matching(
+                                &event.event_name,
+                                &mut event.properties,
+                                unknown,
+                            )
                             .map(|version| event.schema_version = version),
                     };
-                    match validated {
-                        Ok(()) => {
-                            let (policy, previous) = match &self.privacy {
-                                None => (None, None),
-                                Some(privacy) => {
-                                    let policy = privacy.policy_for(edge_country, &event.context).clone();
-                                    match privacy.apply(&policy, &mut event) {
-                                        Verdict::Keep { previous } => (Some(policy), previous),
-                                        Verdict::Drop { reason } => {
-                                            self.metrics
-                                                .privacy_drops
-                                                .add(1, &[KeyValue::new("reason", reason)]);
-                                            return Slot::Dropped {
-                                                event_id: std::mem::take(&mut event.event_id),
-                                                error: EventError::new(
-                                                    ErrorCode::ConsentDenied,
-                                                    "/consent",
-                                                    format!(
-                                                        "policy {} requires consent this event does not grant; it was not stored",
-                                                        policy.id
-                                                    ),
-                                                ),
-                                            };
-                                        }
-                                    }
-                                }
-                            };
-                            Slot::Valid {
-                                timing: Timing::compute(
-                                    event.timestamp_event,
-                                    sent_at,
-                                    received_at,
-                                    self.allowed_lateness,
-                                    self.future_tolerance,
-                                ),
-                                event,
-                                sent_at,
-                                dedupe: if client_id {
-                                    Dedupe::Checked
-                                } else {
-                                    Dedupe::Unchecked
-                                },
-                                claim: None,
-                                check: client_id,
-                                policy,
-                                previous,
-                            }
+                    match validated.and_then(|()| self.timing(api, &event, sent_at, received_at)) {
+                        Ok(timing) => {
+                            self.apply_privacy(event, sent_at, timing, client_id, edge_country)
                         }
                         Err(error) => Slot::Rejected {
-                            raw: serde_json::to_value(&event).unwrap_or_default(),
+                            raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
                             error,
                         },
                     }
@@ -277,7 +240,11 @@ impl Pipeline {
         // reaches any file.
         if let Some(privacy) = &self.privacy {
             for slot in &mut slots {
-                if let Slot::Rejected { raw, .. } = slot {
+                if let Slot::Rejected {
+                    raw: Raw::Object(raw),
+                    ..
+                } = slot
+                {
                     let empty = serde_json::Map::new();
                     let context = raw
                         .get("context")
@@ -384,13 +351,20 @@ impl Pipeline {
                         tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
                         for slot in &mut slots {
                             if let Slot::Valid { dedupe, claim, .. } = slot
-                                && claim.take().is_some()
+                                && claim.is_some()
                             {
                                 *dedupe = Dedupe::Unchecked;
                                 self.metrics
                                     .unchecked
                                     .add(1, &[KeyValue::new("reason", "store_unavailable")]);
                             }
+                        }
+                        // A claim that timed out may have landed all the same: the
+                        // keys are then ours, pending. They are committed after the
+                        // write (or released if it fails), best effort, so that
+                        // retries are not refused as in flight for the claim TTL.
+                        if e.timed_out {
+                            claimed = keys;
                         }
                     }
                 },
@@ -455,6 +429,93 @@ impl Pipeline {
         Ok(self.outcome(slots, source, api))
     }
 
+    /// The server-side timing of a valid event.
+    ///
+    /// # Errors
+    /// `invalid_value` at the event's time field when skew correction leaves the years
+    /// a timestamp can be written in.
+    fn timing(
+        &self,
+        api: Api,
+        event: &Event,
+        sent_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+    ) -> Result<Timing, EventError> {
+        Timing::compute(
+            event.timestamp_event,
+            sent_at,
+            received_at,
+            self.allowed_lateness,
+            self.future_tolerance,
+        )
+        .map_err(|e| {
+            let path = match api {
+                Api::Native => "/timestamp_event",
+                Api::Segment => "/timestamp",
+            };
+            EventError::new(ErrorCode::InvalidValue, path, e.to_string())
+        })
+    }
+
+    /// Applies the event's regional privacy policy: the event is kept (transformed),
+    /// dropped (consent), or rejected to the quarantine.
+    fn apply_privacy(
+        &self,
+        mut event: Event,
+        sent_at: Option<OffsetDateTime>,
+        timing: Timing,
+        client_id: bool,
+        edge_country: Option<&str>,
+    ) -> Slot {
+        let (policy, previous) = match &self.privacy {
+            None => (None, None),
+            Some(privacy) => {
+                let policy = privacy.policy_for(edge_country, &event.context).clone();
+                match privacy.apply(&policy, &mut event) {
+                    Verdict::Keep { previous } => (Some(policy), previous),
+                    Verdict::Drop { reason } => {
+                        self.metrics
+                            .privacy_drops
+                            .add(1, &[KeyValue::new("reason", reason)]);
+                        return Slot::Dropped {
+                            event_id: std::mem::take(&mut event.event_id),
+                            error: EventError::new(
+                                ErrorCode::ConsentDenied,
+                                "/consent",
+                                format!(
+                                    "policy {} requires consent this event does not grant; it was not stored",
+                                    policy.id
+                                ),
+                            ),
+                        };
+                    }
+                    // The event is untouched; its quarantine copy takes the policy
+                    // with the other rejected events.
+                    Verdict::Reject(error) => {
+                        return Slot::Rejected {
+                            raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
+                            error,
+                        };
+                    }
+                }
+            }
+        };
+        Slot::Valid {
+            timing,
+            event,
+            sent_at,
+            dedupe: if client_id {
+                Dedupe::Checked
+            } else {
+                Dedupe::Unchecked
+            },
+            claim: None,
+            check: client_id,
+            policy,
+            previous,
+        }
+    }
+
     /// Runs one store operation, timing it and counting its keys or its failure.
     pub(crate) async fn store_call<T>(
         &self,
@@ -479,7 +540,7 @@ impl Pipeline {
         result
     }
 
-    fn count_keys(&self, result: &'static str, count: u64) {
+    pub(crate) fn count_keys(&self, result: &'static str, count: u64) {
         if count > 0 {
             self.metrics.idempotency_keys.add(
                 count,
@@ -550,6 +611,14 @@ impl Pipeline {
                     }
                 }
                 Slot::Rejected { error, raw } => {
+                    let opaque;
+                    let event = match raw {
+                        Raw::Object(value) => value,
+                        Raw::Opaque { bytes, sha256 } => {
+                            opaque = self.opaque_view(*bytes, sha256);
+                            &opaque
+                        }
+                    };
                     let record = QuarantineRecord {
                         timestamp_server: received_at,
                         source: Cow::Borrowed(&source.id),
@@ -557,7 +626,7 @@ impl Pipeline {
                         request_id: Cow::Borrowed(request_id),
                         index,
                         error: error.clone(),
-                        event: Cow::Borrowed(raw),
+                        event: Cow::Borrowed(event),
                         collector_version: Cow::Borrowed(COLLECTOR_VERSION),
                     };
                     serde_json::to_writer(&mut batch.quarantine, &record)
@@ -567,11 +636,7 @@ impl Pipeline {
                         meta.quarantine.push(RecordMeta {
                             end: batch.quarantine.len(),
                             key: None,
-                            event_name: raw
-                                .get("event_name")
-                                .or_else(|| raw.get("event"))
-                                .and_then(|v| v.as_str())
-                                .map(str::to_owned),
+                            event_name: raw.text("event_name").map(str::to_owned),
                             schema_version: None,
                             region: None,
                             error_code: Some(error.code.as_str()),
@@ -583,6 +648,20 @@ impl Pipeline {
         }
         batch.meta = meta;
         batch
+    }
+
+    /// What the quarantine keeps of bytes the privacy policy could not see into: their
+    /// length and a digest, keyed with the pseudonym key when there is one (so that
+    /// nobody without the key can test guesses of the content against it).
+    fn opaque_view(&self, bytes: usize, sha256: &[u8; 32]) -> serde_json::Value {
+        let unparsed = match &self.privacy {
+            Some(privacy) => {
+                let (digest, key) = privacy.keyed_digest(sha256);
+                serde_json::json!({"bytes": bytes, "hmac_sha256": digest, "privacy_key": key})
+            }
+            None => serde_json::json!({"bytes": bytes, "sha256": hex(sha256)}),
+        };
+        serde_json::json!({ "unparsed": unparsed })
     }
 
     /// Data-quality metrics of a request's accepted and rejected events: segments,
@@ -637,7 +716,7 @@ impl Pipeline {
                     }
                 }
                 Slot::Rejected { raw, .. } => {
-                    let text = |key: &str| raw.get(key).and_then(|v| v.as_str());
+                    let text = |key: &str| raw.text(key);
                     segments.add(
                         "rejected",
                         known(text("event_name")),
@@ -689,11 +768,7 @@ impl Pipeline {
                         .rejections
                         .add(1, &[KeyValue::new("code", error.code.as_str())]);
                     EventResult {
-                        event_id: raw
-                            .get("event_id")
-                            .or_else(|| raw.get("messageId"))
-                            .and_then(|v| v.as_str())
-                            .map(str::to_owned),
+                        event_id: raw.text("event_id").map(str::to_owned),
                         status: Status::Rejected,
                         error: Some(error),
                         policy: None,
@@ -803,4 +878,8 @@ fn split_delivered(
     }
     release.extend(keys);
     (commit, release)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -11,7 +11,7 @@ use sha2::Sha256;
 use tollgate_event::Event;
 
 use super::config::{AgentMode, IpMode, OnDenied, PiiMode, PolicyConfig, PrivacyConfig};
-use super::detect::{self, Detector};
+use super::detect::{self, Detector, Scope};
 
 /// A dotted field path, parsed once: `context.ip`, `properties.*.token`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,13 @@ pub struct Policy {
     pii: PiiMode,
 }
 
+impl Policy {
+    /// Whether this policy replaces the whole of `root` by its pseudonym.
+    fn pseudonymizes(&self, root: Root) -> bool {
+        self.pseudonymize.iter().any(|p| p.root == root)
+    }
+}
+
 /// Keys for pseudonyms: the current one, and those still applied during a rotation.
 pub struct Keys {
     pub current: (String, Hmac<Sha256>),
@@ -142,11 +149,17 @@ pub enum Verdict {
     },
     /// Do not write it anywhere.
     Drop { reason: &'static str },
+    /// The event cannot be logged under this policy as it is (its `event_id` holds
+    /// personal data the policy removes, and the id must stay as sent to deduplicate):
+    /// it is rejected, and its quarantine copy goes through [`Privacy::apply_raw`].
+    Reject(tollgate_event::EventError),
 }
 
 /// Every region's policy, and the keys.
 pub struct Privacy {
     by_country: HashMap<String, Arc<Policy>>,
+    /// Region name → policy, in the order of the file (for `privacy-check --region`).
+    by_region: Vec<(String, Arc<Policy>)>,
     default: Arc<Policy>,
     keys: Keys,
     /// Header a trusted edge sets with the client's country, lower-case.
@@ -189,6 +202,7 @@ impl Privacy {
             })
         };
         let mut by_country = HashMap::new();
+        let mut by_region = Vec::new();
         let mut default = None;
         for region in &config.regions {
             let policy = compile(
@@ -196,6 +210,7 @@ impl Privacy {
                 &region.policy,
                 &config.policies[&region.policy],
             );
+            by_region.push((region.name.clone(), policy.clone()));
             for country in &region.countries {
                 by_country.insert(country.to_ascii_uppercase(), policy.clone());
             }
@@ -218,8 +233,15 @@ impl Privacy {
                     .unwrap_or_else(|_| ipnet::IpNet::from(p.parse::<IpAddr>().expect("checked")))
             })
             .collect();
+        if !by_region
+            .iter()
+            .any(|(name, _)| *name == config.default_region)
+        {
+            by_region.push((config.default_region.clone(), default.clone()));
+        }
         Ok(Privacy {
             by_country,
+            by_region,
             default,
             keys,
             region_header: config
@@ -264,6 +286,26 @@ impl Privacy {
             .unwrap_or(&self.default)
     }
 
+    /// The policy a region name (`eu`) or a country code (`DE`, any case) selects, for
+    /// dry runs.
+    ///
+    /// # Errors
+    /// Neither a region nor a country of the file: the message lists the region names.
+    pub fn policy_named(&self, name: &str) -> Result<&Arc<Policy>, String> {
+        if let Some((_, policy)) = self.by_region.iter().find(|(region, _)| region == name) {
+            return Ok(policy);
+        }
+        self.by_country
+            .get(&name.to_ascii_uppercase())
+            .ok_or_else(|| {
+                let names: Vec<&str> = self.by_region.iter().map(|(n, _)| n.as_str()).collect();
+                format!(
+                    "{name:?} is neither a region nor a country of the privacy file; regions: {}",
+                    names.join(", ")
+                )
+            })
+    }
+
     /// Id of the key pseudonyms are made with (stamped as `privacy_key`).
     pub fn key_id(&self) -> &str {
         &self.keys.current.0
@@ -271,6 +313,16 @@ impl Privacy {
 
     /// Applies `policy` to a valid event.
     pub fn apply(&self, policy: &Policy, event: &mut Event) -> Verdict {
+        if policy.pii != PiiMode::Off && detect::contains_pii(&event.event_id) {
+            return Verdict::Reject(tollgate_event::EventError::new(
+                tollgate_event::ErrorCode::InvalidValue,
+                "/event_id",
+                format!(
+                    "`event_id` looks like it holds personal data, which policy {} does not let the log keep; use a random id (UUID)",
+                    policy.id
+                ),
+            ));
+        }
         if !self.consented(policy, event) {
             match policy.on_denied {
                 OnDenied::Drop => {
@@ -328,6 +380,24 @@ impl Privacy {
             *agent = agent_family(agent);
         }
         if policy.pii != PiiMode::Off {
+            // Free text can be anywhere a client puts it, not only in properties.
+            for root in [
+                Root::UserId,
+                Root::DeviceId,
+                Root::SessionId,
+                Root::Surface,
+                Root::AppVersion,
+            ] {
+                if !policy.pseudonymizes(root)
+                    && let Some(text) = top_level(event, root).as_mut()
+                {
+                    self.scrub_text(policy.pii, Scope::Identifier, text);
+                }
+            }
+            for id in &mut event.experiment_ids {
+                self.scrub_text(policy.pii, Scope::Identifier, id);
+            }
+            self.scrub_context(policy.pii, &mut event.context);
             self.scrub_map(policy.pii, &mut event.properties);
         }
         Verdict::Keep {
@@ -335,14 +405,35 @@ impl Privacy {
         }
     }
 
-    /// Applies the drops, pseudonyms and IP rule to a rejected event as received, so
-    /// that the quarantine never holds what the policy removes. Consent is not judged
-    /// on an invalid event.
+    /// Applies the drops, pseudonyms, IP and user-agent rules, and the free-text scrub,
+    /// to a rejected event as received (its fields already under their native names), so
+    /// that the quarantine never holds what the policy removes from accepted events.
+    /// Consent is not judged on an invalid event.
+    ///
+    /// A rejected event can hold anything anywhere (unknown fields included), so the
+    /// free-text scrub covers every string of it, not just the known fields.
     pub fn apply_raw(&self, policy: &Policy, raw: &mut Value) {
         let Value::Object(root) = raw else { return };
         for path in &policy.drop {
             let (key, rest) = raw_path(path);
             drop_in(root, &[&[Some(key.to_owned())], rest].concat());
+        }
+        if policy.pii != PiiMode::Off {
+            // Before the pseudonyms, so that they are not taken for digits of a card;
+            // the fields pseudonymized whole are left to their hash.
+            for (key, value) in root.iter_mut() {
+                match key.as_str() {
+                    "context" => match value {
+                        Value::Object(context) => self.scrub_context(policy.pii, context),
+                        other => self.scrub_value(policy.pii, other),
+                    },
+                    name if policy
+                        .pseudonymize
+                        .iter()
+                        .any(|p| p.root.name() == name && p.rest.is_empty()) => {}
+                    _ => self.scrub_value(policy.pii, value),
+                }
+            }
         }
         for path in &policy.pseudonymize {
             let (key, rest) = raw_path(path);
@@ -354,18 +445,38 @@ impl Privacy {
                 &mut hash,
             );
         }
-        if let Some(Value::Object(context)) = root.get_mut("context") {
-            apply_ip(policy.ip, context);
-            if policy.user_agent == AgentMode::Family
-                && let Some(Value::String(agent)) = context.get_mut("user_agent")
-            {
-                *agent = agent_family(agent);
+        match root.get_mut("context") {
+            Some(Value::Object(context)) => {
+                apply_ip(policy.ip, context);
+                if policy.user_agent == AgentMode::Family
+                    && let Some(Value::String(agent)) = context.get_mut("user_agent")
+                {
+                    *agent = agent_family(agent);
+                }
             }
+            // A context that is not an object cannot be read for an IP: keep none of it.
+            Some(_) if policy.ip != IpMode::Keep => {
+                root.remove("context");
+            }
+            _ => {}
         }
-        if policy.pii != PiiMode::Off
-            && let Some(Value::Object(properties)) = root.get_mut("properties")
-        {
-            self.scrub_map(policy.pii, properties);
+    }
+
+    /// HMAC-SHA256 of `digest` under the current key, hex, with the key's id: how the
+    /// quarantine identifies bytes it must not keep (a line that is not JSON).
+    pub fn keyed_digest(&self, digest: &[u8]) -> (String, &str) {
+        let mut mac = self.keys.current.1.clone();
+        mac.update(digest);
+        (hex(&mac.finalize().into_bytes()), &self.keys.current.0)
+    }
+
+    /// Scrubs free text in `context`, except the IP and the user agent, which have
+    /// rules of their own (and whose digits the phone pattern would misread).
+    fn scrub_context(&self, mode: PiiMode, context: &mut Map<String, Value>) {
+        for (key, value) in context.iter_mut() {
+            if key != "ip" && key != "user_agent" {
+                self.scrub_value(mode, value);
+            }
         }
     }
 
@@ -378,29 +489,31 @@ impl Privacy {
 
     fn scrub_value(&self, mode: PiiMode, value: &mut Value) {
         match value {
-            Value::String(text) => {
-                let mut replace = |detector: Detector, found: &str| match mode {
-                    PiiMode::Hash => {
-                        let hash = hex_mac(&self.keys.current.1, found);
-                        format!("[{}:{}]", detector.as_str(), &hash[..16])
-                    }
-                    _ => format!("[{}]", detector.as_str()),
-                };
-                let mut count = |detector: Detector| {
-                    if let Some(counter) = &self.pii_found {
-                        counter.add(
-                            1,
-                            &[opentelemetry::KeyValue::new("detector", detector.as_str())],
-                        );
-                    }
-                };
-                if let Some(clean) = detect::scrub(text, &mut replace, &mut count) {
-                    *text = clean;
-                }
-            }
+            Value::String(text) => self.scrub_text(mode, Scope::All, text),
             Value::Array(items) => items.iter_mut().for_each(|v| self.scrub_value(mode, v)),
             Value::Object(map) => self.scrub_map(mode, map),
             _ => {}
+        }
+    }
+
+    fn scrub_text(&self, mode: PiiMode, scope: Scope, text: &mut String) {
+        let mut replace = |detector: Detector, found: &str| match mode {
+            PiiMode::Hash => {
+                let hash = hex_mac(&self.keys.current.1, found);
+                format!("[{}:{}]", detector.as_str(), &hash[..16])
+            }
+            _ => format!("[{}]", detector.as_str()),
+        };
+        let mut count = |detector: Detector| {
+            if let Some(counter) = &self.pii_found {
+                counter.add(
+                    1,
+                    &[opentelemetry::KeyValue::new("detector", detector.as_str())],
+                );
+            }
+        };
+        if let Some(clean) = detect::scrub(text, scope, &mut replace, &mut count) {
+            *text = clean;
         }
     }
 
@@ -581,9 +694,12 @@ pub fn truncate_ip(ip: IpAddr) -> IpAddr {
 fn hex_mac(mac: &Hmac<Sha256>, value: &str) -> String {
     let mut mac = mac.clone();
     mac.update(value.as_bytes());
-    let digest = mac.finalize().into_bytes();
-    let mut out = String::with_capacity(64);
-    for byte in digest.iter() {
+    hex(&mac.finalize().into_bytes())
+}
+
+fn hex(digest: &[u8]) -> String {
+    let mut out = String::with_capacity(digest.len() * 2);
+    for byte in digest {
         out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
         out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
     }

@@ -221,10 +221,12 @@ impl SchemaRegistry {
             .validate(properties)
             .expect_err("is_valid said the instance is invalid");
         let path = format!("/properties{}", err.instance_path());
+        // Masked: "value is not of type \"integer\"", never the client's value (it may
+        // be personal data, and messages reach answers and the quarantine).
         Err(EventError::new(
             ErrorCode::SchemaViolation,
             path,
-            err.to_string(),
+            err.masked().to_string(),
         ))
     }
 

@@ -269,7 +269,10 @@ impl Stream {
     }
 
     /// Appends the chunks as one write and syncs. On error the segment is cut back to
-    /// its length before the write and abandoned, so no partial line is ever left.
+    /// its length before the write, so no partial line is ever left, and kept for the
+    /// next write: a full disk (ENOSPC) then creates no new files while it refuses
+    /// writes, and the log resumes in the same segment once space returns. A segment
+    /// that could not be cut back is abandoned (repaired at the next start).
     fn append<'a>(
         &mut self,
         chunks: impl Iterator<Item = &'a [u8]>,
@@ -316,8 +319,8 @@ impl Stream {
                     .and_then(|()| segment.file.sync_all());
                 if let Err(undo) = undo {
                     tracing::error!(error = %undo, "could not cut a failed write from the segment; it is repaired at the next start");
+                    self.current = None;
                 }
-                self.current = None;
                 Err(e)
             }
         }

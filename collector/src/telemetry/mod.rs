@@ -11,7 +11,7 @@ pub mod tracing_setup;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider};
+use opentelemetry::metrics::{Counter, Gauge, Histogram, MeterProvider, UpDownCounter};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 
@@ -85,6 +85,14 @@ pub struct Metrics {
     pub clock_skew: Histogram<f64>,
     /// Requests waiting for the log writer, after each append.
     pub log_queue_depth: Gauge<i64>,
+    /// Open connections, by listener (public, admin).
+    pub connections_open: UpDownCounter<i64>,
+    /// Connections closed by a limit, by listener and event (header_timeout,
+    /// idle_timeout, handshake_failed).
+    pub connections_cut: Counter<u64>,
+    /// `X-Tollgate-Shadow` headers ignored because the peer is not a configured
+    /// shadow proxy (the events were logged as real traffic).
+    pub shadow_untrusted: Counter<u64>,
 }
 
 impl Metrics {
@@ -242,9 +250,37 @@ impl Metrics {
                 .i64_gauge("tollgate_log_queue_depth")
                 .with_description("Requests waiting for the log writer")
                 .build(),
+            connections_open: meter
+                .i64_up_down_counter("tollgate_connections_open")
+                .with_description("Open connections by listener")
+                .build(),
+            connections_cut: counter(
+                "tollgate_connections_cut",
+                "Connections closed by a limit, by listener and event (header_timeout, idle_timeout, handshake_failed)",
+            ),
+            shadow_untrusted: counter(
+                "tollgate_shadow_header_untrusted",
+                "X-Tollgate-Shadow headers ignored: the peer is not a configured shadow proxy",
+            ),
             registry,
             _provider: provider,
         }
+    }
+
+    /// Counts a connection's events on `listener` (the edge calls this).
+    pub fn connection_observer(
+        self: &std::sync::Arc<Self>,
+        listener: &'static str,
+    ) -> tollgate_edge::ConnectionObserver {
+        let metrics = self.clone();
+        let label = [KeyValue::new("listener", listener)];
+        std::sync::Arc::new(move |event| match event {
+            tollgate_edge::ConnectionEvent::Opened => metrics.connections_open.add(1, &label),
+            tollgate_edge::ConnectionEvent::Closed => metrics.connections_open.add(-1, &label),
+            cut => metrics
+                .connections_cut
+                .add(1, &[label[0].clone(), KeyValue::new("event", cut.as_str())]),
+        })
     }
 
     /// Prometheus text exposition of every instrument.

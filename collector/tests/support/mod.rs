@@ -213,6 +213,39 @@ pub fn read_lines(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The shipped privacy policies (EU, UK, California, default).
+pub fn shipped_privacy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/privacy.toml")
+}
+
+/// Points `config` at a copy of the shipped policies whose region header is believed
+/// from `trusted` only; returns the copy's path.
+pub fn with_policy(config: &mut Config, trusted: &str) -> PathBuf {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let text = std::fs::read_to_string(shipped_privacy()).unwrap().replace(
+        "trusted_proxies = [\"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\"]",
+        &format!("trusted_proxies = [\"{trusted}\"]"),
+    );
+    let path = dir.join("privacy.toml");
+    std::fs::write(&path, text).unwrap();
+    config.privacy.file = path.clone();
+    path
+}
+
+/// Every byte of every file below `dir`, as text (for scans for what must not be there).
+pub fn written_under(dir: &Path) -> String {
+    let mut written = String::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&path) {
+            written.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+    written
+}
+
 /// A valid native event.
 pub fn event(id: &str) -> Value {
     serde_json::json!({
