@@ -76,8 +76,6 @@ enum Command {
     /// Validate a configuration (its schemas and privacy policies too) and report every
     /// problem.
     CheckConfig,
-    /// Print an event as it would be logged under the privacy policy: a dry run for
-    /// reviewing a policy change. Nothing is written.
     /// Check declared expectations over the log: nulls, uniqueness, freshness,
     /// lateness, validity share, allowed values and ranges, references between events,
     /// funnels. Exits 1 when an expectation fails (a launch or pipeline gate).
@@ -106,6 +104,8 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Print an event as it would be logged under the privacy policy: a dry run for
+    /// reviewing a policy change. Nothing is written.
     PrivacyCheck {
         /// A native event (JSON file).
         #[arg(long)]
