@@ -253,6 +253,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             ),
             None => None,
         };
+        // Before saying "ready": a SIGTERM from then on must drain, not kill.
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
         tracing::info!(
             listen = %public.local_addr()?,
             admin = ?admin.as_ref().map(|a| a.local_addr()).transpose()?,
@@ -261,7 +264,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             data_dir = %collector.config().log.data_dir.display(),
             "tollgate-collector ready"
         );
-        collector.run(public, admin, shutdown_signal()).await;
+        collector.run(public, admin, shutdown_signal(term)).await;
         anyhow::Ok(())
     });
     tracing.shutdown();
@@ -339,10 +342,8 @@ fn privacy_check(
     Ok(())
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
+/// Resolves on SIGTERM (through the installed `term` handler) or SIGINT.
+async fn shutdown_signal(mut term: tokio::signal::unix::Signal) {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}

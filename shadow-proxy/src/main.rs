@@ -163,13 +163,14 @@ fn real_main() -> anyhow::Result<bool> {
         let admin = tokio::net::TcpListener::bind(listen.admin)
             .await
             .with_context(|| format!("binding {}", listen.admin))?;
+        // Before saying "ready": a SIGTERM from then on must drain, not kill.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
         tracing::info!(
             listen = %listener.local_addr()?,
             admin = %admin.local_addr()?,
             "tollgate-shadow-proxy ready"
         );
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .context("installing the SIGTERM handler")?;
         // SIGTERM is what Kubernetes sends: drain like on Ctrl-C.
         run(config, listener, Some(admin), async move {
             tokio::select! {
