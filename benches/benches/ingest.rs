@@ -102,7 +102,7 @@ fn bench_pipeline(c: &mut Criterion) {
                         },
                     ))
                     .unwrap();
-                assert_eq!(outcome.accepted, BATCH);
+                assert_eq!(outcome.answer.accepted, BATCH);
                 outcome
             },
             BatchSize::SmallInput,

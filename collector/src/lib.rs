@@ -3,13 +3,17 @@
 //!
 //! # Layout
 //! The folders follow a request from the socket to the disk:
-//! - [`http`] — listeners, the tower stack, routing, auth, body limits and gzip;
+//! - [`http`] — listeners, the tower stack, routing, auth, body limits, the memory
+//!   budget and gzip (the accept loop and TLS are `tollgate_edge`'s);
+//! - [`ratelimit`] — per-source and per-client-IP limits;
 //! - [`ingest`] — decoding (native, NDJSON, Segment), then the pipeline: schema
-//!   validation, server timing, idempotency claim, log append, commit;
+//!   validation, server timing, privacy, idempotency claim, log append, commit;
 //! - [`schema`] — versioned JSON Schemas, compiled once;
-//! - [`dedupe`] — the [`dedupe::IdempotencyStore`] trait and its stores;
-//! - [`sink`] — the [`sink::EventLog`] trait and the local segment-file log;
-//! - [`telemetry`] — metrics;
+//! - [`privacy`] — regional policies applied before anything is written;
+//! - [`dedupe`] — the [`dedupe::IdempotencyStore`] trait and its stores (memory, Redis);
+//! - [`sink`] — the [`sink::EventLog`] trait and its logs (segment files, Kafka);
+//! - [`telemetry`] — metrics and traces;
+//! - [`audit`] — the data-quality audit of what was logged (`tollgate-collector audit`);
 //! - [`config`], [`clock`], [`error`]: configuration, the injectable clock, and the one
 //!   mapping of request errors to HTTP.
 //!

@@ -6,6 +6,8 @@
 //! - [`segment`]: maps Segment HTTP Tracking API messages onto [`Event`].
 //! - [`record`]: what the collector writes to its log ([`Record`]) and its quarantine
 //!   ([`QuarantineRecord`]), plus the server-side timing fields ([`Timing`]).
+//! - [`wire`]: the HTTP contract: header names, per-event statuses, the answer body and
+//!   the `X-Tollgate-Outcomes` header, written by the collector and read by the tools.
 //!
 //! Nothing here does I/O: it is parsing and shaping only, so every binary (and the
 //! benchmarks) can use the very same code the collector runs.
@@ -15,6 +17,7 @@ pub mod event;
 pub mod record;
 pub mod segment;
 pub mod timefmt;
+pub mod wire;
 
 pub use error::{ErrorCode, EventError, json_error_message};
 pub use event::{Event, Platforms, parse_event, parse_event_text};

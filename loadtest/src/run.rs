@@ -106,18 +106,6 @@ pub struct ManifestEvent {
     pub outcome: String,
 }
 
-/// The part of a native answer the run reads: each event's status.
-#[derive(Deserialize)]
-struct Answer<'a> {
-    #[serde(borrow, default)]
-    results: Vec<AnswerResult<'a>>,
-}
-
-#[derive(Deserialize)]
-struct AnswerResult<'a> {
-    status: &'a str,
-}
-
 struct Shared {
     generator: Mutex<Generator>,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -358,12 +346,12 @@ async fn send_one(shared: &Shared, intended: Instant) {
 
 fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency: Duration) {
     let status = answer.as_ref().map_or(0, |(s, _)| *s);
-    let answer_body = answer
-        .as_ref()
-        .and_then(|(_, body)| serde_json::from_slice::<Answer<'_>>(body).ok());
+    let answer_body = answer.as_ref().and_then(|(_, body)| {
+        serde_json::from_slice::<tollgate_event::wire::AnswerView<'_>>(body).ok()
+    });
     let results: Vec<&str> = answer_body
         .as_ref()
-        .map(|a| a.results.iter().map(|r| r.status).collect())
+        .map(|a| a.results.iter().map(|r| r.status.as_str()).collect())
         .unwrap_or_default();
     let events: Vec<ManifestEvent> = batch
         .events

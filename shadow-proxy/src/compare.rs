@@ -29,13 +29,9 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::mapping::{Bridge, Mapping};
+use tollgate_event::wire::Status;
 
-/// Asks a collector to say, in response headers, what it did with each event.
-pub const EXPLAIN_HEADER: &str = "x-tollgate-explain";
-/// Answer header: the source the write key belongs to.
-pub const SOURCE_HEADER: &str = "x-tollgate-source";
-/// Answer header: `status[:code][@region]` per event, comma-separated, in request order.
-pub const OUTCOMES_HEADER: &str = "x-tollgate-outcomes";
+pub use tollgate_event::wire::{EXPLAIN_HEADER, OUTCOMES_HEADER, SOURCE_HEADER};
 
 /// Outcome counts of one row on each side.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,26 +311,6 @@ pub struct Outcomes<'a> {
     pub source: Option<&'a str>,
 }
 
-#[derive(Deserialize)]
-struct NativeAnswer<'a> {
-    #[serde(default, borrow)]
-    results: Vec<NativeResult<'a>>,
-}
-
-#[derive(Deserialize)]
-struct NativeResult<'a> {
-    #[serde(borrow)]
-    status: Cow<'a, str>,
-    #[serde(default, borrow)]
-    error: Option<NativeError<'a>>,
-}
-
-#[derive(Deserialize)]
-struct NativeError<'a> {
-    #[serde(borrow)]
-    code: Cow<'a, str>,
-}
-
 /// Reads a side's answer: the `X-Tollgate-Outcomes` header when the collector sent one
 /// (every route, regions included), else the native body's `results`, else — a Segment
 /// route of a collector that does not explain — the HTTP status for every event.
@@ -342,13 +318,8 @@ pub fn outcomes_of<'a>(reply: Reply<'a>, events: usize) -> Outcomes<'a> {
     let header = |name: &str| reply.headers.get(name).and_then(|v| v.to_str().ok());
     let source = header(SOURCE_HEADER);
     if let Some(list) = header(OUTCOMES_HEADER) {
-        let (events, regions) = list
-            .split(',')
-            .filter(|item| !item.is_empty())
-            .map(|item| match item.split_once('@') {
-                Some((outcome, region)) => (Cow::Borrowed(outcome), Some(region)),
-                None => (Cow::Borrowed(item), None),
-            })
+        let (events, regions) = tollgate_event::wire::decode_outcomes(list)
+            .map(|outcome| (Cow::Borrowed(outcome.label), outcome.region))
             .unzip();
         return Outcomes {
             events,
@@ -356,13 +327,13 @@ pub fn outcomes_of<'a>(reply: Reply<'a>, events: usize) -> Outcomes<'a> {
             source,
         };
     }
-    let events = match serde_json::from_slice::<NativeAnswer>(reply.body) {
+    let events = match serde_json::from_slice::<tollgate_event::wire::AnswerView>(reply.body) {
         Ok(answer) if !answer.results.is_empty() => answer
             .results
             .into_iter()
-            .map(|r| match (r.status.as_ref(), r.error) {
-                ("rejected", Some(error)) => Cow::Owned(format!("rejected:{}", error.code)),
-                _ => r.status,
+            .map(|r| match (r.status, r.error) {
+                (Status::Rejected, Some(error)) => Cow::Owned(format!("rejected:{}", error.code)),
+                (status, _) => Cow::Borrowed(status.as_str()),
             })
             .collect(),
         _ => {

@@ -40,8 +40,7 @@ use crate::compare::{
 };
 use crate::tee::{Copied, Tee};
 
-/// Marks the copies the shadow receives, so that it counts them apart.
-pub const SHADOW_HEADER: &str = "x-tollgate-shadow";
+pub use tollgate_event::wire::SHADOW_HEADER;
 
 /// How the proxy runs.
 #[derive(Debug, Clone)]

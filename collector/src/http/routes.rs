@@ -24,20 +24,10 @@ use crate::error::{ApiError, json_bytes_response, json_response};
 use crate::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
 use crate::telemetry::Metrics;
 
-/// Marks copies a shadow proxy sends, so that they are counted apart.
-pub const SHADOW_HEADER: &str = "x-tollgate-shadow";
-
-/// Asks for `X-Tollgate-Source` and `X-Tollgate-Outcomes` on the answer: a shadow proxy
-/// compares two collectors event by event, on every route (Segment answers carry no
-/// per-event results) and by region and source, which only the collector knows.
-pub const EXPLAIN_HEADER: &str = "x-tollgate-explain";
-
-/// Header carrying the client's send time for NDJSON bodies (JSON bodies use `sent_at`).
-pub const SENT_AT_HEADER: &str = "x-tollgate-sent-at";
-
-/// Stripe-style request-level idempotency: a replay with the same key gets the first
-/// answer; the same key with another body gets 422.
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+pub use tollgate_event::wire::{
+    EXPLAIN_HEADER, IDEMPOTENCY_KEY_HEADER, OUTCOMES_HEADER, REPLAYED_HEADER, REQUEST_ID_HEADER,
+    SENT_AT_HEADER, SHADOW_HEADER, SOURCE_HEADER,
+};
 
 /// Largest answer stored under an `Idempotency-Key` (a 500-event batch of accepted
 /// events answers in about 40 KiB): stored answers are held for the dedupe window, so
@@ -65,10 +55,9 @@ impl StoredAnswer {
         }
         let status = StatusCode::from_u16(stored.status).map_err(|_| ApiError::Internal)?;
         let mut response = json_bytes_response(status, Bytes::from(stored.body));
-        response.headers_mut().insert(
-            "idempotent-replayed",
-            http::HeaderValue::from_static("true"),
-        );
+        response
+            .headers_mut()
+            .insert(REPLAYED_HEADER, http::HeaderValue::from_static("true"));
         Ok(response)
     }
 }
@@ -457,20 +446,21 @@ impl App {
                     },
                 )
                 .await?;
-            span.record("tollgate.events.accepted", outcome.accepted);
-            span.record("tollgate.events.duplicate", outcome.duplicate);
-            span.record("tollgate.events.rejected", outcome.rejected);
-            span.record("tollgate.events.retry", outcome.retry);
-            let status = if outcome.retry > 0 {
+            let answer = &outcome.answer;
+            span.record("tollgate.events.accepted", answer.accepted);
+            span.record("tollgate.events.duplicate", answer.duplicate);
+            span.record("tollgate.events.rejected", answer.rejected);
+            span.record("tollgate.events.retry", answer.retry);
+            let status = if answer.retry > 0 {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::OK
             };
             let body = match api {
-                Api::Native => serde_json::to_vec(&outcome),
+                Api::Native => serde_json::to_vec(answer),
                 // Segment SDKs only look at the status; per-event outcomes are logged
                 // and counted.
-                Api::Segment if outcome.retry > 0 => serde_json::to_vec(
+                Api::Segment if answer.retry > 0 => serde_json::to_vec(
                     &json!({"error": {"code": "retry", "message": "some events are being written by another request; resend the batch"}}),
                 ),
                 Api::Segment => serde_json::to_vec(&json!({"success": true})),
@@ -498,23 +488,23 @@ impl App {
                 }
             }
             let mut response = json_bytes_response(status, Bytes::from(body));
-            if outcome.retry > 0 {
+            if answer.retry > 0 {
                 response
                     .headers_mut()
                     .insert(http::header::RETRY_AFTER, http::HeaderValue::from(1u32));
             }
             response.headers_mut().insert(
-                "x-request-id",
+                REQUEST_ID_HEADER,
                 http::HeaderValue::from_str(&request_id).expect("a uuid is a valid header"),
             );
             if explain {
                 let headers = response.headers_mut();
                 if let Ok(value) = http::HeaderValue::from_str(&source.id) {
-                    headers.insert("x-tollgate-source", value);
+                    headers.insert(SOURCE_HEADER, value);
                 }
                 let outcomes = explained(&outcome, &app.pipeline.region);
                 if let Ok(value) = http::HeaderValue::from_str(&outcomes) {
-                    headers.insert("x-tollgate-outcomes", value);
+                    headers.insert(OUTCOMES_HEADER, value);
                 }
             }
             Ok(response)
@@ -530,20 +520,16 @@ impl App {
 
 /// `status[:code][@region]` per event, in request order: `accepted@eu,rejected:unknown_event`.
 fn explained(outcome: &crate::ingest::IngestOutcome, default_region: &str) -> String {
-    let mut out = String::with_capacity(outcome.results.len() * 16);
-    for (i, result) in outcome.results.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(result.status.as_str());
-        if let Some(error) = &result.error {
-            out.push(':');
-            out.push_str(error.code.as_str());
-        }
-        if result.status == crate::ingest::Status::Accepted {
-            out.push('@');
-            out.push_str(result.policy.as_ref().map_or(default_region, |p| &p.region));
-        }
+    let results = &outcome.answer.results;
+    let mut out = String::with_capacity(results.len() * 16);
+    for (result, policy) in results.iter().zip(&outcome.policies) {
+        let region = (result.status == crate::ingest::Status::Accepted).then(|| {
+            policy
+                .as_ref()
+                .map_or(default_region, |p| p.region.as_str())
+        });
+        let code = result.error.as_ref().map(|e| e.code.as_str());
+        tollgate_event::wire::encode_outcome(&mut out, result.status, code, region);
     }
     out
 }

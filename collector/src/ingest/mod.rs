@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
-use serde::Serialize;
 use time::OffsetDateTime;
 use tollgate_event::{
     Api, Arrival, Dedupe, ErrorCode, Event, EventError, QuarantineRecord, Record, Timing,
@@ -62,52 +61,16 @@ impl Source {
     }
 }
 
-/// The per-event answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    /// Durably logged.
-    Accepted,
-    /// Already logged within the dedupe window (or earlier in this batch).
-    Duplicate,
-    /// Broke a rule; in the quarantine with its reason.
-    Rejected,
-    /// Being written by another request right now; resend the batch.
-    Retry,
-}
-
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Accepted => "accepted",
-            Status::Duplicate => "duplicate",
-            Status::Rejected => "rejected",
-            Status::Retry => "retry",
-        }
-    }
-}
-
-/// One event's answer in the response.
-#[derive(Debug, Clone, Serialize)]
-pub struct EventResult {
-    pub event_id: Option<String>,
-    pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<EventError>,
-    /// The privacy policy an accepted event was logged under (its region); only for
-    /// `X-Tollgate-Explain`, never in the body.
-    #[serde(skip)]
-    pub policy: Option<Arc<Policy>>,
-}
+pub use tollgate_event::wire::{Answer, EventResult, Status};
 
 /// The answer to a request whose events were all processed.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct IngestOutcome {
-    pub accepted: usize,
-    pub duplicate: usize,
-    pub rejected: usize,
-    pub retry: usize,
-    pub results: Vec<EventResult>,
+    /// What the client is told.
+    pub answer: Answer,
+    /// Per result: the privacy policy an accepted event was logged under (its region),
+    /// for `X-Tollgate-Explain`; never in the body.
+    pub policies: Vec<Option<Arc<Policy>>>,
 }
 
 /// What the pipeline knows about a request besides its events.
@@ -738,81 +701,63 @@ impl Pipeline {
     /// Builds the per-event answer and counts it.
     fn outcome(&self, slots: Vec<Slot>, source: &Source, api: Api) -> IngestOutcome {
         let mut outcome = IngestOutcome {
-            results: Vec::with_capacity(slots.len()),
-            ..IngestOutcome::default()
+            answer: Answer {
+                results: Vec::with_capacity(slots.len()),
+                ..Answer::default()
+            },
+            policies: Vec::with_capacity(slots.len()),
         };
         let mut arrivals = [0u64; 3];
         if let Some(labels) = &self.labels {
             self.observe_quality(&slots, labels);
         }
+        let result = |event_id, status, error| EventResult {
+            event_id,
+            status,
+            error,
+        };
         for slot in slots {
-            let result = match slot {
+            let (result, policy) = match slot {
                 Slot::Valid {
                     event,
                     timing,
                     policy,
                     ..
                 } => {
-                    outcome.accepted += 1;
                     arrivals[timing.arrival as usize] += 1;
-                    EventResult {
-                        event_id: Some(event.event_id),
-                        status: Status::Accepted,
-                        error: None,
-                        policy,
-                    }
+                    (result(Some(event.event_id), Status::Accepted, None), policy)
                 }
                 Slot::Rejected { error, raw } => {
-                    outcome.rejected += 1;
-                    self.metrics
-                        .rejections
-                        .add(1, &[KeyValue::new("code", error.code.as_str())]);
-                    EventResult {
-                        event_id: raw.text("event_id").map(str::to_owned),
-                        status: Status::Rejected,
-                        error: Some(error),
-                        policy: None,
-                    }
+                    let id = raw.text("event_id").map(str::to_owned);
+                    (result(id, Status::Rejected, Some(error)), None)
                 }
                 Slot::Dropped { event_id, error } => {
-                    outcome.rejected += 1;
-                    self.metrics
-                        .rejections
-                        .add(1, &[KeyValue::new("code", error.code.as_str())]);
-                    EventResult {
-                        event_id: Some(event_id),
-                        status: Status::Rejected,
-                        error: Some(error),
-                        policy: None,
-                    }
+                    (result(Some(event_id), Status::Rejected, Some(error)), None)
                 }
-                Slot::Duplicate(id) => {
-                    outcome.duplicate += 1;
-                    EventResult {
-                        event_id: Some(id),
-                        status: Status::Duplicate,
-                        error: None,
-                        policy: None,
-                    }
-                }
-                Slot::Retry(id) => {
-                    outcome.retry += 1;
-                    EventResult {
-                        event_id: Some(id),
-                        status: Status::Retry,
-                        error: None,
-                        policy: None,
-                    }
-                }
+                Slot::Duplicate(id) => (result(Some(id), Status::Duplicate, None), None),
+                Slot::Retry(id) => (result(Some(id), Status::Retry, None), None),
             };
-            outcome.results.push(result);
+            let answer = &mut outcome.answer;
+            match result.status {
+                Status::Accepted => answer.accepted += 1,
+                Status::Duplicate => answer.duplicate += 1,
+                Status::Rejected => answer.rejected += 1,
+                Status::Retry => answer.retry += 1,
+            }
+            if let Some(error) = &result.error {
+                self.metrics
+                    .rejections
+                    .add(1, &[KeyValue::new("code", error.code.as_str())]);
+            }
+            answer.results.push(result);
+            outcome.policies.push(policy);
         }
-        let source_label = &source.label;
+        let answer = &outcome.answer;
         for (status, count) in [
-            (Status::Accepted, outcome.accepted),
-            (Status::Duplicate, outcome.duplicate),
-            (Status::Rejected, outcome.rejected),
-            (Status::Retry, outcome.retry),
+            (Status::Accepted, answer.accepted),
+            (Status::Duplicate, answer.duplicate),
+            (Status::Rejected, answer.rejected),
+            (Status::Retry, answer.retry),
         ] {
             if count > 0 {
                 self.metrics.events.add(
@@ -820,7 +765,7 @@ impl Pipeline {
                     &[
                         KeyValue::new("outcome", status.as_str()),
                         KeyValue::new("api", api.as_str()),
-                        source_label.clone(),
+                        source.label.clone(),
                     ],
                 );
             }
