@@ -84,7 +84,7 @@ enum Command {
         #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
         log: Option<PathBuf>,
         #[command(flatten)]
-        topics: tollgate_collector::sink::TopicArgs,
+        topics: tollgate_log::TopicArgs,
         /// The expectations file (TOML; see config/expectations.toml).
         #[arg(long)]
         expectations: PathBuf,
@@ -201,14 +201,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let now = now.unwrap_or_else(|| {
                 (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
             });
-            let input = match (log, &topics.kafka) {
+            let input = match (log, topics.source()) {
                 (Some(dir), _) => tollgate_collector::audit::AuditInput::Dir(dir),
-                (None, Some(brokers)) => tollgate_collector::audit::AuditInput::Kafka {
-                    brokers: brokers.clone(),
-                    topic: topics.topic.clone(),
-                    quarantine_topic: topics.quarantine(),
-                    idle: topics.idle,
-                },
+                (None, Some(source)) => tollgate_collector::audit::AuditInput::Kafka(source),
                 (None, None) => unreachable!("clap requires --log or --kafka"),
             };
             let options = tollgate_collector::audit::AuditOptions {

@@ -18,9 +18,9 @@ use support::{
 use tollgate_collector::Overrides;
 use tollgate_collector::config::{Config, SinkKind};
 use tollgate_loadtest::generate::Scenario;
-use tollgate_loadtest::kafka::{TopicSource, for_each_message};
 use tollgate_loadtest::run::{Model, RunConfig, run};
 use tollgate_loadtest::verify::{LogSource, verify_source};
+use tollgate_log::{TopicSource, for_each_message};
 
 const EVENTS: &str = "tollgate.events";
 const QUARANTINE: &str = "tollgate.quarantine";
@@ -355,12 +355,12 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
     .unwrap();
     let expectations = tollgate_collector::audit::Expectations::load(&file).unwrap();
     let options = tollgate_collector::audit::AuditOptions {
-        input: tollgate_collector::audit::AuditInput::Kafka {
+        input: tollgate_collector::audit::AuditInput::Kafka(TopicSource {
             brokers: broker.address(),
             topic: EVENTS.into(),
             quarantine_topic: Some(QUARANTINE.into()),
             idle: IDLE,
-        },
+        }),
         since: None,
         until: None,
         now: 0,

@@ -6,11 +6,10 @@
 //!   invalid events;
 //! - [`run`]: closed and open load models over a pooled HTTP client, the manifest;
 //! - [`report`]: throughput, latency percentiles (HDR histogram), outcomes;
-//! - [`verify`]: manifest against the collector's log and quarantine;
-//! - [`kafka`]: reading a topic from the beginning, for `verify --kafka`.
+//! - [`verify`]: manifest against the collector's log and quarantine, read through
+//!   `tollgate-log` (segment files or Kafka topics).
 
 pub mod generate;
-pub mod kafka;
 pub mod report;
 pub mod run;
 pub mod verify;

@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_loadtest::generate::Scenario;
-use tollgate_loadtest::kafka::TopicSource;
 use tollgate_loadtest::run::{Model, RunConfig, Stage, run};
 use tollgate_loadtest::verify::{LogSource, verify_source};
 
@@ -41,7 +40,7 @@ enum Command {
         #[arg(long, required_unless_present = "kafka")]
         log: Vec<PathBuf>,
         #[command(flatten)]
-        topics: tollgate_collector::sink::TopicArgs,
+        topics: tollgate_log::TopicArgs,
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -179,14 +178,7 @@ fn main() -> ExitCode {
             json,
         } => {
             let mut sources: Vec<LogSource> = log.into_iter().map(LogSource::Dir).collect();
-            if let Some(brokers) = &topics.kafka {
-                sources.push(LogSource::Kafka(TopicSource {
-                    brokers: brokers.clone(),
-                    topic: topics.topic.clone(),
-                    quarantine_topic: topics.quarantine(),
-                    idle: topics.idle,
-                }));
-            }
+            sources.extend(topics.source().map(LogSource::Kafka));
             exit(verify_command(&manifest, &sources, json))
         }
     }

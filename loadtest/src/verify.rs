@@ -62,7 +62,7 @@ pub enum LogSource {
     /// A collector's data directory (`events/` and `quarantine/` segments).
     Dir(PathBuf),
     /// Kafka topics, consumed from the beginning.
-    Kafka(crate::kafka::TopicSource),
+    Kafka(tollgate_log::TopicSource),
 }
 
 impl LogSource {
@@ -77,7 +77,7 @@ impl LogSource {
     fn events(&self, f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
         match self {
             LogSource::Dir(dir) => for_each_record(&dir.join("events"), f),
-            LogSource::Kafka(k) => k.read(&k.topic, f),
+            LogSource::Kafka(k) => Ok(k.read(&k.topic, f).map(drop)?),
         }
     }
 
@@ -85,7 +85,7 @@ impl LogSource {
         match self {
             LogSource::Dir(dir) => for_each_record(&dir.join("quarantine"), f),
             LogSource::Kafka(k) => match &k.quarantine_topic {
-                Some(topic) => k.read(topic, f),
+                Some(topic) => Ok(k.read(topic, f).map(drop)?),
                 None => Ok(()),
             },
         }
@@ -227,7 +227,7 @@ pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verific
 /// Calls `f` with every record of every segment in `dir` (none when it does not exist),
 /// read with the collector's own segment reader.
 fn for_each_record(dir: &Path, mut f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
-    tollgate_collector::audit::for_each_line(dir, |line| {
+    tollgate_log::for_each_line(dir, |line| {
         if let Ok(record) = serde_json::from_str::<serde_json::Value>(line) {
             f(&record);
         }

@@ -5,7 +5,6 @@
 //! fields, and drift of categorical fields (population stability index).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -373,63 +372,55 @@ pub fn population_stability(old: &BTreeMap<String, u64>, new: &BTreeMap<String, 
 
 fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Side> {
     let mut side = Side::default();
-    let events = dir.join("events");
-    let Ok(entries) = std::fs::read_dir(&events) else {
-        return Ok(side);
-    };
-    let mut files: Vec<_> = entries.filter_map(Result::ok).map(|e| e.path()).collect();
-    files.sort();
     let mut seen_per_name: HashMap<String, u64> = HashMap::new();
-    for file in files {
-        for line in BufReader::new(std::fs::File::open(&file)?).lines() {
-            let Ok(record) = serde_json::from_str::<Value>(&line?) else {
-                continue;
-            };
-            let raw_name = record["event_name"].as_str().unwrap_or("(unnamed)");
-            let name = rename
-                .get(raw_name)
-                .map_or(raw_name, String::as_str)
-                .to_owned();
-            if let Some(id) = record["event_id"].as_str() {
-                side.ids.insert(id.to_owned());
-            }
-            *side.counts.entry(name.clone()).or_default() += 1;
-            for dimension in SEGMENTS {
-                if let Some(value) = record[dimension].as_str() {
-                    *side
-                        .segment_counts
-                        .entry(format!("{name} {dimension}={value}"))
-                        .or_default() += 1;
-                }
-            }
-            *seen_per_name.entry(name.clone()).or_default() += 1;
-            for field in NULLABLE {
-                if record.get(field).is_none_or(Value::is_null) {
-                    *side
-                        .nulls
-                        .entry(name.clone())
-                        .or_default()
-                        .entry(field.to_owned())
-                        .or_default() += 1;
-                }
-            }
-            if let Some(properties) = record["properties"].as_object() {
-                side.keys
-                    .entry(name.clone())
-                    .or_default()
-                    .extend(properties.keys().cloned());
-            }
-            for field in CATEGORICAL {
-                let value = record[field].as_str().unwrap_or("(null)").to_owned();
+    tollgate_log::for_each_line(&dir.join("events"), |line| {
+        let Ok(record) = serde_json::from_str::<Value>(line) else {
+            return;
+        };
+        let raw_name = record["event_name"].as_str().unwrap_or("(unnamed)");
+        let name = rename
+            .get(raw_name)
+            .map_or(raw_name, String::as_str)
+            .to_owned();
+        if let Some(id) = record["event_id"].as_str() {
+            side.ids.insert(id.to_owned());
+        }
+        *side.counts.entry(name.clone()).or_default() += 1;
+        for dimension in SEGMENTS {
+            if let Some(value) = record[dimension].as_str() {
                 *side
-                    .categories
-                    .entry(field.to_owned())
-                    .or_default()
-                    .entry(value)
+                    .segment_counts
+                    .entry(format!("{name} {dimension}={value}"))
                     .or_default() += 1;
             }
         }
-    }
+        *seen_per_name.entry(name.clone()).or_default() += 1;
+        for field in NULLABLE {
+            if record.get(field).is_none_or(Value::is_null) {
+                *side
+                    .nulls
+                    .entry(name.clone())
+                    .or_default()
+                    .entry(field.to_owned())
+                    .or_default() += 1;
+            }
+        }
+        if let Some(properties) = record["properties"].as_object() {
+            side.keys
+                .entry(name.clone())
+                .or_default()
+                .extend(properties.keys().cloned());
+        }
+        for field in CATEGORICAL {
+            let value = record[field].as_str().unwrap_or("(null)").to_owned();
+            *side
+                .categories
+                .entry(field.to_owned())
+                .or_default()
+                .entry(value)
+                .or_default() += 1;
+        }
+    })?;
     Ok(side)
 }
 

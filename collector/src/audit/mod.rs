@@ -23,7 +23,6 @@ use serde::Serialize;
 pub use expectations::Expectations;
 /// Every line of every segment of a log stream directory, in order (also used by the
 /// load tester's reconciliation).
-pub use read::for_each as for_each_line;
 use read::{FieldValue, Rec};
 
 /// Where the records are read from.
@@ -31,58 +30,40 @@ use read::{FieldValue, Rec};
 pub enum AuditInput {
     /// A collector's data directory (holding `events/` and `quarantine/`).
     Dir(PathBuf),
-    /// Kafka topics, read from the beginning until no message arrived for `idle`.
-    Kafka {
-        brokers: String,
-        topic: String,
-        quarantine_topic: Option<String>,
-        idle: Duration,
-    },
+    /// Kafka topics, read from the beginning until no message arrived for a while.
+    Kafka(tollgate_log::TopicSource),
 }
 
 impl AuditInput {
     /// Calls `f` with every accepted record's JSON text.
     fn events(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
         match self {
-            AuditInput::Dir(dir) => read::for_each(&dir.join("events"), f),
-            AuditInput::Kafka {
-                brokers,
-                topic,
-                idle,
-                ..
-            } => topic_lines(brokers, topic, *idle, f),
+            AuditInput::Dir(dir) => tollgate_log::for_each_line(&dir.join("events"), f),
+            AuditInput::Kafka(source) => topic_lines(source, &source.topic, f),
         }
     }
 
     /// Calls `f` with every quarantined record's JSON text.
     fn quarantine(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
         match self {
-            AuditInput::Dir(dir) => read::for_each(&dir.join("quarantine"), f),
-            AuditInput::Kafka {
-                brokers,
-                quarantine_topic: Some(topic),
-                idle,
-                ..
-            } => topic_lines(brokers, topic, *idle, f),
-            AuditInput::Kafka { .. } => Ok(()),
+            AuditInput::Dir(dir) => tollgate_log::for_each_line(&dir.join("quarantine"), f),
+            AuditInput::Kafka(source) => match &source.quarantine_topic {
+                Some(topic) => topic_lines(source, topic, f),
+                None => Ok(()),
+            },
         }
     }
 }
 
 fn topic_lines(
-    brokers: &str,
+    source: &tollgate_log::TopicSource,
     topic: &str,
-    idle: Duration,
-    mut f: impl FnMut(&str),
+    f: impl FnMut(&str),
 ) -> std::io::Result<()> {
-    use rdkafka::Message as _;
-    crate::sink::for_each_message(brokers, topic, idle, |message| {
-        if let Some(Ok(text)) = message.payload_view::<str>() {
-            f(text);
-        }
-    })
-    .map(drop)
-    .map_err(std::io::Error::other)
+    source
+        .lines(topic, f)
+        .map(drop)
+        .map_err(std::io::Error::other)
 }
 
 /// What to audit.

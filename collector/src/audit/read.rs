@@ -2,8 +2,6 @@
 //! and field lookup by dotted path (`user_id`, `properties.action_id`, `context.locale`).
 
 use std::borrow::Cow;
-use std::io::Read;
-use std::path::Path;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -183,64 +181,6 @@ fn leaf(raw: Option<&RawValue>) -> FieldValue<'_> {
     }
 }
 
-/// Calls `f` with every line of every `.ndjson` segment in `dir`, in segment order. Files
-/// are read in large chunks and split in place (no copy per line); the text is checked as
-/// UTF-8 once per chunk, so the JSON parser need not check each string again. Lines that
-/// are not UTF-8 are skipped.
-pub fn for_each(dir: &Path, f: impl FnMut(&str)) -> std::io::Result<()> {
-    for_each_chunked(dir, 4 << 20, f)
-}
-
-fn for_each_chunked(dir: &Path, chunk: usize, mut f: impl FnMut(&str)) -> std::io::Result<()> {
-    let files = match crate::sink::segments(dir) {
-        Ok(files) => files,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut buffer = vec![0u8; chunk];
-    for file in files {
-        let mut file = std::fs::File::open(&file)?;
-        // `start..end` holds bytes read but not yet handed out (a partial last line).
-        let mut end = 0;
-        loop {
-            if end == buffer.len() {
-                // A line longer than the buffer: grow it.
-                buffer.resize(buffer.len() * 2, 0);
-            }
-            let n = file.read(&mut buffer[end..])?;
-            let eof = n == 0;
-            end += n;
-            let complete = if eof {
-                end
-            } else {
-                match buffer[..end].iter().rposition(|b| *b == b'\n') {
-                    Some(i) => i + 1,
-                    None => continue,
-                }
-            };
-            lines(&buffer[..complete], &mut f);
-            buffer.copy_within(complete..end, 0);
-            end -= complete;
-            if eof {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-fn lines(chunk: &[u8], f: &mut impl FnMut(&str)) {
-    match std::str::from_utf8(chunk) {
-        Ok(text) => text.split_terminator('\n').for_each(f),
-        // Rare: find the bad line(s) and skip them.
-        Err(_) => chunk
-            .split(|b| *b == b'\n')
-            .filter_map(|line| std::str::from_utf8(line).ok())
-            .filter(|line| !line.is_empty())
-            .for_each(f),
-    }
-}
-
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (the log's own format, parsed by hand for speed),
 /// else any RFC 3339 timestamp, as unix microseconds.
 pub fn micros(text: &str) -> Option<i64> {
@@ -311,18 +251,6 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lines_survive_chunk_boundaries_long_lines_and_a_missing_last_newline() {
-        let dir = tempfile::tempdir().unwrap();
-        let long = "x".repeat(100);
-        std::fs::write(dir.path().join("1.ndjson"), format!("a\nbb\n{long}\nccc\n")).unwrap();
-        std::fs::write(dir.path().join("2.ndjson"), b"d\n\xff\xfe\ne").unwrap();
-        std::fs::write(dir.path().join("notes.txt"), "not a segment\n").unwrap();
-        let mut seen = Vec::new();
-        for_each_chunked(dir.path(), 16, |line| seen.push(line.to_owned())).unwrap();
-        assert_eq!(seen, ["a", "bb", long.as_str(), "ccc", "d", "e"]);
-    }
 
     #[test]
     fn the_fast_timestamp_parser_agrees_with_the_rfc3339_one() {

@@ -250,7 +250,7 @@ struct Segment {
 impl Stream {
     fn open(dir: PathBuf, options: &FileLogOptions) -> io::Result<Stream> {
         std::fs::create_dir_all(&dir)?;
-        for segment in segments(&dir)? {
+        for segment in tollgate_log::segments(&dir)? {
             repair_torn_tail(&segment)?;
         }
         let label = if dir.ends_with("events") {
@@ -352,17 +352,6 @@ impl Stream {
     }
 }
 
-/// The segment files of a stream directory, oldest first.
-pub fn segments(dir: &Path) -> io::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "ndjson"))
-        .collect();
-    files.sort();
-    Ok(files)
-}
-
 /// Cuts a segment back to its last complete line. Bytes after it belong to a write
 /// that was never synced, hence never acknowledged.
 fn repair_torn_tail(path: &Path) -> io::Result<()> {
@@ -399,6 +388,7 @@ fn repair_torn_tail(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tollgate_log::segments;
 
     fn options(dir: &Path) -> FileLogOptions {
         FileLogOptions {

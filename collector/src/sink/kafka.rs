@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use opentelemetry::KeyValue;
 use rdkafka::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::Consumer as _;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -397,90 +396,4 @@ impl EventLog for KafkaLog {
             Err(e) => tracing::warn!(error = %e, "flushing the kafka producer panicked"),
         }
     }
-}
-
-/// Command-line flags of the tools that read what collectors appended to Kafka
-/// (`tollgate-collector audit`, `tollgate-loadtest verify`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct TopicArgs {
-    /// Read the records from Kafka instead of a log directory: bootstrap brokers
-    /// host:port[,…]. Topics are read from the beginning.
-    #[arg(long, value_name = "BROKERS")]
-    pub kafka: Option<String>,
-    /// Topic of accepted events (with --kafka).
-    #[arg(long, default_value = "tollgate.events", requires = "kafka")]
-    pub topic: String,
-    /// Topic of rejected events (with --kafka); "" skips it.
-    #[arg(long, default_value = "tollgate.quarantine", requires = "kafka")]
-    pub quarantine_topic: String,
-    /// Stop reading a topic after this long without a new message.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-    pub idle: Duration,
-}
-
-impl TopicArgs {
-    /// The quarantine topic, unless skipped with "".
-    pub fn quarantine(&self) -> Option<String> {
-        Some(self.quarantine_topic.clone()).filter(|t| !t.is_empty())
-    }
-}
-
-/// Calls `f` with every message of `topic`, from the beginning of each partition, until
-/// none arrived for `idle`, and returns how many it read. Readers of what collectors
-/// appended (the audit, the load tester's reconciliation) use it: end offsets are not
-/// trusted (not every Kafka-compatible broker reports them exactly), counting what is
-/// actually there is. No consumer-group offsets are committed.
-///
-/// # Errors
-/// The broker cannot be reached or the topic does not exist.
-pub fn for_each_message(
-    brokers: &str,
-    topic: &str,
-    idle: Duration,
-    mut f: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
-) -> anyhow::Result<u64> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("tollgate-reader-{}-{nanos}", std::process::id()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .filter(|n| *n > 0)
-        .ok_or_else(|| anyhow::anyhow!("topic {topic} does not exist on {brokers}"))?;
-    let mut assignment = rdkafka::topic_partition_list::TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment.add_partition_offset(
-            topic,
-            partition as i32,
-            rdkafka::topic_partition_list::Offset::Beginning,
-        )?;
-    }
-    consumer.assign(&assignment)?;
-    let mut read = 0;
-    let mut last = std::time::Instant::now();
-    while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
-                f(&message);
-                read += 1;
-                last = std::time::Instant::now();
-            }
-            Some(Err(e)) => anyhow::bail!("reading {topic}: {e}"),
-            None => {}
-        }
-    }
-    Ok(read)
 }

@@ -9,8 +9,10 @@
 mod file;
 mod kafka;
 
-pub use file::{FileLog, FileLogOptions, segments};
-pub use kafka::{KafkaLog, KafkaLogOptions, TopicArgs, for_each_message};
+pub use file::{FileLog, FileLogOptions};
+pub use kafka::{KafkaLog, KafkaLogOptions};
+/// Reading the segment files back (tests, tools): one reader, in `tollgate-log`.
+pub use tollgate_log::segments;
 
 use std::sync::Arc;
 

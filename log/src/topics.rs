@@ -1,0 +1,175 @@
+//! Kafka topics a collector appended to, read from the beginning of every partition until
+//! no message arrived for a while. End offsets are never trusted: a broker may report
+//! them before every acknowledged message is readable.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::Message as _;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::util::Timeout;
+
+/// Reading a topic failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic {topic} does not exist on {brokers}")]
+    NoSuchTopic { topic: String, brokers: String },
+    #[error("reading {topic} from {brokers}: {source}")]
+    Kafka {
+        topic: String,
+        brokers: String,
+        // Boxed: a KafkaError is large, and errors travel by value.
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+}
+
+/// Command-line flags of the tools that read what collectors appended to Kafka
+/// (`tollgate-collector audit`, `tollgate-loadtest verify`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopicArgs {
+    /// Read the records from Kafka instead of a log directory: bootstrap brokers
+    /// host:port[,…]. Topics are read from the beginning.
+    #[arg(long, value_name = "BROKERS")]
+    pub kafka: Option<String>,
+    /// Topic of accepted events (with --kafka).
+    #[arg(long, default_value = "tollgate.events", requires = "kafka")]
+    pub topic: String,
+    /// Topic of rejected events (with --kafka); "" skips it.
+    #[arg(long, default_value = "tollgate.quarantine", requires = "kafka")]
+    pub quarantine_topic: String,
+    /// Stop reading a topic after this long without a new message.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub idle: Duration,
+}
+
+impl TopicArgs {
+    /// The quarantine topic, unless skipped with "".
+    pub fn quarantine(&self) -> Option<String> {
+        Some(self.quarantine_topic.clone()).filter(|t| !t.is_empty())
+    }
+
+    /// The topics to read, when `--kafka` was given.
+    pub fn source(&self) -> Option<TopicSource> {
+        self.kafka.as_ref().map(|brokers| TopicSource {
+            brokers: brokers.clone(),
+            topic: self.topic.clone(),
+            quarantine_topic: self.quarantine(),
+            idle: self.idle,
+        })
+    }
+}
+
+/// Kafka topics holding a collector's records.
+#[derive(Debug, Clone)]
+pub struct TopicSource {
+    /// `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Accepted events.
+    pub topic: String,
+    /// Rejected events; `None` skips the quarantine.
+    pub quarantine_topic: Option<String>,
+    /// Stop reading a topic after this long without a new message.
+    pub idle: Duration,
+}
+
+impl TopicSource {
+    /// Calls `f` with every record (parsed JSON payload) of `topic`.
+    ///
+    /// # Errors
+    /// The broker cannot be reached or the topic does not exist.
+    pub fn read(
+        &self,
+        topic: &str,
+        mut f: impl FnMut(&serde_json::Value),
+    ) -> Result<u64, TopicError> {
+        for_each_message(&self.brokers, topic, self.idle, |message| {
+            if let Some(payload) = message.payload()
+                && let Ok(record) = serde_json::from_slice::<serde_json::Value>(payload)
+            {
+                f(&record);
+            }
+        })
+    }
+
+    /// Calls `f` with every record of `topic` as text (UTF-8 payloads only).
+    ///
+    /// # Errors
+    /// As [`TopicSource::read`].
+    pub fn lines(&self, topic: &str, mut f: impl FnMut(&str)) -> Result<u64, TopicError> {
+        for_each_message(&self.brokers, topic, self.idle, |message| {
+            if let Some(Ok(text)) = message.payload_view::<str>() {
+                f(text);
+            }
+        })
+    }
+}
+
+/// Calls `f` with every message of `topic`, from the beginning of each partition, until
+/// none arrived for `idle`, and returns how many it read.
+///
+/// # Errors
+/// The broker cannot be reached, the topic does not exist, or a read fails.
+pub fn for_each_message(
+    brokers: &str,
+    topic: &str,
+    idle: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<u64, TopicError> {
+    let kafka = |source| TopicError::Kafka {
+        topic: topic.to_owned(),
+        brokers: brokers.to_owned(),
+        source: Box::new(source),
+    };
+    // A group of its own: offsets are neither read nor committed.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("tollgate-reader-{}-{nanos}", std::process::id()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(kafka)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Timeout::After(Duration::from_secs(10)))
+        .map_err(kafka)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| TopicError::NoSuchTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        })?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition as i32, Offset::Beginning)
+            .map_err(kafka)?;
+    }
+    consumer.assign(&assignment).map_err(kafka)?;
+    let mut read = 0;
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                f(&message);
+                read += 1;
+                last = Instant::now();
+            }
+            Some(Err(e)) => return Err(kafka(e)),
+            None => {}
+        }
+    }
+    Ok(read)
+}
