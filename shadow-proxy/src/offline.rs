@@ -305,10 +305,11 @@ pub fn compare(
     let mut drifted = Vec::new();
     for field in CATEGORICAL {
         let empty = BTreeMap::new();
-        let value = population_stability(
+        let value = tollgate_report::population_stability(
             old_side.categories.get(field).unwrap_or(&empty),
             new_side.categories.get(field).unwrap_or(&empty),
-        );
+        )
+        .psi;
         if value > PSI_DRIFT {
             drifted.push(field.to_owned());
         }
@@ -347,27 +348,6 @@ fn counted_line(key: &str, row: &Counted) -> String {
             format!(" (expected {:.3})", row.expected)
         }
     )
-}
-
-/// Population stability index: Σ (new − old) · ln(new / old) over the categories, with
-/// a small floor so that a category on one side only counts instead of dividing by 0.
-pub fn population_stability(old: &BTreeMap<String, u64>, new: &BTreeMap<String, u64>) -> f64 {
-    let (old_total, new_total) = (
-        old.values().sum::<u64>() as f64,
-        new.values().sum::<u64>() as f64,
-    );
-    if old_total == 0.0 || new_total == 0.0 {
-        return 0.0;
-    }
-    let categories: BTreeSet<&String> = old.keys().chain(new.keys()).collect();
-    categories
-        .into_iter()
-        .map(|c| {
-            let o = (old.get(c).copied().unwrap_or(0) as f64 / old_total).max(1e-4);
-            let n = (new.get(c).copied().unwrap_or(0) as f64 / new_total).max(1e-4);
-            (n - o) * (n / o).ln()
-        })
-        .sum()
 }
 
 fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Side> {
@@ -422,25 +402,4 @@ fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Si
         }
     })?;
     Ok(side)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn psi_is_zero_for_equal_distributions_and_grows_with_shift() {
-        let a: BTreeMap<String, u64> = [("ios".to_owned(), 50), ("android".to_owned(), 50)].into();
-        assert!(population_stability(&a, &a).abs() < 1e-12);
-        let b: BTreeMap<String, u64> = [("ios".to_owned(), 80), ("android".to_owned(), 20)].into();
-        let shifted = population_stability(&a, &b);
-        assert!(shifted > 0.2, "{shifted}");
-        let c: BTreeMap<String, u64> = [
-            ("ios".to_owned(), 50),
-            ("android".to_owned(), 45),
-            ("web".to_owned(), 5),
-        ]
-        .into();
-        assert!(population_stability(&a, &c) > 0.0);
-    }
 }

@@ -6,12 +6,7 @@ use std::fmt::Write as _;
 
 use crate::compare::{EventReport, Report};
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use tollgate_report::escape;
 
 /// A Prometheus label value.
 fn label(text: &str) -> String {

@@ -6,12 +6,7 @@ use std::fmt::Write as _;
 
 use super::{Chart, Report, Status};
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use tollgate_report::escape;
 
 impl Report {
     /// The report as a standalone HTML page.

@@ -709,7 +709,11 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         checks.extend(series.checks(volume));
     }
     for (d, [baseline, current]) in expectations.drift.iter().zip(&drift) {
-        let (psi, worst, new) = population_stability(baseline, current);
+        let tollgate_report::Drift {
+            psi,
+            largest: worst,
+            new,
+        } = tollgate_report::population_stability(baseline, current);
         let mut detail = format!("PSI {psi:.3} (limit {})", d.max_psi);
         if let Some(worst) = worst {
             detail.push_str(&format!("; largest shift: {worst:?}"));
@@ -744,39 +748,6 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
 
 /// Categories counted per drift side; the rest are `(other)`.
 const MAX_CATEGORIES: usize = 200;
-
-/// PSI = Σ (c − b) · ln(c ÷ b) over category shares (each floored at 0.01 %), the
-/// category that contributes most, and the categories absent from the baseline.
-fn population_stability(
-    baseline: &HashMap<String, u64>,
-    current: &HashMap<String, u64>,
-) -> (f64, Option<String>, Vec<String>) {
-    let (nb, nc) = (
-        baseline.values().sum::<u64>().max(1) as f64,
-        current.values().sum::<u64>().max(1) as f64,
-    );
-    let mut categories: Vec<&String> = baseline.keys().chain(current.keys()).collect();
-    categories.sort();
-    categories.dedup();
-    let mut psi = 0.0;
-    let mut worst: Option<(f64, &String)> = None;
-    for category in &categories {
-        let b = (baseline.get(*category).copied().unwrap_or(0) as f64 / nb).max(1e-4);
-        let c = (current.get(*category).copied().unwrap_or(0) as f64 / nc).max(1e-4);
-        let term = (c - b) * (c / b).ln();
-        psi += term;
-        if worst.is_none_or(|(w, _)| term > w) {
-            worst = Some((term, category));
-        }
-    }
-    let mut new: Vec<String> = current
-        .keys()
-        .filter(|k| !baseline.contains_key(*k))
-        .cloned()
-        .collect();
-    new.sort();
-    (psi, worst.map(|(_, c)| c.clone()), new)
-}
 
 fn ratio(part: u64, whole: u64) -> f64 {
     if whole == 0 {
