@@ -74,14 +74,14 @@ impl LogSource {
         }
     }
 
-    fn events(&self, f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+    fn events(&self, f: impl FnMut(&serde_json::Value)) -> Result<(), VerifyError> {
         match self {
             LogSource::Dir(dir) => for_each_record(&dir.join("events"), f),
             LogSource::Kafka(k) => Ok(k.read(&k.topic, f).map(drop)?),
         }
     }
 
-    fn quarantine(&self, f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+    fn quarantine(&self, f: impl FnMut(&serde_json::Value)) -> Result<(), VerifyError> {
         match self {
             LogSource::Dir(dir) => for_each_record(&dir.join("quarantine"), f),
             LogSource::Kafka(k) => match &k.quarantine_topic {
@@ -92,11 +92,37 @@ impl LogSource {
     }
 }
 
+/// Why a reconciliation could not be made (its findings are in [`Verification`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("reading the manifest {path}: {source}")]
+    Manifest {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: not a manifest entry: {source}")]
+    ManifestLine {
+        path: std::path::PathBuf,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("reading the log {path}: {source}")]
+    Log {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Topic(#[from] tollgate_log::TopicError),
+}
+
 /// Reconciles `manifest` against the collector data dir `log`.
 ///
 /// # Errors
 /// Unreadable manifest or log files.
-pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
+pub fn verify(manifest: &Path, log: &Path) -> Result<Verification, VerifyError> {
     verify_source(manifest, &LogSource::Dir(log.to_owned()))
 }
 
@@ -104,7 +130,7 @@ pub fn verify(manifest: &Path, log: &Path) -> anyhow::Result<Verification> {
 ///
 /// # Errors
 /// Unreadable manifest, log files or topics.
-pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verification> {
+pub fn verify_source(manifest: &Path, log: &LogSource) -> Result<Verification, VerifyError> {
     let mut accepted = HashSet::new();
     let mut rejected = HashSet::new();
     let mut invalid_answered = HashSet::new();
@@ -113,12 +139,22 @@ pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verific
     let mut refused = HashSet::new();
     let mut not_refused = 0;
     let mut run_prefix: Option<String> = None;
-    for line in BufReader::new(std::fs::File::open(manifest)?).lines() {
-        let line = line?;
+    let unreadable = |source| VerifyError::Manifest {
+        path: manifest.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(manifest).map_err(unreadable)?;
+    for (number, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(unreadable)?;
         if line.trim().is_empty() {
             continue;
         }
-        let entry: ManifestEntry = serde_json::from_str(&line)?;
+        let entry: ManifestEntry =
+            serde_json::from_str(&line).map_err(|source| VerifyError::ManifestLine {
+                path: manifest.to_owned(),
+                line: number + 1,
+                source,
+            })?;
         if entry.bad_key {
             if entry.status != 401 {
                 not_refused += 1;
@@ -166,8 +202,8 @@ pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verific
     })?;
     let mut quarantined = HashSet::new();
     log.quarantine(|record| {
-        // A native event names itself `event_id`; a Segment message that failed its
-        // mapping is kept as received, with `messageId`.
+        // Rejected events are kept under native names (a Segment `messageId` as
+        // `event_id`); logs written before that kept Segment's `messageId`.
         let id = record
             .pointer("/event/event_id")
             .or_else(|| record.pointer("/event/messageId"))
@@ -226,11 +262,14 @@ pub fn verify_source(manifest: &Path, log: &LogSource) -> anyhow::Result<Verific
 
 /// Calls `f` with every record of every segment in `dir` (none when it does not exist),
 /// read with the collector's own segment reader.
-fn for_each_record(dir: &Path, mut f: impl FnMut(&serde_json::Value)) -> anyhow::Result<()> {
+fn for_each_record(dir: &Path, mut f: impl FnMut(&serde_json::Value)) -> Result<(), VerifyError> {
     tollgate_log::for_each_line(dir, |line| {
         if let Ok(record) = serde_json::from_str::<serde_json::Value>(line) {
             f(&record);
         }
-    })?;
-    Ok(())
+    })
+    .map_err(|source| VerifyError::Log {
+        path: dir.to_owned(),
+        source,
+    })
 }

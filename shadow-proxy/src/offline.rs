@@ -173,7 +173,7 @@ pub fn compare(
     new: &Path,
     mapping: &Mapping,
     tolerance: f64,
-) -> anyhow::Result<Comparison> {
+) -> Result<Comparison, ReadError> {
     let old_side = read_side(old, &mapping.rename)?;
     let new_side = read_side(new, &BTreeMap::new())?;
     // Renames were applied to the old side's names; splits and merges get rows of their
@@ -350,7 +350,16 @@ fn counted_line(key: &str, row: &Counted) -> String {
     )
 }
 
-fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Side> {
+/// A collector's log could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the log in {dir}: {source}")]
+pub struct ReadError {
+    pub dir: std::path::PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> Result<Side, ReadError> {
     let mut side = Side::default();
     let mut seen_per_name: HashMap<String, u64> = HashMap::new();
     tollgate_log::for_each_line(&dir.join("events"), |line| {
@@ -400,6 +409,10 @@ fn read_side(dir: &Path, rename: &BTreeMap<String, String>) -> anyhow::Result<Si
                 .entry(value)
                 .or_default() += 1;
         }
+    })
+    .map_err(|source| ReadError {
+        dir: dir.to_owned(),
+        source,
     })?;
     Ok(side)
 }

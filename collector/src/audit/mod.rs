@@ -386,7 +386,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         }
         records += 1;
         if records.is_multiple_of(10_000_000) {
-            eprintln!("audit: {records} records read");
+            tracing::info!(records, "audit: records read so far");
         }
         newest = newest.max(t);
         let _ = lateness.record(rec.lateness_ms.max(0) as u64);
