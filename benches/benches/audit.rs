@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use tollgate_collector::audit::{Expectations, audit_dir};
+use tollgate_audit::{Expectations, audit_dir};
 
 // The collector's allocator, as in production.
 #[global_allocator]
@@ -59,7 +59,7 @@ fn bench_audit(c: &mut Criterion) {
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/expectations.toml"),
     )
     .unwrap();
-    let now = tollgate_collector::audit::parse_time("2026-11-29T11:00:00Z").unwrap();
+    let now = tollgate_audit::parse_time("2026-11-29T11:00:00Z").unwrap();
     let mut group = c.benchmark_group("audit");
     group.throughput(Throughput::Elements(RECORDS as u64));
     group.sample_size(10);

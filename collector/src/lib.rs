@@ -13,14 +13,12 @@
 //! - [`dedupe`] — the [`dedupe::IdempotencyStore`] trait and its stores (memory, Redis);
 //! - [`sink`] — the [`sink::EventLog`] trait and its logs (segment files, Kafka);
 //! - [`telemetry`] — metrics and traces;
-//! - [`audit`] — the data-quality audit of what was logged (`tollgate-collector audit`);
 //! - [`config`], [`clock`], [`error`]: configuration, the injectable clock, and the one
 //!   mapping of request errors to HTTP.
 //!
 //! [`Collector::build`] validates everything before anything listens; [`Collector::run`]
 //! takes already-bound listeners and a shutdown future, so tests bind `127.0.0.1:0`.
 
-pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod dedupe;

@@ -89,13 +89,13 @@ enum Command {
         #[arg(long)]
         expectations: PathBuf,
         /// Only records logged at or after this time (RFC 3339).
-        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        #[arg(long, value_parser = tollgate_audit::parse_time)]
         since: Option<i64>,
         /// Only records logged before this time (RFC 3339).
-        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        #[arg(long, value_parser = tollgate_audit::parse_time)]
         until: Option<i64>,
         /// "Now" for the freshness check (RFC 3339); default: the clock.
-        #[arg(long, value_parser = tollgate_collector::audit::parse_time)]
+        #[arg(long, value_parser = tollgate_audit::parse_time)]
         now: Option<i64>,
         /// Also write the findings as JSON.
         #[arg(long)]
@@ -196,23 +196,23 @@ fn run(args: Args) -> anyhow::Result<()> {
             json,
             html,
         }) => {
-            let expectations = tollgate_collector::audit::Expectations::load(&expectations)
-                .map_err(anyhow::Error::msg)?;
+            let expectations =
+                tollgate_audit::Expectations::load(&expectations).map_err(anyhow::Error::msg)?;
             let now = now.unwrap_or_else(|| {
                 (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
             });
             let input = match (log, topics.source()) {
-                (Some(dir), _) => tollgate_collector::audit::AuditInput::Dir(dir),
-                (None, Some(source)) => tollgate_collector::audit::AuditInput::Kafka(source),
+                (Some(dir), _) => tollgate_audit::AuditInput::Dir(dir),
+                (None, Some(source)) => tollgate_audit::AuditInput::Kafka(source),
                 (None, None) => unreachable!("clap requires --log or --kafka"),
             };
-            let options = tollgate_collector::audit::AuditOptions {
+            let options = tollgate_audit::AuditOptions {
                 input,
                 since,
                 until,
                 now,
             };
-            let report = tollgate_collector::audit::audit(&options, &expectations)?;
+            let report = tollgate_audit::audit(&options, &expectations)?;
             print!("{}", report.human());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)

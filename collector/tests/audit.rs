@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use tollgate_collector::audit::{Expectations, Report, Status, audit_dir};
+use tollgate_audit::{Expectations, Report, Status, audit_dir};
 
 const BASE: i64 = 1_795_000_000_000_000; // 2026-11-18, unix µs
 
@@ -281,7 +281,7 @@ fn the_command_exits_non_zero_on_failure_and_writes_json() {
 /// a daily curve, quieter weekends and ±8 % noise; `day_factor` scales whole days and
 /// `hour_factor` single (platform, hour) cells.
 fn month(day_factor: impl Fn(i64) -> f64, hour_factor: impl Fn(&str, i64) -> f64) -> String {
-    let start = tollgate_collector::audit::parse_time("2026-10-26T00:00:00Z").unwrap();
+    let start = tollgate_audit::parse_time("2026-10-26T00:00:00Z").unwrap();
     let mut out = String::new();
     let mut noise = 12345u64;
     for hour in 0..28 * 24i64 {

@@ -353,9 +353,9 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
         "[defaults]\nmin_valid_share = 0.5\n[[events]]\nname = \"item_view\"\nnot_null = [\"session_id\"]\n",
     )
     .unwrap();
-    let expectations = tollgate_collector::audit::Expectations::load(&file).unwrap();
-    let options = tollgate_collector::audit::AuditOptions {
-        input: tollgate_collector::audit::AuditInput::Kafka(TopicSource {
+    let expectations = tollgate_audit::Expectations::load(&file).unwrap();
+    let options = tollgate_audit::AuditOptions {
+        input: tollgate_audit::AuditInput::Kafka(TopicSource {
             brokers: broker.address(),
             topic: EVENTS.into(),
             quarantine_topic: Some(QUARANTINE.into()),
@@ -366,7 +366,7 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
         now: 0,
     };
     let report = tokio::task::spawn_blocking(move || {
-        tollgate_collector::audit::audit(&options, &expectations).unwrap()
+        tollgate_audit::audit(&options, &expectations).unwrap()
     })
     .await
     .unwrap();
@@ -381,7 +381,7 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
         .iter()
         .find(|c| c.expectation == "not_null")
         .unwrap();
-    assert_eq!(not_null.status, tollgate_collector::audit::Status::Fail);
+    assert_eq!(not_null.status, tollgate_audit::Status::Fail);
     assert!(
         not_null.detail.starts_with("session_id: 1 of 3"),
         "{}",
@@ -392,9 +392,5 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
         .iter()
         .find(|c| c.expectation == "valid_share")
         .unwrap();
-    assert_eq!(
-        valid.status,
-        tollgate_collector::audit::Status::Pass,
-        "3 of 4 valid"
-    );
+    assert_eq!(valid.status, tollgate_audit::Status::Pass, "3 of 4 valid");
 }

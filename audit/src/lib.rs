@@ -762,7 +762,7 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
     read::micros(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 UTC timestamp"))
 }
 
-/// The audit of a directory with default options (for tests).
+/// The audit of a collector's data directory over its whole history.
 pub fn audit_dir(log: &Path, expectations: &Expectations, now: i64) -> std::io::Result<Report> {
     audit(
         &AuditOptions {
