@@ -79,6 +79,15 @@ pub struct Overrides {
     pub limit_clock: Option<ratelimit::LimitClock>,
 }
 
+/// What [`Collector::check`] found in a valid configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckSummary {
+    pub sources: usize,
+    pub schemas: usize,
+    /// Policies in the privacy file, `None` when running without one.
+    pub privacy_policies: Option<usize>,
+}
+
 /// A configured collector, ready to serve.
 pub struct Collector {
     app: Arc<App>,
@@ -95,6 +104,44 @@ impl Collector {
     /// used.
     pub fn build(config: Config) -> Result<Collector, BuildError> {
         Self::build_with(config, Overrides::default())
+    }
+
+    /// Everything [`build`](Self::build) checks, without opening, generating or
+    /// connecting anything: `check-config` and start-up agree by construction.
+    ///
+    /// # Errors
+    /// As [`build`](Self::build), but for the log directory and the stores.
+    pub fn check(config: &Config) -> Result<CheckSummary, BuildError> {
+        config.validate()?;
+        if let Some(t) = &config.server.tls {
+            tollgate_edge::CertStore::load(tollgate_edge::TlsFiles {
+                cert: t.cert_file.clone(),
+                key: t.key_file.clone(),
+            })?;
+        }
+        let schemas = load_schemas(config)?;
+        let privacy_policies = match privacy_file(config)? {
+            None => None,
+            Some(file) => {
+                let policies = privacy::config::PrivacyConfig::load(file)
+                    .map_err(|e| BuildError::Privacy(vec![e]))?;
+                let problems = policies.problems();
+                if !problems.is_empty() {
+                    return Err(BuildError::Privacy(
+                        problems
+                            .into_iter()
+                            .map(|p| format!("{}: {p}", file.display()))
+                            .collect(),
+                    ));
+                }
+                Some(policies.policies.len())
+            }
+        };
+        Ok(CheckSummary {
+            sources: config.sources.len(),
+            schemas: schemas.len(),
+            privacy_policies,
+        })
     }
 
     /// [`build`](Self::build) with some parts supplied by the caller.
@@ -372,16 +419,34 @@ fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>
     })
 }
 
-fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError> {
+/// The privacy file to load: `None` for `"none"`, and for the default path when it does
+/// not exist (said at start-up); any other path must exist.
+fn privacy_file(config: &Config) -> Result<Option<&std::path::Path>, BuildError> {
     let file = &config.privacy.file;
     if file.as_os_str() == "none" {
-        tracing::warn!("privacy policies disabled (privacy.file = \"none\")");
         return Ok(None);
     }
-    if !file.exists() && *file == config::PrivacySettings::default().file {
-        tracing::warn!(file = %file.display(), "privacy policy file not found; running without privacy policies");
-        return Ok(None);
+    if !file.exists() {
+        if *file == config::PrivacySettings::default().file {
+            return Ok(None);
+        }
+        return Err(BuildError::Privacy(vec![format!(
+            "{}: no such file (set privacy.file = \"none\" to run without policies)",
+            file.display()
+        )]));
     }
+    Ok(Some(file))
+}
+
+fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError> {
+    let Some(file) = privacy_file(config)? else {
+        if config.privacy.file.as_os_str() == "none" {
+            tracing::warn!("privacy policies disabled (privacy.file = \"none\")");
+        } else {
+            tracing::warn!(file = %config.privacy.file.display(), "privacy policy file not found; running without privacy policies");
+        }
+        return Ok(None);
+    };
     let privacy = privacy::load(file, &config.log.data_dir, config.privacy.hmac_key.as_ref())
         .map_err(BuildError::Privacy)?;
     tracing::info!(file = %file.display(), key = privacy.key_id(), "privacy policies loaded");

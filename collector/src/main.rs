@@ -267,29 +267,14 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn check_config(config: &Config) -> anyhow::Result<()> {
-    config.validate()?;
-    let schemas = tollgate_collector::schema::SchemaRegistry::load(&config.schemas.dir)
-        .map_err(|problems| anyhow::anyhow!("schemas:\n  - {}", problems.join("\n  - ")))?;
-    let privacy = if config.privacy.file.as_os_str() == "none" || !config.privacy.file.exists() {
-        "no privacy policies".to_owned()
-    } else {
-        let file = &config.privacy.file;
-        let policies = tollgate_collector::privacy::config::PrivacyConfig::load(file)
-            .map_err(|e| anyhow::anyhow!("privacy: {e}"))?;
-        let problems = policies.problems();
-        if !problems.is_empty() {
-            anyhow::bail!(
-                "privacy ({}):\n  - {}",
-                file.display(),
-                problems.join("\n  - ")
-            );
-        }
-        format!("{} privacy policies", policies.policies.len())
+    let summary = Collector::check(config)?;
+    let privacy = match summary.privacy_policies {
+        Some(n) => format!("{n} privacy policies"),
+        None => "no privacy policies".to_owned(),
     };
     println!(
         "configuration OK: {} source(s), {} schema(s), {privacy}",
-        config.sources.len(),
-        schemas.len()
+        summary.sources, summary.schemas
     );
     Ok(())
 }

@@ -64,3 +64,39 @@ fn privacy_check_prints_the_event_as_it_would_be_logged() {
     let out = run("DE");
     assert!(String::from_utf8_lossy(&out.stdout).contains("dropped: consent_denied"));
 }
+
+#[test]
+fn check_config_refuses_what_start_up_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let missing = dir.path().join("no-such-privacy.toml");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
+            .current_dir(&root)
+            .args(args)
+            .env("TOLLGATE_PRIVACY__FILE", &missing)
+            .env("TOLLGATE_LOG__DATA_DIR", dir.path().join("data"))
+            .output()
+            .unwrap()
+    };
+    // A privacy file that is not there: start-up refuses it, and so does check-config.
+    let check = run(&["check-config"]);
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "check-config passed: {stderr}");
+    assert!(stderr.contains("no-such-privacy.toml"), "{stderr}");
+    let start = run(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+    assert!(!start.status.success());
+    assert!(String::from_utf8_lossy(&start.stderr).contains("no-such-privacy.toml"));
+    // The shipped defaults pass.
+    let ok = Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
+        .current_dir(&root)
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration OK"));
+}
