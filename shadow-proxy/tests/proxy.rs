@@ -11,6 +11,11 @@ use tollgate_collector::config::Config;
 use tollgate_shadow_proxy::compare::Report;
 use tollgate_shadow_proxy::{ProxyConfig, run};
 
+/// An address nothing listens on: a privileged port no test binds. (A port taken from
+/// a listener bound and dropped here could be handed to another test's server running
+/// in parallel.)
+const DEAD: &str = "http://127.0.0.1:1";
+
 struct Running {
     url: String,
     /// The proxy's admin listener (reports, metrics); empty for a collector.
@@ -298,12 +303,7 @@ async fn a_changed_shadow_is_flagged_for_exactly_that_event() {
 async fn a_dead_shadow_changes_nothing_for_clients_and_drops_are_counted() {
     let old_dir = tempfile::tempdir().unwrap();
     let old = collector(old_dir.path(), true).await;
-    // Nothing listens here.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
-    let proxy = proxy(&old.url, &dead).await;
+    let proxy = proxy(&old.url, DEAD).await;
     send_through(&proxy.url, 40).await;
     let report = report_after(&proxy.admin, 40).await;
     assert_eq!(report.mirrored, 0);
@@ -608,11 +608,7 @@ async fn a_slow_shadow_times_out_copies_and_a_failing_one_is_counted_as_mismatch
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_answers_502_and_is_counted() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", l.local_addr().unwrap())
-    };
-    let proxy = proxy(&dead, &dead).await;
+    let proxy = proxy(DEAD, DEAD).await;
     let r = post_events(&proxy.url, &batch(0)).await;
     assert_eq!(r.status().as_u16(), 502);
     let body: Value = r.json().await.unwrap();
