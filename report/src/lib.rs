@@ -21,29 +21,25 @@ pub trait Counts {
     fn total(&self) -> u64;
 }
 
-impl Counts for HashMap<String, u64> {
-    fn count(&self, category: &str) -> u64 {
-        self.get(category).copied().unwrap_or(0)
-    }
-    fn categories(&self) -> impl Iterator<Item = &str> {
-        self.keys().map(String::as_str)
-    }
-    fn total(&self) -> u64 {
-        self.values().sum()
-    }
+/// Both maps implement it the same way.
+macro_rules! counts_for {
+    ($map:ty) => {
+        impl Counts for $map {
+            fn count(&self, category: &str) -> u64 {
+                self.get(category).copied().unwrap_or(0)
+            }
+            fn categories(&self) -> impl Iterator<Item = &str> {
+                self.keys().map(String::as_str)
+            }
+            fn total(&self) -> u64 {
+                self.values().sum()
+            }
+        }
+    };
 }
 
-impl Counts for BTreeMap<String, u64> {
-    fn count(&self, category: &str) -> u64 {
-        self.get(category).copied().unwrap_or(0)
-    }
-    fn categories(&self) -> impl Iterator<Item = &str> {
-        self.keys().map(String::as_str)
-    }
-    fn total(&self) -> u64 {
-        self.values().sum()
-    }
-}
+counts_for!(HashMap<String, u64>);
+counts_for!(BTreeMap<String, u64>);
 
 /// How a distribution moved from `baseline` to `current`.
 #[derive(Debug, Clone, PartialEq)]
