@@ -203,16 +203,33 @@ fn the_shipped_policy_file_is_valid_and_bad_files_name_the_problem() {
     assert!(config.problems().is_empty(), "{:?}", config.problems());
     let mut bad = config.clone();
     bad.regions[0].policy = "nope".into();
-    bad.policies
-        .get_mut("gdpr")
-        .unwrap()
-        .drop
-        .push("event_id".into());
-    bad.trusted_proxies.push("not-a-net".into());
     let problems = bad.problems().join("\n");
     assert!(problems.contains("regions[0].policy"), "{problems}");
-    assert!(problems.contains("\"event_id\""), "{problems}");
-    assert!(problems.contains("not-a-net"), "{problems}");
+    // Field paths and proxy addresses are parsed when the file is read: a bad one is
+    // refused there, naming the file, the value and the key.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(shipped_privacy()).unwrap();
+    for (from, to, key) in [
+        (
+            r#"drop = ["properties.email", "properties.phone", "context.traits"]"#,
+            r#"drop = ["event_id"]"#,
+            "drop",
+        ),
+        (
+            r#"trusted_proxies = ["10.0.0.0/8""#,
+            r#"trusted_proxies = ["not-a-net""#,
+            "trusted_proxies",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        let error = PrivacyConfig::load(&path).unwrap_err();
+        let value = to.split('"').nth(1).unwrap();
+        assert!(
+            error.contains("bad.toml") && error.contains(value) && error.contains(key),
+            "{error}"
+        );
+    }
 }
 
 async fn post_with_header(c: &TestCollector, country: &str, body: &Value) -> Value {

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::path::FieldPath;
+
 /// The whole privacy configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -17,9 +19,10 @@ pub struct PrivacyConfig {
     /// code, e.g. `cf-ipcountry`. Honoured only from `trusted_proxies`.
     #[serde(default)]
     pub region_header: Option<String>,
-    /// Peers (CIDR) whose `region_header` is believed. Anyone else could spoof it.
-    #[serde(default)]
-    pub trusted_proxies: Vec<String>,
+    /// Peers (CIDR or address) whose `region_header` is believed. Anyone else could
+    /// spoof it.
+    #[serde(default, with = "nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Keys for keyed HMAC-SHA256 pseudonyms.
     #[serde(default)]
     pub hmac: HmacConfig,
@@ -98,10 +101,10 @@ pub struct PolicyConfig {
     pub version: u32,
     /// Fields removed before anything is written.
     #[serde(default)]
-    pub drop: Vec<String>,
+    pub drop: Vec<FieldPath>,
     /// Fields replaced by their keyed HMAC-SHA256 (hex).
     #[serde(default)]
-    pub pseudonymize: Vec<String>,
+    pub pseudonymize: Vec<FieldPath>,
     /// `context.ip`: keep, truncate or drop.
     #[serde(default = "keep")]
     pub ip: IpMode,
@@ -187,21 +190,6 @@ impl PrivacyConfig {
                 ));
             }
         }
-        for (name, policy) in &self.policies {
-            for path in policy.drop.iter().chain(&policy.pseudonymize) {
-                if let Err(e) = super::engine::FieldPath::parse(path) {
-                    problems.push(format!("policies.{name}: {path:?}: {e}"));
-                }
-            }
-        }
-        for proxy in &self.trusted_proxies {
-            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err()
-            {
-                problems.push(format!(
-                    "trusted_proxies: {proxy:?} is not an address or CIDR"
-                ));
-            }
-        }
         let ids: Vec<&String> = self.hmac.keys.iter().map(|k| &k.id).collect();
         for id in self.hmac.current.iter().chain(&self.hmac.previous) {
             if !ids.contains(&id) {
@@ -225,4 +213,27 @@ fn toml_from_str(text: &str) -> Result<PrivacyConfig, String> {
     Figment::from(Toml::string(text))
         .extract()
         .map_err(|e| e.to_string())
+}
+
+/// `trusted_proxies` as CIDR blocks, written as blocks or plain addresses.
+mod nets {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+        nets.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|text| {
+                crate::config::parse_net(&text).ok_or_else(|| {
+                    serde::de::Error::custom(format!("{text:?} is not an address or CIDR"))
+                })
+            })
+            .collect()
+    }
 }

@@ -12,81 +12,7 @@ use tollgate_event::Event;
 
 use super::config::{AgentMode, IpMode, OnDenied, PiiMode, PolicyConfig, PrivacyConfig};
 use super::detect::{self, Detector, Scope};
-
-/// A dotted field path, parsed once: `context.ip`, `properties.*.token`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldPath {
-    /// `user_id`, `device_id`, `session_id`, `surface`, `app_version`, `context`,
-    /// `properties`.
-    root: Root,
-    /// Keys below `context` / `properties` (`None` is the `*` wildcard).
-    rest: Vec<Option<String>>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Root {
-    UserId,
-    DeviceId,
-    SessionId,
-    Surface,
-    AppVersion,
-    Context,
-    Properties,
-}
-
-impl Root {
-    fn name(self) -> &'static str {
-        match self {
-            Root::UserId => "user_id",
-            Root::DeviceId => "device_id",
-            Root::SessionId => "session_id",
-            Root::Surface => "surface",
-            Root::AppVersion => "app_version",
-            Root::Context => "context",
-            Root::Properties => "properties",
-        }
-    }
-}
-
-impl FieldPath {
-    /// Parses a dotted path.
-    ///
-    /// # Errors
-    /// An empty segment, or a first segment that is not a field a policy may touch.
-    pub fn parse(text: &str) -> Result<FieldPath, String> {
-        let mut parts = text.split('.');
-        let first = parts.next().unwrap_or_default();
-        let root = match first {
-            "user_id" => Root::UserId,
-            "device_id" => Root::DeviceId,
-            "session_id" => Root::SessionId,
-            "surface" => Root::Surface,
-            "app_version" => Root::AppVersion,
-            "context" => Root::Context,
-            "properties" => Root::Properties,
-            other => {
-                return Err(format!(
-                    "{other:?} cannot be changed by a policy (use user_id, device_id, session_id, surface, app_version, context.…, properties.…)"
-                ));
-            }
-        };
-        let rest: Vec<Option<String>> = parts
-            .map(|p| match p {
-                "" => Err("empty path segment".to_owned()),
-                "*" => Ok(None),
-                key => Ok(Some(key.to_owned())),
-            })
-            .collect::<Result<_, _>>()?;
-        let is_map = matches!(root, Root::Context | Root::Properties);
-        if is_map && rest.is_empty() {
-            return Err(format!("name a key below {first} (e.g. {first}.ip)"));
-        }
-        if !is_map && !rest.is_empty() {
-            return Err(format!("{first} has no keys below it"));
-        }
-        Ok(FieldPath { root, rest })
-    }
-}
+use super::path::{FieldPath, Root};
 
 /// A policy ready to apply.
 #[derive(Debug)]
@@ -183,16 +109,8 @@ impl Privacy {
             Arc::new(Policy {
                 region: region.to_owned(),
                 id: format!("{name}@{}", p.version),
-                drop: p
-                    .drop
-                    .iter()
-                    .map(|d| FieldPath::parse(d).expect("checked"))
-                    .collect(),
-                pseudonymize: p
-                    .pseudonymize
-                    .iter()
-                    .map(|d| FieldPath::parse(d).expect("checked"))
-                    .collect(),
+                drop: p.drop.clone(),
+                pseudonymize: p.pseudonymize.clone(),
                 ip: p.ip,
                 consent: p.consent.clone().into_iter().collect(),
                 missing_granted: p.missing_consent_granted,
@@ -225,14 +143,7 @@ impl Privacy {
                 &config.policies[&config.default_region],
             )
         });
-        let trusted = config
-            .trusted_proxies
-            .iter()
-            .map(|p| {
-                p.parse()
-                    .unwrap_or_else(|_| ipnet::IpNet::from(p.parse::<IpAddr>().expect("checked")))
-            })
-            .collect();
+        let trusted = config.trusted_proxies.clone();
         if !by_region
             .iter()
             .any(|(name, _)| *name == config.default_region)

@@ -12,8 +12,10 @@
 pub mod config;
 pub mod detect;
 mod engine;
+mod path;
 
-pub use engine::{FieldPath, Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};
+pub use engine::{Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};
+pub use path::FieldPath;
 
 use std::io::Write;
 use std::path::Path;
