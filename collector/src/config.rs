@@ -92,7 +92,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Load balancers and proxies (CIDR or address) whose `X-Forwarded-For` names the
     /// client, for per-IP rate limits. Anyone else's header is ignored.
-    pub trusted_proxies: Vec<String>,
+    #[serde(with = "nets")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Most client IPs tracked by per-IP rate limits; entries back to a full budget
     /// are pruned, and past this new addresses are not limited per IP until there is
     /// room (the source's own limits still apply).
@@ -112,7 +113,8 @@ pub struct ServerConfig {
     /// Shadow proxies (CIDR or address) whose `X-Tollgate-Shadow: 1` is believed: their
     /// copies are logged to the shadow stream. Anyone else's header is ignored (the
     /// events are logged as real traffic). Default: nobody, loopback included.
-    pub shadow_proxies: Vec<String>,
+    #[serde(with = "nets")]
+    pub shadow_proxies: Vec<ipnet::IpNet>,
     /// Serve the embedded `dev` source (write key `dev`, unregistered events accepted)
     /// on a non-loopback address. Off: the collector refuses to start that way.
     pub expose_dev_source: bool,
@@ -664,19 +666,6 @@ impl Config {
                 );
             }
         }
-        for (key, list) in [
-            ("server.trusted_proxies", &self.server.trusted_proxies),
-            ("server.shadow_proxies", &self.server.shadow_proxies),
-        ] {
-            for proxy in list {
-                if parse_net(proxy).is_none() {
-                    problem(
-                        key,
-                        format!("{proxy:?} is neither a CIDR block nor an IP address"),
-                    );
-                }
-            }
-        }
         let dev_source = self
             .sources
             .iter()
@@ -841,9 +830,59 @@ impl Config {
     }
 }
 
+/// Lists of peers (`trusted_proxies`, `shadow_proxies`) as CIDR blocks, written as
+/// blocks or plain addresses: parsed once, when the file is read.
+pub(crate) mod nets {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
+        nets.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .into_iter()
+            .map(|text| {
+                super::parse_net(&text).ok_or_else(|| {
+                    serde::de::Error::custom(format!("{text:?} is not an address or CIDR"))
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_lists_are_parsed_when_the_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        let file = |proxies: &str| {
+            format!(
+                "[server]\nshadow_proxies = [{proxies}]\n[[sources]]\nid = \"app\"\nwrite_keys = [\"k1\"]\n"
+            )
+        };
+        std::fs::write(&path, file(r#""10.0.0.1", "not-a-net""#)).unwrap();
+        let error = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(
+            error.contains("not-a-net") && error.contains("shadow_proxies"),
+            "{error}"
+        );
+        std::fs::write(&path, file(r#""10.0.0.1", "192.168.0.0/16""#)).unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        let nets: Vec<String> = config
+            .server
+            .shadow_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.1/32", "192.168.0.0/16"]);
+    }
 
     #[test]
     fn embedded_default_is_valid() {

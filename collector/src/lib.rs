@@ -241,12 +241,7 @@ impl Collector {
                 .sources
                 .iter()
                 .map(|s| (s.id.as_str(), &s.rate_limit)),
-            config
-                .server
-                .trusted_proxies
-                .iter()
-                .filter_map(|p| config::parse_net(p))
-                .collect(),
+            config.server.trusted_proxies.clone(),
             config.server.max_tracked_ips.get(),
             overrides
                 .limit_clock
@@ -271,12 +266,7 @@ impl Collector {
             max_concurrent_requests: config.server.max_concurrent_requests.get(),
             request_timeout: config.server.request_timeout,
             answer_ttl: idem.dedupe_window,
-            shadow_proxies: config
-                .server
-                .shadow_proxies
-                .iter()
-                .filter_map(|p| config::parse_net(p))
-                .collect(),
+            shadow_proxies: config.server.shadow_proxies.clone(),
             tasks: TaskTracker::new(),
         });
         Ok(Collector { app, config, tls })

@@ -244,7 +244,7 @@ async fn a_spoofed_shadow_header_from_an_untrusted_client_is_logged_as_real_traf
     let c = TestCollector::start_with(
         |config| {
             config.log.shadow_data_dir = Some(shadow_path);
-            config.server.shadow_proxies = vec!["10.1.2.3".into()];
+            config.server.shadow_proxies = vec!["10.1.2.3/32".parse().unwrap()];
         },
         Overrides::default(),
     )

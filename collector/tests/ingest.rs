@@ -218,7 +218,7 @@ async fn shadow_copies_can_be_logged_apart_from_real_traffic() {
         |config| {
             config.log.shadow_data_dir = Some(shadow_path);
             // The test's client stands in for a shadow proxy on loopback.
-            config.server.shadow_proxies = vec!["127.0.0.1".into()];
+            config.server.shadow_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         },
         tollgate_collector::Overrides::default(),
     )

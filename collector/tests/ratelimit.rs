@@ -116,7 +116,7 @@ async fn each_client_ip_has_its_own_budget_behind_a_trusted_proxy() {
     let c = TestCollector::start_with(
         |config| {
             // The test client connects from 127.0.0.1: it plays the load balancer.
-            config.server.trusted_proxies = vec!["127.0.0.0/8".into()];
+            config.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
             config.sources[0].rate_limit = RateLimitConfig {
                 ip_requests_per_second: nz(1),
                 ..RateLimitConfig::default()

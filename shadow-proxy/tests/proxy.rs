@@ -50,7 +50,7 @@ async fn collector_metrics(
     let mut config = Config::embedded();
     config.log.data_dir = data.to_owned();
     // The proxies of these tests run on loopback: their copies are believed.
-    config.server.shadow_proxies = vec!["127.0.0.1".into()];
+    config.server.shadow_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     config.schemas.dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/schemas");
     tweak(&mut config);
     let collector = Collector::build(config).unwrap();

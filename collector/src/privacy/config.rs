@@ -21,7 +21,7 @@ pub struct PrivacyConfig {
     pub region_header: Option<String>,
     /// Peers (CIDR or address) whose `region_header` is believed. Anyone else could
     /// spoof it.
-    #[serde(default, with = "nets")]
+    #[serde(default, with = "crate::config::nets")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Keys for keyed HMAC-SHA256 pseudonyms.
     #[serde(default)]
@@ -213,27 +213,4 @@ fn toml_from_str(text: &str) -> Result<PrivacyConfig, String> {
     Figment::from(Toml::string(text))
         .extract()
         .map_err(|e| e.to_string())
-}
-
-/// `trusted_proxies` as CIDR blocks, written as blocks or plain addresses.
-mod nets {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(nets: &[ipnet::IpNet], s: S) -> Result<S::Ok, S::Error> {
-        nets.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .serialize(s)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
-        Vec::<String>::deserialize(d)?
-            .into_iter()
-            .map(|text| {
-                crate::config::parse_net(&text).ok_or_else(|| {
-                    serde::de::Error::custom(format!("{text:?} is not an address or CIDR"))
-                })
-            })
-            .collect()
-    }
 }
