@@ -65,10 +65,7 @@ impl StoredAnswer {
 /// Hex SHA-256 of a request body.
 fn fingerprint(body: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(body)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::privacy::hex(&sha2::Sha256::digest(body))
 }
 
 /// Shared state of the HTTP handlers.

@@ -191,7 +191,10 @@ pub fn native_ndjson(
 
 fn native_event(text: &[u8], sent_at: Option<OffsetDateTime>, limits: &DecodeLimits<'_>) -> Item {
     if text.len() > limits.max_event_bytes {
-        return too_large(text, limits.max_event_bytes);
+        return Item::Invalid {
+            error: too_large_error(text.len(), limits.max_event_bytes),
+            raw: Raw::from_text(text),
+        };
     }
     match parse_event_text(text, limits.platforms) {
         Ok((event, ignored_fields)) => Item::Event {
@@ -219,7 +222,9 @@ pub fn segment(
     limits: &DecodeLimits<'_>,
 ) -> Result<Decoded, ApiError> {
     let server_id = || uuid::Uuid::now_v7().to_string();
-    let map = |value: Value, defaults: BatchDefaults<'_>| match map_message(
+    // A message that fails its mapping keeps its text for the quarantine, parsed again
+    // (renamed to native fields): only rejected messages pay for it.
+    let map = |value: Value, defaults: BatchDefaults<'_>, text: &[u8]| match map_message(
         value,
         route,
         defaults,
@@ -234,19 +239,12 @@ pub fn segment(
         },
         Err(error) => Item::Invalid {
             error,
-            raw: Raw::Opaque {
-                bytes: 0,
-                sha256: [0; 32],
-            },
-        },
-    };
-    // The quarantine copy is parsed again from the text: only rejected messages pay.
-    let with_raw = |item: Item, text: &[u8]| match item {
-        Item::Invalid { error, .. } => Item::Invalid {
-            error,
             raw: Raw::from_segment_text(text),
         },
-        ok => ok,
+    };
+    let too_large = |text: &[u8]| Item::Invalid {
+        error: too_large_error(text.len(), limits.max_event_bytes),
+        raw: Raw::from_segment_text(text),
     };
     match route {
         None => {
@@ -267,10 +265,10 @@ pub fn segment(
                 .map(|raw| {
                     let text = raw.get().as_bytes();
                     if text.len() > limits.max_event_bytes {
-                        return with_raw(too_large(text, limits.max_event_bytes), text);
+                        return too_large(text);
                     }
                     match serde_json::from_slice::<Value>(text) {
-                        Ok(value) => with_raw(map(value, defaults), text),
+                        Ok(value) => map(value, defaults, text),
                         Err(e) => Item::Invalid {
                             error: EventError::new(
                                 ErrorCode::InvalidEvent,
@@ -299,9 +297,9 @@ pub fn segment(
                 _ => None,
             };
             let item = if body.len() > limits.max_event_bytes {
-                with_raw(too_large(body, limits.max_event_bytes), body)
+                too_large(body)
             } else {
-                with_raw(map(value, BatchDefaults::default()), body)
+                map(value, BatchDefaults::default(), body)
             };
             Ok(Decoded {
                 items: vec![item],
@@ -311,18 +309,12 @@ pub fn segment(
     }
 }
 
-fn too_large(text: &[u8], max: usize) -> Item {
-    Item::Invalid {
-        error: EventError::new(
-            ErrorCode::EventTooLarge,
-            "",
-            format!(
-                "the event is {} bytes; at most {max} are accepted",
-                text.len()
-            ),
-        ),
-        raw: Raw::from_text(text),
-    }
+fn too_large_error(bytes: usize, max: usize) -> EventError {
+    EventError::new(
+        ErrorCode::EventTooLarge,
+        "",
+        format!("the event is {bytes} bytes; at most {max} are accepted"),
+    )
 }
 
 fn check_count(count: usize, limits: &DecodeLimits<'_>) -> Result<(), ApiError> {

@@ -622,7 +622,7 @@ impl Pipeline {
                 let (digest, key) = privacy.keyed_digest(sha256);
                 serde_json::json!({"bytes": bytes, "hmac_sha256": digest, "privacy_key": key})
             }
-            None => serde_json::json!({"bytes": bytes, "sha256": hex(sha256)}),
+            None => serde_json::json!({"bytes": bytes, "sha256": crate::privacy::hex(sha256)}),
         };
         serde_json::json!({ "unparsed": unparsed })
     }
@@ -823,8 +823,4 @@ fn split_delivered(
     }
     release.extend(keys);
     (commit, release)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

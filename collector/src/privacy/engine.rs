@@ -608,7 +608,8 @@ fn hex_mac(mac: &Hmac<Sha256>, value: &str) -> String {
     hex(&mac.finalize().into_bytes())
 }
 
-fn hex(digest: &[u8]) -> String {
+/// Lower-case hex of `digest`.
+pub(crate) fn hex(digest: &[u8]) -> String {
     let mut out = String::with_capacity(digest.len() * 2);
     for byte in digest {
         out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));

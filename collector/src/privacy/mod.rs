@@ -14,6 +14,7 @@ pub mod detect;
 mod engine;
 mod path;
 
+pub(crate) use engine::hex;
 pub use engine::{Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};
 pub use path::FieldPath;
 
