@@ -4,17 +4,21 @@
 //! # Layout
 //! The folders follow a request from the socket to the disk:
 //! - [`http`] — listeners, the tower stack, routing, auth, body limits, the memory
-//!   budget and gzip (the accept loop and TLS are `tollgate_edge`'s);
+//!   budget and gzip, `Idempotency-Key` replay, the answer (the accept loop and TLS
+//!   are `tollgate_edge`'s);
 //! - [`ratelimit`] — per-source and per-client-IP limits;
-//! - [`ingest`] — decoding (native, NDJSON, Segment), then the pipeline: schema
-//!   validation, server timing, privacy, idempotency claim, log append, commit;
+//! - [`ingest`] — decoding (native, NDJSON, Segment), then the pipeline as stages:
+//!   admission (schema, server timing, privacy), idempotency claim, log append and
+//!   commit, answer;
 //! - [`schema`] — versioned JSON Schemas, compiled once;
 //! - [`privacy`] — regional policies applied before anything is written;
 //! - [`dedupe`] — the [`dedupe::IdempotencyStore`] trait and its stores (memory, Redis);
 //! - [`sink`] — the [`sink::EventLog`] trait and its logs (segment files, Kafka);
 //! - [`telemetry`] — metrics and traces;
-//! - [`config`], [`clock`], [`error`]: configuration, the injectable clock, and the one
-//!   mapping of request errors to HTTP.
+//! - [`config`] — the file and environment, composed of the sections each of the
+//!   folders above owns (`http::config`, `sink::config`, `dedupe::config`, …);
+//! - [`clock`], [`error`]: the injectable clock, and the one mapping of request errors
+//!   to HTTP.
 //!
 //! [`Collector::build`] validates everything before anything listens; [`Collector::run`]
 //! takes already-bound listeners and a shutdown future, so tests bind `127.0.0.1:0`.
@@ -40,13 +44,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::Clock;
-use crate::config::{Config, ConfigError, IdempotencyBackend, SinkKind};
-use crate::dedupe::{IdempotencyStore, MemoryStore, RedisOptions, RedisStore, RedisTarget};
+use crate::config::{Config, ConfigError, SinkKind};
+use crate::dedupe::IdempotencyStore;
 use crate::http::body::BodyLimits;
 use crate::http::{App, Listener, ServeOptions};
 use crate::ingest::{Pipeline, Source};
 use crate::schema::SchemaRegistry;
-use crate::sink::{EventLog, FileLog, FileLogOptions, KafkaLog, KafkaLogOptions};
+use crate::sink::{EventLog, FileLog, KafkaLog};
 use crate::telemetry::Metrics;
 
 /// A collector that failed to start.
@@ -60,6 +64,10 @@ pub enum BuildError {
     Privacy(Vec<String>),
     #[error("server.tls: {0}")]
     Tls(#[from] tollgate_edge::TlsError),
+    #[error(transparent)]
+    Store(#[from] dedupe::OpenError),
+    #[error("log.kafka: {0}")]
+    Kafka(#[from] sink::KafkaOpenError),
     #[error("opening the log in {dir}: {source}")]
     Log {
         dir: std::path::PathBuf,
@@ -166,47 +174,9 @@ impl Collector {
             None => open_log(&config, &metrics)?,
         };
         let idem = &config.idempotency;
-        let store: Arc<dyn IdempotencyStore> = match (overrides.store, idem.backend) {
-            (Some(store), _) => store,
-            (None, IdempotencyBackend::Memory) => Arc::new(MemoryStore::new(
-                idem.max_keys.get(),
-                idem.claim_ttl,
-                idem.dedupe_window,
-                metrics.clone(),
-            )),
-            (None, IdempotencyBackend::Redis) => {
-                let r = &idem.redis;
-                let target = if r.cluster_nodes.is_empty() {
-                    RedisTarget::Single(r.url.clone())
-                } else {
-                    RedisTarget::Cluster(r.cluster_nodes.clone())
-                };
-                Arc::new(
-                    RedisStore::new(RedisOptions {
-                        target,
-                        key_prefix: r.key_prefix.clone(),
-                        claim_ttl: idem.claim_ttl,
-                        dedupe_window: idem.dedupe_window,
-                        connect_timeout: r.connect_timeout,
-                        command_timeout: r.command_timeout,
-                        tls_root_ca: r
-                            .tls_ca_file
-                            .as_ref()
-                            .map(std::fs::read)
-                            .transpose()
-                            .map_err(|e| {
-                                BuildError::Config(ConfigError::Invalid(vec![format!(
-                                    "idempotency.redis.tls_ca_file: {e}"
-                                )]))
-                            })?,
-                    })
-                    .map_err(|e| {
-                        BuildError::Config(ConfigError::Invalid(vec![format!(
-                            "idempotency.redis: {e}"
-                        )]))
-                    })?,
-                )
-            }
+        let store = match overrides.store {
+            Some(store) => store,
+            None => dedupe::open(idem, metrics.clone())?,
         };
         let mut sources = HashMap::new();
         for s in &config.sources {
@@ -355,22 +325,12 @@ fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>
     let log = &config.log;
     Ok(match log.sink {
         SinkKind::File => {
-            let open = |data_dir: &std::path::Path| -> Result<Arc<dyn EventLog>, BuildError> {
-                let file = FileLog::open(
-                    FileLogOptions {
-                        data_dir: data_dir.to_owned(),
-                        segment_max_bytes: log.segment_max_bytes.as_u64(),
-                        segment_max_age: log.segment_max_age,
-                        queue_capacity: log.queue_capacity.get(),
-                        max_group_bytes: log.max_group_bytes.as_u64() as usize,
-                        commit_delay: log.commit_delay,
-                    },
-                    metrics.clone(),
-                )
-                .map_err(|source| BuildError::Log {
-                    dir: data_dir.to_owned(),
-                    source,
-                })?;
+            let open = |dir: &std::path::Path| -> Result<Arc<dyn EventLog>, BuildError> {
+                let file =
+                    FileLog::open(dir, log, metrics.clone()).map_err(|source| BuildError::Log {
+                        dir: dir.to_owned(),
+                        source,
+                    })?;
                 Ok(Arc::new(file))
             };
             let main = open(&log.data_dir)?;
@@ -382,30 +342,7 @@ fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>
                 None => main,
             }
         }
-        SinkKind::Kafka => {
-            let k = &log.kafka;
-            Arc::new(
-                KafkaLog::open(
-                    KafkaLogOptions {
-                        brokers: k.brokers.clone(),
-                        topic: k.topic.clone(),
-                        quarantine_topic: k.quarantine_topic.clone(),
-                        shadow_topic: k.shadow_topic.clone(),
-                        key: k.key,
-                        compression: k.compression.clone(),
-                        linger: k.linger,
-                        batch_bytes: k.batch_size.as_u64(),
-                        queue_max_messages: k.queue_max_messages.get(),
-                        delivery_timeout: k.delivery_timeout,
-                        properties: k.properties.clone(),
-                    },
-                    metrics.clone(),
-                )
-                .map_err(|e| {
-                    BuildError::Config(ConfigError::Invalid(vec![format!("log.kafka: {e}")]))
-                })?,
-            )
-        }
+        SinkKind::Kafka => Arc::new(KafkaLog::open(&log.kafka, metrics.clone())?),
     })
 }
 

@@ -13,6 +13,7 @@
 //! between write and commit leaves claims that expire after the claim TTL; a retry
 //! after that is logged again, so the log is at-least-once within that window.
 
+pub mod config;
 mod memory;
 mod redis;
 
@@ -34,13 +35,77 @@ pub enum ClaimOutcome {
 
 /// The store could not answer; the failure policy decides what happens.
 #[derive(Debug, thiserror::Error)]
-#[error("idempotency store {operation} failed: {message}")]
+#[error("idempotency store {operation} failed: {source}")]
 pub struct StoreError {
     pub operation: &'static str,
-    pub message: String,
-    /// The store did not answer in time: the operation may have been applied all the
-    /// same (a claim may hold the keys for the claim TTL).
-    pub timed_out: bool,
+    #[source]
+    pub source: StoreFailure,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    /// No answer within the command timeout: the operation may have been applied all
+    /// the same (a claim may hold the keys for the claim TTL).
+    #[error("no answer within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// The store answered with an error, or the connection failed.
+    #[error(transparent)]
+    Redis(#[from] ::redis::RedisError),
+    /// The store answered something this protocol does not expect.
+    #[error("unexpected reply: {0}")]
+    Reply(String),
+    /// A reply of the wrong type.
+    #[error(transparent)]
+    Parse(#[from] ::redis::ParsingError),
+}
+
+impl StoreError {
+    pub fn new(operation: &'static str, source: impl Into<StoreFailure>) -> StoreError {
+        StoreError {
+            operation,
+            source: source.into(),
+        }
+    }
+
+    /// The store did not answer in time, so the operation may have been applied.
+    pub fn timed_out(&self) -> bool {
+        matches!(self.source, StoreFailure::TimedOut(_))
+    }
+}
+
+/// The configured store could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("idempotency.redis.tls_ca_file: {}: {source}", path.display())]
+    CaFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("idempotency.redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+}
+
+/// The store `[idempotency]` configures.
+///
+/// # Errors
+/// A Redis URL the client refuses, or a CA file that cannot be read.
+pub fn open(
+    config: &config::IdempotencyConfig,
+    metrics: std::sync::Arc<crate::telemetry::Metrics>,
+) -> Result<std::sync::Arc<dyn IdempotencyStore>, OpenError> {
+    Ok(match config.backend {
+        config::IdempotencyBackend::Memory => std::sync::Arc::new(MemoryStore::new(
+            config.max_keys.get(),
+            config.claim_ttl,
+            config.dedupe_window,
+            metrics,
+        )),
+        config::IdempotencyBackend::Redis => {
+            std::sync::Arc::new(RedisStore::new(RedisOptions::from_config(config)?)?)
+        }
+    })
 }
 
 /// A shared memory of which events were already logged.

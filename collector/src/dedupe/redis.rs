@@ -30,7 +30,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Value};
 use tokio::sync::Mutex;
 
-use super::{ClaimOutcome, IdempotencyStore, StoreError};
+use super::config::IdempotencyConfig;
+use super::{ClaimOutcome, IdempotencyStore, OpenError, StoreError, StoreFailure};
 
 /// Deletes KEYS[1] only while it holds ARGV[1] (our claim).
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -46,7 +47,9 @@ pub enum RedisTarget {
     Cluster(Vec<String>),
 }
 
-/// Settings of the Redis store (from `[idempotency.redis]` and `[idempotency]`).
+/// Settings of the Redis store, resolved from `[idempotency]` and
+/// `[idempotency.redis]` by [`RedisOptions::from_config`] (the target chosen, the CA
+/// file read).
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     pub target: RedisTarget,
@@ -57,6 +60,37 @@ pub struct RedisOptions {
     pub command_timeout: Duration,
     /// PEM root certificate(s) to trust for `rediss://`, instead of the system's.
     pub tls_root_ca: Option<Vec<u8>>,
+}
+
+impl RedisOptions {
+    /// The options `config` describes.
+    ///
+    /// # Errors
+    /// The CA file cannot be read.
+    pub fn from_config(config: &IdempotencyConfig) -> Result<RedisOptions, OpenError> {
+        let r = &config.redis;
+        let target = if r.cluster_nodes.is_empty() {
+            RedisTarget::Single(r.url.clone())
+        } else {
+            RedisTarget::Cluster(r.cluster_nodes.clone())
+        };
+        let tls_root_ca = match &r.tls_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|source| OpenError::CaFile {
+                path: path.clone(),
+                source,
+            })?),
+        };
+        Ok(RedisOptions {
+            target,
+            key_prefix: r.key_prefix.clone(),
+            claim_ttl: config.claim_ttl,
+            dedupe_window: config.dedupe_window,
+            connect_timeout: r.connect_timeout,
+            command_timeout: r.command_timeout,
+            tls_root_ca,
+        })
+    }
 }
 
 enum Connection {
@@ -152,11 +186,6 @@ impl RedisStore {
         commands: Vec<Cmd>,
     ) -> Result<Vec<Value>, StoreError> {
         let count = commands.len();
-        let error = |message: String| StoreError {
-            operation,
-            message,
-            timed_out: false,
-        };
         let work = async {
             match &self.connection {
                 Connection::Single(manager) => {
@@ -198,15 +227,15 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(values)) if values.len() == count => Ok(values),
-            Ok(Ok(values)) => Err(error(format!(
-                "{} replies for {count} commands",
-                values.len()
-            ))),
-            Ok(Err(e)) => Err(error(e.to_string())),
-            Err(_) => Err(StoreError {
-                timed_out: true,
-                ..error(format!("no answer within {:?}", self.timeout))
-            }),
+            Ok(Ok(values)) => Err(StoreError::new(
+                operation,
+                StoreFailure::Reply(format!("{} replies for {count} commands", values.len())),
+            )),
+            Ok(Err(e)) => Err(StoreError::new(operation, e)),
+            Err(_) => Err(StoreError::new(
+                operation,
+                StoreFailure::TimedOut(self.timeout),
+            )),
         }
     }
 }
@@ -268,11 +297,7 @@ impl IdempotencyStore for RedisStore {
                     Ok(Some(value)) if value == pending => Ok(ClaimOutcome::Claimed),
                     Ok(Some(value)) if value == DONE => Ok(ClaimOutcome::Duplicate),
                     Ok(Some(_)) => Ok(ClaimOutcome::InFlight),
-                    Err(e) => Err(StoreError {
-                        operation: "claim",
-                        message: e.to_string(),
-                        timed_out: false,
-                    }),
+                    Err(e) => Err(StoreError::new("claim", e)),
                 },
             )
             .collect()
@@ -314,13 +339,8 @@ impl IdempotencyStore for RedisStore {
         let mut command = redis::cmd("GET");
         command.arg(self.response_key(key));
         let reply = self.run("recall", vec![command]).await?.pop();
-        redis::from_redis_value::<Option<Vec<u8>>>(reply.unwrap_or(Value::Nil)).map_err(|e| {
-            StoreError {
-                operation: "recall",
-                message: e.to_string(),
-                timed_out: false,
-            }
-        })
+        redis::from_redis_value::<Option<Vec<u8>>>(reply.unwrap_or(Value::Nil))
+            .map_err(|e| StoreError::new("recall", e))
     }
 
     async fn remember(&self, key: &str, answer: &[u8], ttl: Duration) -> Result<(), StoreError> {

@@ -12,7 +12,12 @@
 //!   answers 503 at once instead of queueing without bound;
 //! - a request timeout covering the body upload and the processing.
 
+mod answer;
+mod auth;
 pub mod body;
+pub mod config;
+mod replay;
+mod route;
 mod routes;
 
 use std::convert::Infallible;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod detect;
 mod engine;
 mod path;
+pub mod settings;
 
 pub(crate) use engine::hex;
 pub use engine::{Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};

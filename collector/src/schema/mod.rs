@@ -5,6 +5,8 @@
 //! and compiled once at start-up; several versions of one event are live at once so
 //! old app versions keep logging while new ones roll out.
 
+pub mod config;
+
 use std::collections::HashMap;
 use std::path::Path;
 

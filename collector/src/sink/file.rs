@@ -29,21 +29,8 @@ use time::OffsetDateTime;
 use time::macros::format_description;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AppendBatch, EventLog, LogError};
+use super::{AppendBatch, EventLog, LogConfig, LogError};
 use crate::telemetry::Metrics;
-
-/// Settings of the local log (from `[log]`).
-#[derive(Debug, Clone)]
-pub struct FileLogOptions {
-    pub data_dir: PathBuf,
-    pub segment_max_bytes: u64,
-    pub segment_max_age: Duration,
-    pub queue_capacity: usize,
-    pub max_group_bytes: usize,
-    /// How long the writer waits for more requests before a group commit, when the
-    /// previous group showed concurrent traffic.
-    pub commit_delay: Duration,
-}
 
 enum Message {
     Append {
@@ -66,31 +53,28 @@ impl FileLog {
     ///
     /// # Errors
     /// The directory cannot be created or written, or another collector holds it.
-    pub fn open(options: FileLogOptions, metrics: Arc<Metrics>) -> io::Result<FileLog> {
-        std::fs::create_dir_all(&options.data_dir)?;
+    pub fn open(data_dir: &Path, config: &LogConfig, metrics: Arc<Metrics>) -> io::Result<FileLog> {
+        std::fs::create_dir_all(data_dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(options.data_dir.join("LOCK"))?;
+            .open(data_dir.join("LOCK"))?;
         lock.try_lock().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::WouldBlock,
-                format!(
-                    "{} is in use by another collector",
-                    options.data_dir.display()
-                ),
+                format!("{} is in use by another collector", data_dir.display()),
             )
         })?;
-        let events = Stream::open(options.data_dir.join("events"), &options)?;
-        let quarantine = Stream::open(options.data_dir.join("quarantine"), &options)?;
-        let (queue, rx) = mpsc::channel(options.queue_capacity);
+        let events = Stream::open(data_dir.join("events"), config)?;
+        let quarantine = Stream::open(data_dir.join("quarantine"), config)?;
+        let (queue, rx) = mpsc::channel(config.queue_capacity.get());
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             events,
             quarantine,
-            max_group_bytes: options.max_group_bytes,
-            commit_delay: options.commit_delay,
+            max_group_bytes: config.max_group_bytes.as_u64() as usize,
+            commit_delay: config.commit_delay,
             healthy: healthy.clone(),
             metrics: metrics.clone(),
             _lock: lock,
@@ -248,7 +232,7 @@ struct Segment {
 }
 
 impl Stream {
-    fn open(dir: PathBuf, options: &FileLogOptions) -> io::Result<Stream> {
+    fn open(dir: PathBuf, config: &LogConfig) -> io::Result<Stream> {
         std::fs::create_dir_all(&dir)?;
         for segment in tollgate_log::segments(&dir)? {
             repair_torn_tail(&segment)?;
@@ -262,8 +246,8 @@ impl Stream {
             dir,
             label,
             current: None,
-            max_bytes: options.segment_max_bytes,
-            max_age: options.segment_max_age,
+            max_bytes: config.segment_max_bytes.as_u64(),
+            max_age: config.segment_max_age,
             buffer: Vec::new(),
         })
     }
@@ -390,14 +374,14 @@ mod tests {
     use super::*;
     use tollgate_log::segments;
 
-    fn options(dir: &Path) -> FileLogOptions {
-        FileLogOptions {
-            data_dir: dir.to_owned(),
-            segment_max_bytes: 64,
-            segment_max_age: Duration::from_secs(3600),
-            queue_capacity: 16,
-            max_group_bytes: 1 << 20,
+    /// Tiny segments, so that a few records rotate them.
+    fn config() -> LogConfig {
+        LogConfig {
+            segment_max_bytes: bytesize::ByteSize::b(64),
+            queue_capacity: std::num::NonZeroUsize::new(16).unwrap(),
+            max_group_bytes: bytesize::ByteSize::mib(1),
             commit_delay: Duration::ZERO,
+            ..LogConfig::default()
         }
     }
 
@@ -413,7 +397,7 @@ mod tests {
     async fn appends_are_durable_rotated_and_kept_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let log = FileLog::open(options(dir.path()), metrics.clone()).unwrap();
+        let log = FileLog::open(dir.path(), &config(), metrics.clone()).unwrap();
         for i in 0..5 {
             let batch = AppendBatch {
                 events: format!("{{\"n\":{i},\"pad\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}}\n")
@@ -440,7 +424,7 @@ mod tests {
         assert_eq!(read_stream(&dir.path().join("quarantine")), "{\"q\":1}\n");
 
         // Restart on the same directory: old segments stay, new lines follow them.
-        let log = FileLog::open(options(dir.path()), metrics).unwrap();
+        let log = FileLog::open(dir.path(), &config(), metrics).unwrap();
         log.append(AppendBatch {
             events: b"{\"n\":5}\n".to_vec(),
             ..AppendBatch::default()
@@ -457,14 +441,14 @@ mod tests {
     async fn a_second_collector_cannot_take_the_same_directory() {
         let dir = tempfile::tempdir().unwrap();
         let metrics = Arc::new(Metrics::new());
-        let log = FileLog::open(options(dir.path()), metrics.clone()).unwrap();
-        let err = FileLog::open(options(dir.path()), metrics.clone())
+        let log = FileLog::open(dir.path(), &config(), metrics.clone()).unwrap();
+        let err = FileLog::open(dir.path(), &config(), metrics.clone())
             .err()
             .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
         log.close().await;
         // The writer thread dropped the lock on close.
-        FileLog::open(options(dir.path()), metrics).unwrap();
+        FileLog::open(dir.path(), &config(), metrics).unwrap();
     }
 
     #[test]

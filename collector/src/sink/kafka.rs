@@ -8,7 +8,6 @@
 //! records. librdkafka's own queue is bounded: when it is full, the append fails with
 //! [`LogError::QueueFull`] at once instead of waiting.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -23,29 +22,17 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 
-use super::{AppendBatch, EventLog, LogError, PartitionKey, RecordMeta};
+use super::{AppendBatch, EventLog, KafkaConfig, LogError, PartitionKey, RecordMeta};
 use crate::telemetry::Metrics;
 
-/// Settings of the Kafka log (from `[log.kafka]`).
-#[derive(Debug, Clone)]
-pub struct KafkaLogOptions {
-    /// `host:port[,host:port…]`.
-    pub brokers: String,
-    pub topic: String,
-    pub quarantine_topic: String,
-    /// Where requests from a shadow proxy go; `None`: the same topics as the rest.
-    pub shadow_topic: Option<String>,
-    pub key: PartitionKey,
-    /// `none`, `gzip`, `snappy`, `lz4` or `zstd`.
-    pub compression: String,
-    pub linger: Duration,
-    pub batch_bytes: u64,
-    /// Messages librdkafka may hold (queued or in flight) before appends fail fast.
-    pub queue_max_messages: usize,
-    /// How long librdkafka retries one message before it counts as failed.
-    pub delivery_timeout: Duration,
-    /// Further librdkafka properties (security.protocol, sasl.*, …), set last.
-    pub properties: BTreeMap<String, String>,
+/// The Kafka log could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A librdkafka setting (`[log.kafka]`, or one of its `properties`) was refused.
+    #[error("creating the Kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+    #[error("starting the Kafka probe thread: {0}")]
+    Probe(#[source] std::io::Error),
 }
 
 /// Receives librdkafka's statistics and errors.
@@ -90,7 +77,7 @@ pub struct KafkaLog {
     /// The current producer and its generation; replaced when the broker no longer
     /// accepts its identity (see [`needs_new_producer`]).
     producer: Arc<RwLock<(u64, FutureProducer<Context>)>>,
-    options: KafkaLogOptions,
+    options: KafkaConfig,
     closed: AtomicBool,
     /// Set by the probe thread: the broker answers and the topic has partitions.
     reachable: Arc<AtomicBool>,
@@ -104,7 +91,8 @@ impl KafkaLog {
     ///
     /// # Errors
     /// An invalid librdkafka setting.
-    pub fn open(options: KafkaLogOptions, metrics: Arc<Metrics>) -> Result<KafkaLog, String> {
+    pub fn open(options: &KafkaConfig, metrics: Arc<Metrics>) -> Result<KafkaLog, OpenError> {
+        let options = options.clone();
         let producer = create_producer(&options, &metrics)?;
         let producer = Arc::new(RwLock::new((0, producer)));
         let reachable = Arc::new(AtomicBool::new(false));
@@ -115,7 +103,7 @@ impl KafkaLog {
             reachable.clone(),
             stop_probe.clone(),
         )
-        .map_err(|e| format!("starting the Kafka probe: {e}"))?;
+        .map_err(OpenError::Probe)?;
         Ok(KafkaLog {
             producer,
             options,
@@ -150,21 +138,21 @@ impl KafkaLog {
 
 /// A producer with Tollgate's settings.
 fn create_producer(
-    options: &KafkaLogOptions,
+    options: &KafkaConfig,
     metrics: &Arc<Metrics>,
-) -> Result<FutureProducer<Context>, String> {
+) -> Result<FutureProducer<Context>, OpenError> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &options.brokers)
         .set("client.id", "tollgate-collector")
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("compression.type", &options.compression)
+        .set("compression.type", options.compression.as_str())
         .set("linger.ms", options.linger.as_millis().to_string())
-        .set("batch.size", options.batch_bytes.to_string())
+        .set("batch.size", options.batch_size.as_u64().to_string())
         .set(
             "queue.buffering.max.messages",
-            options.queue_max_messages.to_string(),
+            options.queue_max_messages.get().to_string(),
         )
         .set(
             "message.timeout.ms",
@@ -181,7 +169,7 @@ fn create_producer(
         .create_with_context(Context {
             metrics: metrics.clone(),
         })
-        .map_err(|e| format!("creating the Kafka producer: {e}"))
+        .map_err(OpenError::Producer)
 }
 
 /// Whether a delivery error means the broker no longer accepts this producer's id or

@@ -6,11 +6,13 @@
 //! when it is full, [`LogError::QueueFull`] and the client gets 503 rather than the
 //! collector buffering without limit.
 
+pub mod config;
 mod file;
 mod kafka;
 
-pub use file::{FileLog, FileLogOptions};
-pub use kafka::{KafkaLog, KafkaLogOptions};
+pub use config::{Compression, KafkaConfig, LogConfig, SinkKind};
+pub use file::FileLog;
+pub use kafka::{KafkaLog, OpenError as KafkaOpenError};
 /// Reading the segment files back (tests, tools): one reader, in `tollgate-log`.
 pub use tollgate_log::segments;
 

@@ -5,6 +5,7 @@
 //! are bounded (routes, codes and outcomes are fixed sets, sources come from config).
 //! `docs/metrics.md` documents each one.
 
+pub mod config;
 pub mod quality;
 pub mod tracing_setup;
 

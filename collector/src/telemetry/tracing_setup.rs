@@ -13,6 +13,15 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::TelemetryConfig;
 
+/// Logging or trace export could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("telemetry.otlp_endpoint: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("installing the log subscriber: {0}")]
+    Subscriber(#[from] tracing_subscriber::util::TryInitError),
+}
+
 /// The name of the span each ingest request gets (see `http::routes`).
 pub const REQUEST_SPAN: &str = "ingest";
 
@@ -37,7 +46,11 @@ impl Tracing {
 ///
 /// # Errors
 /// An OTLP endpoint the exporter cannot use.
-pub fn install(json: bool, ansi: bool, telemetry: &TelemetryConfig) -> anyhow::Result<Tracing> {
+pub fn install(
+    json: bool,
+    ansi: bool,
+    telemetry: &TelemetryConfig,
+) -> Result<Tracing, InstallError> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let provider = match &telemetry.otlp_endpoint {

@@ -17,7 +17,7 @@ use tempfile::TempDir;
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 use tollgate_collector::config::{Config, SourceConfig};
-use tollgate_collector::sink::{AppendBatch, EventLog, FileLog, FileLogOptions, LogError};
+use tollgate_collector::sink::{AppendBatch, EventLog, FileLog, LogConfig, LogError};
 use tollgate_collector::telemetry::Metrics;
 use tollgate_collector::{Collector, Overrides};
 
@@ -276,18 +276,12 @@ pub fn count_id(records: &[Value], id: &str) -> usize {
 }
 
 pub fn file_log(data: &Path, metrics: Arc<Metrics>) -> FileLog {
-    FileLog::open(
-        FileLogOptions {
-            data_dir: data.to_owned(),
-            segment_max_bytes: 128 << 20,
-            segment_max_age: std::time::Duration::from_secs(3600),
-            queue_capacity: 64,
-            max_group_bytes: 8 << 20,
-            commit_delay: std::time::Duration::ZERO,
-        },
-        metrics,
-    )
-    .unwrap()
+    let config = LogConfig {
+        queue_capacity: std::num::NonZeroUsize::new(64).unwrap(),
+        commit_delay: std::time::Duration::ZERO,
+        ..LogConfig::default()
+    };
+    FileLog::open(data, &config, metrics).unwrap()
 }
 
 /// A real file log that can be made to fail its next appends (a disk that fills up),

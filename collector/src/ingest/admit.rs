@@ -1,0 +1,189 @@
+//! Stage 1, admission: each decoded event is validated against its schema, timed
+//! against the server clock and passed through its regional privacy policy. What the
+//! quarantine will keep of rejected events passes the same policy.
+
+use opentelemetry::KeyValue;
+use time::OffsetDateTime;
+use tollgate_event::{Api, Dedupe, ErrorCode, Event, EventError, Timing};
+
+use super::slot::Slot;
+use super::{Decoded, Item, Pipeline, Raw, Source};
+use crate::privacy::Verdict;
+use crate::schema::UnknownEvents;
+
+impl Pipeline {
+    /// One slot per decoded item, in request order.
+    pub(super) fn admit(
+        &self,
+        source: &Source,
+        api: Api,
+        decoded: Decoded,
+        received_at: OffsetDateTime,
+        edge_country: Option<&str>,
+    ) -> Vec<Slot> {
+        let unknown = if source.allow_unknown_events {
+            UnknownEvents::Allow
+        } else {
+            UnknownEvents::Reject
+        };
+        let mut ignored_fields = 0;
+        let mut slots: Vec<Slot> = decoded
+            .items
+            .into_iter()
+            .map(|item| match item {
+                Item::Invalid { error, raw } => Slot::Rejected { error, raw },
+                Item::Event {
+                    mut event,
+                    sent_at,
+                    client_id,
+                    ignored_fields: ignored,
+                } => {
+                    ignored_fields += ignored;
+                    let validated = match api {
+                        Api::Native => self.schemas.validate_map(
+                            &event.event_name,
+                            event.schema_version,
+                            &mut event.properties,
+                            unknown,
+                        ),
+                        // Segment events carry no version: the newest one they satisfy.
+                        Api::Segment => self
+                            .schemas
+                            .validate_newest_matching(
+                                &event.event_name,
+                                &mut event.properties,
+                                unknown,
+                            )
+                            .map(|version| event.schema_version = version),
+                    };
+                    match validated.and_then(|()| self.timing(api, &event, sent_at, received_at)) {
+                        Ok(timing) => {
+                            self.apply_privacy(event, sent_at, timing, client_id, edge_country)
+                        }
+                        Err(error) => Slot::Rejected {
+                            raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
+                            error,
+                        },
+                    }
+                }
+            })
+            .collect();
+        self.scrub_rejected(&mut slots, edge_country);
+        if ignored_fields > 0 {
+            self.metrics
+                .client_server_fields
+                .add(ignored_fields as u64, &[]);
+        }
+        slots
+    }
+
+    /// The server-side timing of a valid event.
+    ///
+    /// # Errors
+    /// `invalid_value` at the event's time field when skew correction leaves the years
+    /// a timestamp can be written in.
+    fn timing(
+        &self,
+        api: Api,
+        event: &Event,
+        sent_at: Option<OffsetDateTime>,
+        received_at: OffsetDateTime,
+    ) -> Result<Timing, EventError> {
+        Timing::compute(
+            event.timestamp_event,
+            sent_at,
+            received_at,
+            self.allowed_lateness,
+            self.future_tolerance,
+        )
+        .map_err(|e| {
+            let path = match api {
+                Api::Native => "/timestamp_event",
+                Api::Segment => "/timestamp",
+            };
+            EventError::new(ErrorCode::InvalidValue, path, e.to_string())
+        })
+    }
+
+    /// Applies the event's regional privacy policy: the event is kept (transformed),
+    /// dropped (consent), or rejected to the quarantine.
+    fn apply_privacy(
+        &self,
+        mut event: Event,
+        sent_at: Option<OffsetDateTime>,
+        timing: Timing,
+        client_id: bool,
+        edge_country: Option<&str>,
+    ) -> Slot {
+        let (policy, previous) = match &self.privacy {
+            None => (None, None),
+            Some(privacy) => {
+                let policy = privacy.policy_for(edge_country, &event.context).clone();
+                match privacy.apply(&policy, &mut event) {
+                    Verdict::Keep { previous } => (Some(policy), previous),
+                    Verdict::Drop { reason } => {
+                        self.metrics
+                            .privacy_drops
+                            .add(1, &[KeyValue::new("reason", reason)]);
+                        return Slot::Dropped {
+                            event_id: std::mem::take(&mut event.event_id),
+                            error: EventError::new(
+                                ErrorCode::ConsentDenied,
+                                "/consent",
+                                format!(
+                                    "policy {} requires consent this event does not grant; it was not stored",
+                                    policy.id
+                                ),
+                            ),
+                        };
+                    }
+                    // The event is untouched; its quarantine copy takes the policy
+                    // with the other rejected events.
+                    Verdict::Reject(error) => {
+                        return Slot::Rejected {
+                            raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
+                            error,
+                        };
+                    }
+                }
+            }
+        };
+        Slot::Valid {
+            timing,
+            event,
+            sent_at,
+            dedupe: if client_id {
+                Dedupe::Checked
+            } else {
+                Dedupe::Unchecked
+            },
+            claim: None,
+            check: client_id,
+            policy,
+            previous,
+        }
+    }
+
+    /// What the quarantine keeps passes the same policy: no raw PII it names reaches
+    /// any file.
+    fn scrub_rejected(&self, slots: &mut [Slot], edge_country: Option<&str>) {
+        let Some(privacy) = &self.privacy else {
+            return;
+        };
+        for slot in slots {
+            if let Slot::Rejected {
+                raw: Raw::Object(raw),
+                ..
+            } = slot
+            {
+                let empty = serde_json::Map::new();
+                let context = raw
+                    .get("context")
+                    .and_then(|c| c.as_object())
+                    .unwrap_or(&empty);
+                let policy = privacy.policy_for(edge_country, context).clone();
+                privacy.apply_raw(&policy, raw);
+            }
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! Stage 2, idempotency: duplicates inside the batch, then one claim in the
+//! store for every event that carries a client id; after the write, one commit (or a
+//! release when the write failed).
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use opentelemetry::KeyValue;
+use tollgate_event::Dedupe;
+
+use super::slot::Slot;
+use super::{Pipeline, Source};
+use crate::config::FailurePolicy;
+use crate::dedupe::{ClaimOutcome, StoreError};
+use crate::error::ApiError;
+
+/// A repeated `event_id` inside one batch is a duplicate of its first occurrence.
+pub(super) fn mark_repeats(slots: &mut [Slot]) {
+    let mut repeated = Vec::new();
+    {
+        let mut seen = HashSet::with_capacity(slots.len());
+        for (i, slot) in slots.iter().enumerate() {
+            if let Slot::Valid {
+                event, check: true, ..
+            } = slot
+                && !seen.insert(event.event_id.as_str())
+            {
+                repeated.push(i);
+            }
+        }
+    }
+    for i in repeated {
+        if let Slot::Valid { event, .. } = &mut slots[i] {
+            slots[i] = Slot::Duplicate(std::mem::take(&mut event.event_id));
+        }
+    }
+}
+
+impl Pipeline {
+    /// Claims every checkable event's key in one store call. Events already logged
+    /// become `Duplicate`, events another request is writing become `Retry`. Returns
+    /// the keys this request now holds, in slot order.
+    ///
+    /// # Errors
+    /// `idempotency_unavailable` when the store fails under `fail_closed`. Under
+    /// `fail_open` the events are logged `unchecked` instead.
+    pub(super) async fn claim(
+        &self,
+        slots: &mut [Slot],
+        source: &Source,
+        request_id: &str,
+    ) -> Result<Vec<String>, ApiError> {
+        let mut keys = Vec::new();
+        for slot in slots.iter_mut() {
+            if let Slot::Valid {
+                event,
+                check: true,
+                claim,
+                ..
+            } = slot
+            {
+                *claim = Some(keys.len());
+                keys.push(format!("{}:{}", source.id, event.event_id));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(keys);
+        }
+        let outcomes = match self
+            .store_call("claim", keys.len(), self.store.claim(&keys, request_id))
+            .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(e) => return self.claim_failed(slots, keys, e),
+        };
+        let mut counts = [0u64; 3];
+        for outcome in &outcomes {
+            counts[*outcome as usize] += 1;
+        }
+        for (result, count) in ["claimed", "duplicate", "in_flight"]
+            .into_iter()
+            .zip(counts)
+        {
+            self.count_keys(result, count);
+        }
+        for slot in slots.iter_mut() {
+            let Slot::Valid {
+                event,
+                claim: Some(i),
+                ..
+            } = slot
+            else {
+                continue;
+            };
+            match outcomes[*i] {
+                ClaimOutcome::Claimed => {}
+                ClaimOutcome::Duplicate => {
+                    *slot = Slot::Duplicate(std::mem::take(&mut event.event_id))
+                }
+                ClaimOutcome::InFlight => *slot = Slot::Retry(std::mem::take(&mut event.event_id)),
+            }
+        }
+        // Usually every key was claimed: hand the keys over without copying.
+        Ok(if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
+            keys
+        } else {
+            keys.into_iter()
+                .zip(&outcomes)
+                .filter(|(_, o)| **o == ClaimOutcome::Claimed)
+                .map(|(k, _)| k)
+                .collect()
+        })
+    }
+
+    /// The store failed the claim: refuse the request (`fail_closed`) or log the
+    /// events unchecked (`fail_open`).
+    fn claim_failed(
+        &self,
+        slots: &mut [Slot],
+        keys: Vec<String>,
+        e: StoreError,
+    ) -> Result<Vec<String>, ApiError> {
+        match self.policy {
+            FailurePolicy::FailClosed => {
+                tracing::warn!(error = %e, "idempotency store unavailable; answering 503 (fail_closed)");
+                Err(ApiError::IdempotencyUnavailable)
+            }
+            FailurePolicy::FailOpen => {
+                tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
+                for slot in slots.iter_mut() {
+                    if let Slot::Valid { dedupe, claim, .. } = slot
+                        && claim.is_some()
+                    {
+                        *dedupe = Dedupe::Unchecked;
+                        self.metrics
+                            .unchecked
+                            .add(1, &[KeyValue::new("reason", "store_unavailable")]);
+                    }
+                }
+                // A claim that timed out may have landed all the same: the keys are
+                // then ours, pending. They are committed after the write (or released
+                // if it fails), best effort, so that retries are not refused as in
+                // flight for the claim TTL.
+                Ok(if e.timed_out() { keys } else { Vec::new() })
+            }
+        }
+    }
+
+    /// Commits claims whose records are durable. A failure is logged, not returned:
+    /// the events stay accepted, and only a retry within the claim TTL could now log
+    /// them twice.
+    pub(super) async fn commit(&self, keys: &[String], request_id: &str, what: &str) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store_call("commit", keys.len(), self.store.commit(keys, request_id))
+            .await
+        {
+            tracing::warn!(error = %e, "committing claims failed {what}");
+        }
+    }
+
+    /// Releases claims whose records were not written, so that the client's retry is
+    /// not refused as in flight; if that fails they expire after the claim TTL.
+    pub(super) async fn release(&self, keys: &[String], request_id: &str) {
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .store_call("release", keys.len(), self.store.release(keys, request_id))
+            .await
+        {
+            tracing::warn!(error = %e, "releasing claims failed; they expire after the claim TTL");
+        }
+    }
+
+    /// Runs one store operation, timing it and counting its keys or its failure.
+    pub(crate) async fn store_call<T>(
+        &self,
+        operation: &'static str,
+        keys: usize,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = call.await;
+        let store = KeyValue::new("store", self.store.name());
+        let op = KeyValue::new("operation", operation);
+        self.metrics.idempotency_duration.record(
+            started.elapsed().as_secs_f64(),
+            &[store.clone(), op.clone()],
+        );
+        match &result {
+            Err(_) => self.metrics.idempotency_errors.add(1, &[store, op]),
+            Ok(_) if operation == "commit" => self.count_keys("committed", keys as u64),
+            Ok(_) if operation == "release" => self.count_keys("released", keys as u64),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    pub(crate) fn count_keys(&self, result: &'static str, count: u64) {
+        if count > 0 {
+            self.metrics.idempotency_keys.add(
+                count,
+                &[
+                    KeyValue::new("store", self.store.name()),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
+    }
+}
+
+/// Splits a request's claimed keys into those whose records a broker acknowledged
+/// (`delivered`, by position among the accepted records) and the rest.
+///
+/// The claimed keys are in the order of the claimed valid slots, and the accepted
+/// records in the order of all valid slots, so one walk pairs them.
+pub(super) fn split_delivered(
+    slots: &[Slot],
+    claimed: Vec<String>,
+    delivered: &[bool],
+) -> (Vec<String>, Vec<String>) {
+    let mut keys = claimed.into_iter();
+    let (mut commit, mut release) = (Vec::new(), Vec::new());
+    let valid = slots.iter().filter_map(|slot| match slot {
+        Slot::Valid { claim, .. } => Some(claim.is_some()),
+        _ => None,
+    });
+    for (record, was_claimed) in valid.enumerate() {
+        if !was_claimed {
+            continue;
+        }
+        let Some(key) = keys.next() else { break };
+        if delivered.get(record).copied().unwrap_or(false) {
+            commit.push(key);
+        } else {
+            release.push(key);
+        }
+    }
+    release.extend(keys);
+    (commit, release)
+}

@@ -1,0 +1,174 @@
+//! Stage 3, the write: accepted events and quarantine records serialised as NDJSON,
+//! appended to the log in one batch (group-committed with other requests); then the
+//! claims of what is durable are committed, the others released.
+
+use std::borrow::Cow;
+
+use time::OffsetDateTime;
+use tollgate_event::{Api, Event, QuarantineRecord, Record};
+
+use super::claim::split_delivered;
+use super::slot::Slot;
+use super::{COLLECTOR_VERSION, Pipeline, Raw, Source};
+use crate::error::ApiError;
+use crate::sink::{AppendBatch, BatchMeta, LogError, PartitionKey, RecordMeta};
+
+impl Pipeline {
+    /// Appends the request's records and settles its claims.
+    ///
+    /// # Errors
+    /// `log_queue_full`, `log_unavailable` or `shutting_down` when the append failed;
+    /// claims of records a broker acknowledged all the same are committed (the
+    /// client's retry then logs only the rest), every other claim is released.
+    pub(super) async fn write(
+        &self,
+        batch: AppendBatch,
+        slots: &[Slot],
+        claimed: Vec<String>,
+        request_id: &str,
+    ) -> Result<(), ApiError> {
+        if !batch.is_empty()
+            && let Err(e) = self.log.append(batch).await
+        {
+            let (commit, release) = match &e {
+                LogError::Delivery {
+                    delivered_events, ..
+                } => split_delivered(slots, claimed, delivered_events),
+                _ => (Vec::new(), claimed),
+            };
+            self.commit(&commit, request_id, "for delivered records")
+                .await;
+            self.release(&release, request_id).await;
+            return Err(match e {
+                LogError::QueueFull => ApiError::LogQueueFull,
+                LogError::Closed => ApiError::ShuttingDown,
+                LogError::Io(_) | LogError::Delivery { .. } => ApiError::LogUnavailable,
+            });
+        }
+        self.commit(&claimed, request_id, "after a durable write")
+            .await;
+        Ok(())
+    }
+
+    /// Serialises accepted records and quarantine records as NDJSON.
+    pub(super) fn serialize(
+        &self,
+        slots: &[Slot],
+        source: &Source,
+        api: Api,
+        received_at: OffsetDateTime,
+        request_id: &str,
+    ) -> AppendBatch {
+        let mut batch = AppendBatch::default();
+        let key_field = self.log.record_meta();
+        let mut meta = key_field.map(|_| BatchMeta {
+            source: source.id.clone(),
+            ..BatchMeta::default()
+        });
+        for (index, slot) in slots.iter().enumerate() {
+            match slot {
+                Slot::Valid {
+                    event,
+                    sent_at,
+                    timing,
+                    dedupe,
+                    policy,
+                    previous,
+                    ..
+                } => {
+                    let record = Record {
+                        event: Cow::Borrowed(event),
+                        timestamp_server: received_at,
+                        sent_at: *sent_at,
+                        clock_skew_ms: timing.clock_skew_ms,
+                        timestamp_derived: timing.timestamp_derived,
+                        lateness_ms: timing.lateness_ms,
+                        arrival: timing.arrival,
+                        source: Cow::Borrowed(&source.id),
+                        region: Cow::Borrowed(policy.as_ref().map_or(&self.region, |p| &p.region)),
+                        privacy_policy: policy.as_ref().map(|p| Cow::Borrowed(p.id.as_str())),
+                        privacy_key: self.privacy.as_ref().map(|p| Cow::Borrowed(p.key_id())),
+                        pseudonyms_previous: previous.clone(),
+                        dedupe: *dedupe,
+                        api,
+                        request_id: Cow::Borrowed(request_id),
+                        collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                    };
+                    serde_json::to_writer(&mut batch.events, &record)
+                        .expect("records serialize into a Vec");
+                    batch.events.push(b'\n');
+                    if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
+                        meta.events.push(RecordMeta {
+                            end: batch.events.len(),
+                            key: partition_key(event, key_field).map(str::to_owned),
+                            event_name: Some(event.event_name.clone()),
+                            schema_version: Some(event.schema_version),
+                            region: Some(record.region.clone().into_owned()),
+                            error_code: None,
+                        });
+                    }
+                }
+                Slot::Rejected { error, raw } => {
+                    let opaque;
+                    let event = match raw {
+                        Raw::Object(value) => value,
+                        Raw::Opaque { bytes, sha256 } => {
+                            opaque = self.opaque_view(*bytes, sha256);
+                            &opaque
+                        }
+                    };
+                    let record = QuarantineRecord {
+                        timestamp_server: received_at,
+                        source: Cow::Borrowed(&source.id),
+                        api,
+                        request_id: Cow::Borrowed(request_id),
+                        index,
+                        error: error.clone(),
+                        event: Cow::Borrowed(event),
+                        collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                    };
+                    serde_json::to_writer(&mut batch.quarantine, &record)
+                        .expect("records serialize into a Vec");
+                    batch.quarantine.push(b'\n');
+                    if let Some(meta) = &mut meta {
+                        meta.quarantine.push(RecordMeta {
+                            end: batch.quarantine.len(),
+                            key: None,
+                            event_name: raw.text("event_name").map(str::to_owned),
+                            schema_version: None,
+                            region: None,
+                            error_code: Some(error.code.as_str()),
+                        });
+                    }
+                }
+                Slot::Duplicate(_) | Slot::Retry(_) | Slot::Dropped { .. } => {}
+            }
+        }
+        batch.meta = meta;
+        batch
+    }
+
+    /// What the quarantine keeps of bytes the privacy policy could not see into: their
+    /// length and a digest, keyed with the pseudonym key when there is one (so that
+    /// nobody without the key can test guesses of the content against it).
+    fn opaque_view(&self, bytes: usize, sha256: &[u8; 32]) -> serde_json::Value {
+        let unparsed = match &self.privacy {
+            Some(privacy) => {
+                let (digest, key) = privacy.keyed_digest(sha256);
+                serde_json::json!({"bytes": bytes, "hmac_sha256": digest, "privacy_key": key})
+            }
+            None => serde_json::json!({"bytes": bytes, "sha256": crate::privacy::hex(sha256)}),
+        };
+        serde_json::json!({ "unparsed": unparsed })
+    }
+}
+
+/// The value of the field that keys an event's record in a partitioned log.
+fn partition_key(event: &Event, key: PartitionKey) -> Option<&str> {
+    match key {
+        PartitionKey::UserId => event.user_id.as_deref().or(event.device_id.as_deref()),
+        PartitionKey::DeviceId => event.device_id.as_deref(),
+        PartitionKey::SessionId => event.session_id.as_deref(),
+        PartitionKey::EventId => Some(&event.event_id),
+    }
+}
