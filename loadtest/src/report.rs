@@ -7,8 +7,6 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::run::{Model, RunConfig};
-
 /// Counts of answers.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcomes {
@@ -28,13 +26,27 @@ impl Outcomes {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Latency {
-    pub p50_us: u64,
-    pub p90_us: u64,
-    pub p99_us: u64,
-    pub p999_us: u64,
-    pub max_us: u64,
+pub use tollgate_report::Latency;
+
+/// What a run was: its id, where it sent, and its load model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunInfo {
+    pub run_id: String,
+    /// The targets, comma-separated.
+    pub target: String,
+    /// `closed:<connections>`, `open:<rate>/s` or `ramp:<stages>`.
+    pub model: String,
+}
+
+/// What happened in one second of the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub requests: u64,
+    pub events: u64,
+    /// Requests without a 2xx answer (refused write keys included).
+    pub errors: u64,
+    /// Slowest request finished in this second (µs).
+    pub max_latency_us: u64,
 }
 
 /// Everything a run measured.
@@ -56,12 +68,12 @@ pub struct Report {
     pub error_rate: f64,
     /// Per-second buckets of the run (requests, events, errors, slowest latency).
     #[serde(default)]
-    pub series: Vec<crate::run::Second>,
+    pub series: Vec<Second>,
 }
 
 impl Report {
     pub fn new(
-        config: &RunConfig,
+        run: &RunInfo,
         elapsed: Duration,
         latency: &Histogram<u64>,
         outcomes: Outcomes,
@@ -76,32 +88,15 @@ impl Report {
             .sum();
         let seconds = elapsed.as_secs_f64().max(1e-9);
         Report {
-            run_id: config.run_id.clone(),
-            target: config.targets.join(","),
-            model: match config.model {
-                Model::Closed { connections } => format!("closed:{connections}"),
-                Model::Open { rate } => format!("open:{rate}/s"),
-                Model::Ramp(stages) => format!(
-                    "ramp:{}",
-                    stages
-                        .iter()
-                        .map(|s| format!("{}s->{}/s", s.duration.as_secs_f64(), s.rate))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                ),
-            },
+            run_id: run.run_id.clone(),
+            target: run.target.clone(),
+            model: run.model.clone(),
             seconds,
             requests,
             events,
             requests_per_second: requests as f64 / seconds,
             events_per_second: events as f64 / seconds,
-            latency: Latency {
-                p50_us: latency.value_at_quantile(0.5),
-                p90_us: latency.value_at_quantile(0.9),
-                p99_us: latency.value_at_quantile(0.99),
-                p999_us: latency.value_at_quantile(0.999),
-                max_us: latency.max(),
-            },
+            latency: Latency::of(latency),
             outcomes,
             error_rate: if requests == 0 {
                 0.0

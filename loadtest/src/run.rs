@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::generate::{Batch, Generator, Scenario};
-use crate::report::{Outcomes, Report};
+use crate::report::{Outcomes, Report, RunInfo, Second};
 
 /// How load is offered.
 #[derive(Debug, Clone, Copy)]
@@ -125,37 +125,83 @@ struct Totals {
     series: Vec<Second>,
 }
 
-/// What happened in one second of the run.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Second {
-    pub requests: u64,
-    pub events: u64,
-    /// Requests without a 2xx answer (refused write keys included).
-    pub errors: u64,
-    /// Slowest request finished in this second (µs).
-    pub max_latency_us: u64,
+/// The run could not start or finish writing its manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("give at least one target")]
+    NoTarget,
+    #[error("target {target:?}: {source}")]
+    Target {
+        target: String,
+        #[source]
+        source: http::uri::InvalidUri,
+    },
+    #[error("the write key cannot be sent in a header")]
+    WriteKey,
+    #[error("CA file {}: {source}", path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("manifest {}: {source}", path.display())]
+    Manifest {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a load worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+}
+
+impl Model {
+    /// `closed:<connections>`, `open:<rate>/s` or `ramp:<duration>-><rate>/s,…`.
+    pub fn label(&self) -> String {
+        match self {
+            Model::Closed { connections } => format!("closed:{connections}"),
+            Model::Open { rate } => format!("open:{rate}/s"),
+            Model::Ramp(stages) => format!(
+                "ramp:{}",
+                stages
+                    .iter()
+                    .map(|s| format!("{}s->{}/s", s.duration.as_secs_f64(), s.rate))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        }
+    }
 }
 
 /// Runs the load and returns the report.
 ///
 /// # Errors
-/// A bad target URL or an unwritable manifest.
-pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
+/// No or a bad target URL, an unreadable CA file, or an unwritable manifest.
+pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let path = if config.scenario.segment {
         "/v1/batch"
     } else {
         "/v1/events"
     };
-    anyhow::ensure!(!config.targets.is_empty(), "give at least one target");
+    if config.targets.is_empty() {
+        return Err(RunError::NoTarget);
+    }
     let urls = config
         .targets
         .iter()
-        .map(|target| format!("{}{path}", target.trim_end_matches('/')).parse())
+        .map(|target| {
+            format!("{}{path}", target.trim_end_matches('/'))
+                .parse()
+                .map_err(|source| RunError::Target {
+                    target: target.clone(),
+                    source,
+                })
+        })
         .collect::<Result<Vec<http::Uri>, _>>()?;
     let auth = http::HeaderValue::from_str(&format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", config.write_key))
-    ))?;
+    ))
+    .map_err(|_| RunError::WriteKey)?;
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.enforce_http(false);
@@ -176,11 +222,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let bad_auth = http::HeaderValue::from_str(&format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode("wk_not_a_real_key:")
-    ))?;
+    ))
+    .expect("a base64 header value");
+    let manifest_error = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| RunError::Manifest { path, source }
+    };
     let manifest = match &config.manifest {
-        Some(path) => Some(Mutex::new(std::io::BufWriter::new(std::fs::File::create(
-            path,
-        )?))),
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(manifest_error(path))?;
+            Some(Mutex::new(std::io::BufWriter::new(file)))
+        }
         None => None,
     };
     let shared = Arc::new(Shared {
@@ -279,32 +331,45 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         updater.abort();
         bar.finish_and_clear();
     }
-    if let Some(manifest) = &shared.manifest {
-        manifest.lock().expect("manifest lock").flush()?;
+    if let (Some(manifest), Some(path)) = (&shared.manifest, &config.manifest) {
+        manifest
+            .lock()
+            .expect("manifest lock")
+            .flush()
+            .map_err(manifest_error(path))?;
     }
     let totals = shared.totals.lock().expect("totals lock");
-    let mut report = Report::new(&config, elapsed, &totals.latency, totals.outcomes.clone());
+    let run = RunInfo {
+        run_id: config.run_id.clone(),
+        target: config.targets.join(","),
+        model: config.model.label(),
+    };
+    let mut report = Report::new(&run, elapsed, &totals.latency, totals.outcomes.clone());
     report.series = totals.series.clone();
     Ok(report)
 }
 
 /// TLS client settings trusting only `ca_file` (load tests target this machine, whose
 /// certificates no public root signs).
-fn client_tls(ca_file: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+fn client_tls(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, RunError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     if let Some(path) = ca_file {
-        for cert in CertificateDer::pem_file_iter(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?
-        {
-            roots.add(cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)?;
+        let failed = |source: Box<dyn std::error::Error + Send + Sync>| RunError::CaFile {
+            path: path.to_owned(),
+            source,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| failed(e.into()))? {
+            let cert = cert.map_err(|e| failed(e.into()))?;
+            roots.add(cert).map_err(|e| failed(e.into()))?;
         }
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
-    .with_safe_default_protocol_versions()?
+    .with_safe_default_protocol_versions()
+    .expect("the aws-lc-rs provider supports the default protocol versions")
     .with_root_certificates(roots)
     .with_no_client_auth())
 }

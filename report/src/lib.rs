@@ -1,10 +1,39 @@
 //! What Tollgate's reports share, so that each is written once: the audit's page, the
-//! shadow proxy's live and offline comparisons.
+//! shadow proxy's live and offline comparisons, the load tester's results.
 //!
 //! - [`escape`]: text for a self-contained HTML page;
-//! - [`population_stability`]: how far a categorical distribution moved (PSI).
+//! - [`population_stability`]: how far a categorical distribution moved (PSI);
+//! - [`Latency`]: the percentiles every latency figure is reported with.
 
 use std::collections::{BTreeMap, HashMap};
+
+/// Latency percentiles of an HDR histogram of microseconds.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Latency {
+    /// Values recorded.
+    #[serde(default)]
+    pub count: u64,
+    pub p50_us: u64,
+    #[serde(default)]
+    pub p90_us: u64,
+    pub p99_us: u64,
+    #[serde(default)]
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn of(histogram: &hdrhistogram::Histogram<u64>) -> Latency {
+        Latency {
+            count: histogram.len(),
+            p50_us: histogram.value_at_quantile(0.5),
+            p90_us: histogram.value_at_quantile(0.9),
+            p99_us: histogram.value_at_quantile(0.99),
+            p999_us: histogram.value_at_quantile(0.999),
+            max_us: histogram.max(),
+        }
+    }
+}
 
 /// `text` safe inside HTML element content and double-quoted attributes.
 pub fn escape(text: &str) -> String {
@@ -124,5 +153,22 @@ mod tests {
             escape(r#"<a href="x">&</a>"#),
             "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;"
         );
+    }
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::Latency;
+
+    #[test]
+    fn percentiles_of_a_histogram() {
+        let mut h = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+        for us in 1..=1000 {
+            h.record(us).unwrap();
+        }
+        let l = Latency::of(&h);
+        assert_eq!(l.count, 1000);
+        assert_eq!((l.p50_us, l.p90_us, l.p99_us), (500, 900, 990));
+        assert_eq!((l.p999_us, l.max_us), (999, 1000));
     }
 }

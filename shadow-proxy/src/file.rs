@@ -1,5 +1,8 @@
-//! The proxy's configuration file: any of the command-line settings, in TOML; flags
-//! override it.
+//! The proxy's settings, in layers: the defaults, then a TOML file, then
+//! `TOLLGATE_SHADOW_PROXY_*` environment variables
+//! (`TOLLGATE_SHADOW_PROXY_SAMPLE_RATE=0.1`), then
+//! command-line flags; each overrides the one before. The defaults are
+//! [`ProxyConfig::default`]'s.
 //!
 //! ```toml
 //! listen = "0.0.0.0:8081"
@@ -29,40 +32,76 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
 
-use crate::ProxyConfig;
+use crate::mapping::Mapping;
+use crate::{ProxyConfig, ShadowPriority};
 
-/// Every setting optional: a file, or the flags, or both merged.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProxyFile {
-    pub listen: Option<SocketAddr>,
+/// Prefix of environment overrides: `TOLLGATE_SHADOW_PROXY_PRIMARY` sets `primary`.
+pub const ENV_PREFIX: &str = "TOLLGATE_SHADOW_PROXY_";
+
+/// Every setting, as the layers give it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Client traffic.
+    pub listen: SocketAddr,
     /// Where reports and metrics are served; never the client-facing port.
-    pub admin_listen: Option<SocketAddr>,
+    pub admin_listen: SocketAddr,
+    /// Required: the collector whose answers clients receive.
     pub primary: Option<String>,
     pub shadow: Option<String>,
     pub replica: Option<String>,
     /// A mapping file (renames, splits, merges; see [`crate::mapping`]), relative to
     /// the working directory.
     pub mapping: Option<PathBuf>,
-    pub queue: Option<usize>,
-    pub queue_bytes: Option<usize>,
-    pub shadow_concurrency: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    pub shadow_timeout: Option<Duration>,
-    pub max_body: Option<usize>,
-    pub tolerance: Option<f64>,
-    pub sample_rate: Option<f64>,
-    pub sample_key: Option<String>,
-    pub shadow_priority: Option<crate::ShadowPriority>,
-    pub max_rows: Option<usize>,
-    #[serde(default, with = "humantime_serde")]
-    pub header_read_timeout: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
-    pub idle_timeout: Option<Duration>,
-    pub max_connections: Option<usize>,
+    pub queue: usize,
+    pub queue_bytes: usize,
+    pub shadow_concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub shadow_timeout: Duration,
+    pub max_body: usize,
+    pub tolerance: f64,
+    pub sample_rate: f64,
+    pub sample_key: String,
+    pub shadow_priority: ShadowPriority,
+    pub max_rows: usize,
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
     pub tls: Option<TlsFile>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let d = ProxyConfig::default();
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9091)),
+            primary: None,
+            shadow: d.shadow,
+            replica: d.replica,
+            mapping: None,
+            queue: d.queue,
+            queue_bytes: d.queue_bytes,
+            shadow_concurrency: d.shadow_concurrency,
+            shadow_timeout: d.shadow_timeout,
+            max_body: d.max_body,
+            tolerance: d.tolerance,
+            sample_rate: d.sample_rate,
+            sample_key: d.sample_key,
+            shadow_priority: d.shadow_priority,
+            max_rows: d.max_rows,
+            header_read_timeout: d.header_read_timeout,
+            idle_timeout: d.idle_timeout,
+            max_connections: d.max_connections,
+            tls: None,
+        }
+    }
 }
 
 /// Where the proxy listens.
@@ -74,120 +113,99 @@ pub struct Listen {
     pub admin: SocketAddr,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFile {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
 }
 
-impl From<tollgate_edge::TlsFiles> for TlsFile {
-    fn from(files: tollgate_edge::TlsFiles) -> Self {
-        TlsFile {
-            cert_file: files.cert,
-            key_file: files.key,
-        }
-    }
+/// The settings could not be read, or do not make a proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A file that cannot be read, an unknown key, or a value of the wrong type (from
+    /// any layer, named).
+    #[error("{0}")]
+    Read(#[from] Box<figment::Error>),
+    #[error("mapping: {0}")]
+    Mapping(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
-impl ProxyFile {
-    /// Reads a file.
+impl Settings {
+    /// The layers: defaults, `file` when given, the environment, then `flags` (any
+    /// serializable map of settings; absent ones leave lower layers alone).
     ///
     /// # Errors
-    /// Unreadable or invalid TOML (unknown keys included), naming the file.
-    pub fn load(path: &Path) -> Result<ProxyFile, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// `self` with every setting `overrides` gives replaced.
-    pub fn merge(self, overrides: ProxyFile) -> ProxyFile {
-        ProxyFile {
-            listen: overrides.listen.or(self.listen),
-            admin_listen: overrides.admin_listen.or(self.admin_listen),
-            primary: overrides.primary.or(self.primary),
-            shadow: overrides.shadow.or(self.shadow),
-            replica: overrides.replica.or(self.replica),
-            mapping: overrides.mapping.or(self.mapping),
-            queue: overrides.queue.or(self.queue),
-            queue_bytes: overrides.queue_bytes.or(self.queue_bytes),
-            shadow_concurrency: overrides.shadow_concurrency.or(self.shadow_concurrency),
-            shadow_timeout: overrides.shadow_timeout.or(self.shadow_timeout),
-            max_body: overrides.max_body.or(self.max_body),
-            tolerance: overrides.tolerance.or(self.tolerance),
-            sample_rate: overrides.sample_rate.or(self.sample_rate),
-            sample_key: overrides.sample_key.or(self.sample_key),
-            shadow_priority: overrides.shadow_priority.or(self.shadow_priority),
-            max_rows: overrides.max_rows.or(self.max_rows),
-            header_read_timeout: overrides.header_read_timeout.or(self.header_read_timeout),
-            idle_timeout: overrides.idle_timeout.or(self.idle_timeout),
-            max_connections: overrides.max_connections.or(self.max_connections),
-            tls: overrides.tls.or(self.tls),
+    /// A missing or invalid file, or a value of the wrong type in any layer.
+    pub fn load(file: Option<&Path>, flags: impl Serialize) -> Result<Settings, SettingsError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
         }
+        figment
+            .merge(Env::prefixed(ENV_PREFIX))
+            .merge(Serialized::globals(flags))
+            .extract()
+            .map_err(|e| SettingsError::Read(Box::new(e)))
     }
 
-    /// The listen addresses and the proxy settings, defaults filled in.
+    /// The listen addresses and the proxy's run-time settings (the mapping file read).
     ///
     /// # Errors
-    /// No primary, or a setting out of range.
-    pub fn into_config(self) -> Result<(Listen, ProxyConfig), String> {
-        let defaults = ProxyConfig::default();
-        let primary = self
-            .primary
-            .ok_or("a primary is required: --primary URL or `primary` in the file")?;
+    /// No primary, an unreadable mapping, or a setting out of range.
+    pub fn into_config(self) -> Result<(Listen, ProxyConfig), SettingsError> {
+        let invalid = |message: &str| Err(SettingsError::Invalid(message.into()));
+        let Some(primary) = self.primary else {
+            return invalid("a primary is required: --primary URL or `primary` in the file");
+        };
+        if !(0.0..=1.0).contains(&self.sample_rate) {
+            return Err(SettingsError::Invalid(format!(
+                "sample_rate {} is not between 0 and 1",
+                self.sample_rate
+            )));
+        }
+        if self.tolerance <= 0.0 {
+            return invalid("tolerance must be above 0");
+        }
+        if self.idle_timeout <= self.shadow_timeout {
+            return invalid("idle_timeout must be longer than shadow_timeout");
+        }
+        let listen = Listen {
+            public: self.listen,
+            admin: self.admin_listen,
+        };
+        if listen.public.port() != 0 && listen.public == listen.admin {
+            return invalid("listen and admin_listen must differ");
+        }
+        let mapping = match &self.mapping {
+            Some(path) => Mapping::load(path).map_err(SettingsError::Mapping)?,
+            None => Mapping::default(),
+        };
         let config = ProxyConfig {
             primary,
             shadow: self.shadow,
             replica: self.replica,
-            mapping: match &self.mapping {
-                Some(path) => crate::mapping::Mapping::load(path)?,
-                None => crate::mapping::Mapping::default(),
-            },
-            queue: self.queue.unwrap_or(defaults.queue),
-            queue_bytes: self.queue_bytes.unwrap_or(defaults.queue_bytes),
-            shadow_concurrency: self
-                .shadow_concurrency
-                .unwrap_or(defaults.shadow_concurrency),
-            shadow_timeout: self.shadow_timeout.unwrap_or(defaults.shadow_timeout),
-            max_body: self.max_body.unwrap_or(defaults.max_body),
-            tolerance: self.tolerance.unwrap_or(defaults.tolerance),
-            sample_rate: self.sample_rate.unwrap_or(defaults.sample_rate),
-            sample_key: self.sample_key.unwrap_or(defaults.sample_key),
-            shadow_priority: self.shadow_priority.unwrap_or(defaults.shadow_priority),
-            max_rows: self.max_rows.unwrap_or(defaults.max_rows),
-            header_read_timeout: self
-                .header_read_timeout
-                .unwrap_or(defaults.header_read_timeout),
-            idle_timeout: self.idle_timeout.unwrap_or(defaults.idle_timeout),
-            max_connections: self.max_connections.unwrap_or(defaults.max_connections),
+            mapping,
+            queue: self.queue,
+            queue_bytes: self.queue_bytes,
+            shadow_concurrency: self.shadow_concurrency,
+            shadow_timeout: self.shadow_timeout,
+            max_body: self.max_body,
+            tolerance: self.tolerance,
+            sample_rate: self.sample_rate,
+            sample_key: self.sample_key,
             tls: self.tls.map(|t| tollgate_edge::TlsFiles {
                 cert: t.cert_file,
                 key: t.key_file,
             }),
+            shadow_priority: self.shadow_priority,
+            max_rows: self.max_rows,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
         };
-        if !(0.0..=1.0).contains(&config.sample_rate) {
-            return Err(format!(
-                "sample_rate {} is not between 0 and 1",
-                config.sample_rate
-            ));
-        }
-        if config.tolerance <= 0.0 {
-            return Err("tolerance must be above 0".into());
-        }
-        if config.idle_timeout <= config.shadow_timeout {
-            return Err("idle_timeout must be longer than shadow_timeout".into());
-        }
-        let listen = Listen {
-            public: self
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8081))),
-            admin: self
-                .admin_listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9091))),
-        };
-        if listen.public.port() != 0 && listen.public == listen.admin {
-            return Err("listen and admin_listen must differ".into());
-        }
         Ok((listen, config))
     }
 }
@@ -195,6 +213,17 @@ impl ProxyFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flags as `main` passes them: only those given.
+    #[derive(Serialize, Default)]
+    struct Flags {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sample_rate: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        primary: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mapping: Option<PathBuf>,
+    }
 
     #[test]
     fn a_file_sets_what_flags_do_not_and_unknown_keys_are_refused() {
@@ -205,12 +234,14 @@ mod tests {
             "primary = \"http://old:80\"\nshadow = \"http://new:80\"\nshadow_timeout = \"500ms\"\nsample_rate = 0.25\n",
         )
         .unwrap();
-        let file = ProxyFile::load(&path).unwrap();
-        let flags = ProxyFile {
+        let flags = Flags {
             sample_rate: Some(0.5),
-            ..ProxyFile::default()
+            ..Flags::default()
         };
-        let (listen, config) = file.merge(flags).into_config().unwrap();
+        let (listen, config) = Settings::load(Some(&path), flags)
+            .unwrap()
+            .into_config()
+            .unwrap();
         assert_eq!(listen.public.port(), 8081);
         assert_eq!(listen.admin.port(), 9091);
         assert_eq!(config.primary, "http://old:80");
@@ -220,29 +251,17 @@ mod tests {
 
         // The shipped example is the defaults.
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/shadow-proxy.toml");
-        let (listen, config) = ProxyFile::load(&shipped).unwrap().into_config().unwrap();
-        let defaults = ProxyConfig::default();
+        let settings = Settings::load(Some(&shipped), Flags::default()).unwrap();
+        assert_eq!(
+            Settings {
+                primary: None,
+                shadow: None,
+                ..settings.clone()
+            },
+            Settings::default()
+        );
+        let (listen, _) = settings.into_config().unwrap();
         assert_eq!(listen.public.to_string(), "127.0.0.1:8081");
-        assert_eq!(config.queue_bytes, defaults.queue_bytes);
-        assert_eq!(config.shadow_priority, defaults.shadow_priority);
-        assert_eq!(
-            (
-                config.queue,
-                config.shadow_concurrency,
-                config.shadow_timeout,
-                config.max_body
-            ),
-            (
-                defaults.queue,
-                defaults.shadow_concurrency,
-                defaults.shadow_timeout,
-                defaults.max_body
-            )
-        );
-        assert_eq!(
-            (config.tolerance, config.sample_rate),
-            (defaults.tolerance, defaults.sample_rate)
-        );
 
         // A mapping file named in the config is read; a broken one is named.
         let mapping = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mapping.toml");
@@ -254,25 +273,32 @@ mod tests {
             ),
         )
         .unwrap();
-        let (_, config) = ProxyFile::load(&path).unwrap().into_config().unwrap();
+        let (_, config) = Settings::load(Some(&path), Flags::default())
+            .unwrap()
+            .into_config()
+            .unwrap();
         assert_eq!(config.replica.as_deref(), Some("http://old-2:80"));
         assert_eq!(config.mapping.bridges().len(), 3);
         let broken = dir.path().join("broken.toml");
         std::fs::write(&broken, "[[bridge]]\nold = []\nnew = [\"a\"]\n").unwrap();
-        let file = ProxyFile {
+        let flags = Flags {
             primary: Some("http://old:80".into()),
             mapping: Some(broken),
-            ..ProxyFile::default()
+            ..Flags::default()
         };
-        assert!(file.into_config().unwrap_err().contains("broken.toml"));
+        let error = Settings::load(None, flags)
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().contains("broken.toml"), "{error}");
 
         std::fs::write(&path, "primry = \"http://old:80\"\n").unwrap();
-        assert!(ProxyFile::load(&path).unwrap_err().contains("primry"));
-        assert!(
-            ProxyFile::default()
-                .into_config()
-                .unwrap_err()
-                .contains("primary")
-        );
+        let error = Settings::load(Some(&path), Flags::default()).unwrap_err();
+        assert!(error.to_string().contains("primry"), "{error}");
+        let error = Settings::load(None, Flags::default())
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(error.to_string().contains("primary"), "{error}");
     }
 }

@@ -5,66 +5,85 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tollgate_shadow_proxy::file::ProxyFile;
+use serde::Serialize;
+use tollgate_shadow_proxy::file::{Settings, TlsFile};
 use tollgate_shadow_proxy::run;
 
 /// Mirror collector traffic to a shadow collector during a logging migration. Clients
 /// get the primary's answers unchanged; copies go to the shadow through a bounded
 /// queue and are dropped (and counted) rather than ever slowing the primary.
 /// GET /shadow/report shows per-event outcomes on both sides and the bridge ratios.
-#[derive(Debug, Parser)]
+///
+/// Settings come from, each overriding the one before: the defaults, --config FILE,
+/// TOLLGATE_SHADOW_PROXY_* environment variables, then these flags.
+#[derive(Debug, Parser, Serialize)]
 #[command(name = "tollgate-shadow-proxy", version)]
 struct Args {
     #[command(subcommand)]
+    #[serde(skip)]
     command: Option<Command>,
     /// A TOML file with any of the settings below (see config/shadow-proxy.toml);
     /// flags given on the command line override it.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
     config: Option<std::path::PathBuf>,
     /// Address to listen on [default: 127.0.0.1:8081].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
     /// Address of /shadow/report, /shadow/report.html and /metrics; keep it private
     /// [default: 127.0.0.1:9091].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     admin_listen: Option<SocketAddr>,
     /// The collector whose answers clients receive, e.g. http://127.0.0.1:8080.
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     primary: Option<String>,
     /// The collector that receives copies (marked X-Tollgate-Shadow: 1).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     shadow: Option<String>,
     /// A second replica of the primary's version that gets the same copies: new vs old
     /// is flagged only beyond what old vs old shows (A/A noise floor).
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     replica: Option<String>,
     /// TOML with renames (`[rename] old = "new"`) and splits or merges (`[[bridge]]`
     /// with `old`, `new`, `expected_ratio`); see config/mapping.toml.
     #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     mapping: Option<std::path::PathBuf>,
     /// Copies waiting for the shadow before new ones are dropped [default: 10000].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<usize>,
     /// Longest the shadow may take for one copy [default: 2s].
     #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(skip_serializing_if = "Option::is_none", with = "humantime_serde")]
     shadow_timeout: Option<Duration>,
     /// A discontinuity is a bridge-ratio interval outside 1 ± this [default: 0.05].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     tolerance: Option<f64>,
     /// Share of traffic mirrored, by a stable hash of --sample-key (whole users stay
     /// together, across restarts and replicas) [default: 1.0].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     sample_rate: Option<f64>,
     /// Event field whose hash decides sampling: user_id, device_id or event_id
     /// [default: user_id].
     #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     sample_key: Option<String>,
     /// Serve clients over TLS with this PEM certificate chain (with --tls-key); it is
     /// reloaded on SIGHUP and when the file changes.
     #[arg(long, requires = "tls_key", value_name = "FILE")]
+    #[serde(skip)]
     tls_cert: Option<std::path::PathBuf>,
     /// PEM private key of --tls-cert.
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    #[serde(skip)]
     tls_key: Option<std::path::PathBuf>,
 }
 
@@ -126,32 +145,19 @@ fn real_main() -> anyhow::Result<bool> {
         }
         return Ok(comparison.clean());
     }
-    let file = match &args.config {
-        Some(path) => ProxyFile::load(path).map_err(anyhow::Error::msg)?,
-        None => ProxyFile::default(),
-    };
-    let overrides = ProxyFile {
-        listen: args.listen,
-        admin_listen: args.admin_listen,
-        primary: args.primary,
-        shadow: args.shadow,
-        replica: args.replica,
-        mapping: args.mapping,
-        queue: args.queue,
-        shadow_timeout: args.shadow_timeout,
-        tolerance: args.tolerance,
-        sample_rate: args.sample_rate,
-        sample_key: args.sample_key,
-        tls: args
-            .tls_cert
-            .zip(args.tls_key)
-            .map(|(cert, key)| tollgate_edge::TlsFiles { cert, key }.into()),
-        ..ProxyFile::default()
-    };
-    let (listen, config) = file
-        .merge(overrides)
-        .into_config()
-        .map_err(anyhow::Error::msg)?;
+    let tls = args
+        .tls_cert
+        .clone()
+        .zip(args.tls_key.clone())
+        .map(|(cert_file, key_file)| TlsFile {
+            cert_file,
+            key_file,
+        });
+    let mut settings = Settings::load(args.config.as_deref(), &args)?;
+    if tls.is_some() {
+        settings.tls = tls;
+    }
+    let (listen, config) = settings.into_config()?;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
@@ -178,7 +184,8 @@ fn real_main() -> anyhow::Result<bool> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         })
-        .await
+        .await?;
+        anyhow::Ok(())
     })?;
     Ok(true)
 }
