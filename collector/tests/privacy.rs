@@ -527,3 +527,33 @@ async fn a_key_from_the_collector_config_replaces_the_generated_one_for_every_re
     assert_ne!(pseudonyms[0], "user-raw-4242");
     assert_eq!(pseudonyms[0], pseudonyms[1]);
 }
+
+/// Generated ids are digit groups more often than not (`<run>-<shard>-<seq>`, a time
+/// and a counter, a 16-digit snowflake): the policy must neither reject an event for
+/// its `event_id` nor rewrite a session id because they look like numbers. An email, an
+/// international number or a dashed phone number in an id still counts.
+#[test]
+fn generated_ids_are_not_taken_for_personal_data() {
+    let p = privacy(false);
+    for id in [
+        "run4242-17-1-3-4",
+        "1732900000-000123",
+        "4111111111111111",
+        "2026-11-30-000017",
+        "0b7e5f3c-6c1d-4b8e-9a52-1f7c2d3e4a5b",
+    ] {
+        let mut e = pii_event("GB", json!({"analytics": true}));
+        e.event_id = id.into();
+        e.session_id = Some(id.into());
+        let (_, verdict) = apply(&p, &mut e, None);
+        assert_eq!(verdict, Verdict::Keep { previous: None }, "{id}");
+        assert_eq!(e.event_id, id);
+        assert_eq!(e.session_id.as_deref(), Some(id), "{id}");
+    }
+    for id in ["jane@example.com", "+44 20 7946 0958", "415-555-0132"] {
+        let mut e = pii_event("GB", json!({"analytics": true}));
+        e.event_id = id.into();
+        let (_, verdict) = apply(&p, &mut e, None);
+        assert!(matches!(verdict, Verdict::Reject(_)), "{id}: {verdict:?}");
+    }
+}

@@ -3,7 +3,10 @@
 //!
 //! Patterns are deliberately conservative so that ordinary ids survive: a phone number
 //! needs a leading `+` or a separator (space, dash, dot, parenthesis) between its 7–15
-//! digits, and a card number must pass the Luhn check.
+//! digits, and a card number must pass the Luhn check. In identifiers, which are
+//! generated far more often than typed, a number must look like one a person writes:
+//! a leading `+`, or groups of 2 to 4 digits (`415-555-0132`, `20 7946 0958`), and no
+//! card is looked for.
 
 use std::sync::LazyLock;
 
@@ -42,7 +45,8 @@ pub enum Scope {
     /// Emails, phone numbers and card numbers: free text.
     All,
     /// Emails and phone numbers only: identifiers, where a long number passing the Luhn
-    /// check is far more likely a numeric id than a card.
+    /// check is far more likely a numeric id than a card, and digit groups of other
+    /// shapes (`run4242-17-1-3-4`, `1732900000-000123`) are a generated id's parts.
     Identifier,
 }
 
@@ -74,9 +78,9 @@ pub fn scrub(
     Some(out)
 }
 
-/// True when `text` holds an email, phone or card number.
-pub fn contains_pii(text: &str) -> bool {
-    !find(text, Scope::All).is_empty()
+/// True when `text` holds PII of `scope`.
+pub fn contains_pii(text: &str, scope: Scope) -> bool {
+    !find(text, scope).is_empty()
 }
 
 /// The non-overlapping PII spans of `text`, in order.
@@ -109,10 +113,8 @@ fn find(text: &str, scope: Scope) -> Vec<(usize, usize, Detector)> {
             if overlaps {
                 continue;
             }
-            match classify(m.as_str()) {
-                Some(Detector::Card) if scope == Scope::Identifier => {}
-                Some(detector) => spans.push((m.start(), m.end(), detector)),
-                None => {}
+            if let Some(detector) = classify(m.as_str(), scope) {
+                spans.push((m.start(), m.end(), detector));
             }
         }
     }
@@ -130,22 +132,32 @@ static NOT_A_PHONE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(?:\d{4}-\d{2}-\d{2}|\d{1,3}(?:\.\d{1,3}){2,3})$").expect("valid pattern")
 });
 
-fn classify(candidate: &str) -> Option<Detector> {
+fn classify(candidate: &str, scope: Scope) -> Option<Detector> {
     let digits: Vec<u8> = candidate
         .bytes()
         .filter(u8::is_ascii_digit)
         .map(|b| b - b'0')
         .collect();
-    let separated = candidate
-        .bytes()
-        .any(|b| matches!(b, b' ' | b'-' | b'.' | b'(' | b')'));
-    if (13..=19).contains(&digits.len()) && luhn(&digits) {
+    let separator = |b: u8| matches!(b, b' ' | b'-' | b'.' | b'(' | b')');
+    let separated = candidate.bytes().any(separator);
+    if scope == Scope::All && (13..=19).contains(&digits.len()) && luhn(&digits) {
         return Some(Detector::Card);
     }
-    if (7..=15).contains(&digits.len())
-        && (candidate.starts_with('+') || separated)
-        && !NOT_A_PHONE.is_match(candidate.trim())
-    {
+    let international = candidate.starts_with('+');
+    let written = match scope {
+        Scope::All => international || separated,
+        // Groups a person writes: at least two, each of 2 to 4 digits.
+        Scope::Identifier => {
+            let mut groups = candidate
+                .split(|c: char| c.is_ascii() && separator(c as u8))
+                .filter(|g| !g.is_empty());
+            international
+                || (separated
+                    && groups.clone().count() >= 2
+                    && groups.all(|g| (2..=4).contains(&g.len())))
+        }
+    };
+    if (7..=15).contains(&digits.len()) && written && !NOT_A_PHONE.is_match(candidate.trim()) {
         return Some(Detector::Phone);
     }
     None
@@ -247,9 +259,24 @@ mod tests {
             scrub(id, Scope::Identifier, &mut |_, _| "x".into(), &mut |_| {}),
             None
         );
-        assert!(contains_pii(id));
-        assert!(contains_pii("jane@example.com"));
-        assert!(!contains_pii("0b7e5f3c-6c1d-4b8e-9a52-1f7c2d3e4a5b"));
+        assert!(contains_pii(id, Scope::All));
+        assert!(!contains_pii(id, Scope::Identifier));
+        assert!(contains_pii("jane@example.com", Scope::Identifier));
+        assert!(!contains_pii(
+            "0b7e5f3c-6c1d-4b8e-9a52-1f7c2d3e4a5b",
+            Scope::All
+        ));
+        for id in ["run4242-17-1-3-4", "1732900000-000123", "2026-11-30-000017"] {
+            assert!(!contains_pii(id, Scope::Identifier), "{id}");
+        }
+        for phone in [
+            "+44 20 7946 0958",
+            "415-555-0132",
+            "(415) 555-0132",
+            "+14155550132",
+        ] {
+            assert!(contains_pii(phone, Scope::Identifier), "{phone}");
+        }
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl Privacy {
 
     /// Applies `policy` to a valid event.
     pub fn apply(&self, policy: &Policy, event: &mut Event) -> Verdict {
-        if policy.pii != PiiMode::Off && detect::contains_pii(&event.event_id) {
+        if policy.pii != PiiMode::Off && detect::contains_pii(&event.event_id, Scope::Identifier) {
             return Verdict::Reject(tollgate_event::EventError::new(
                 tollgate_event::ErrorCode::InvalidValue,
                 "/event_id",
