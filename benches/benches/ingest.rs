@@ -2,9 +2,13 @@
 //!
 //! - `decode`: bytes → validated events (JSON parse + base event model), native and
 //!   Segment;
+//! - `stage`: each stage of the pipeline on its own, over one 20-event batch: schema
+//!   validation, the shipped UK privacy policy, the idempotency claim and commit
+//!   (memory store), record serialisation, and the answer body;
 //! - `pipeline`: decode + schema validation + server timing + idempotency claim/commit
 //!   (memory store) + record serialisation, with a log that discards (the disk is
-//!   measured by the HTTP load test instead).
+//!   measured by the HTTP load test instead); `native_20_uk` with the shipped privacy
+//!   policy applied to every event, as in `scripts/bench-http.sh`.
 //!
 //! Reported per event (`Throughput::Elements`). Run: `cargo bench -p tollgate-benches`.
 
@@ -51,6 +55,161 @@ fn bench_decode(c: &mut Criterion) {
         b.iter(|| {
             decode::segment(black_box(&segment), None, received, &limits(&platforms)).unwrap()
         })
+    });
+    group.finish();
+}
+
+/// The shipped privacy policies with a fixed key.
+fn shipped_privacy() -> tollgate_collector::privacy::Privacy {
+    use tollgate_collector::privacy::config::PrivacyConfig;
+    use tollgate_collector::privacy::{Keys, Privacy};
+    let config =
+        PrivacyConfig::load(&tollgate_benches::schemas_dir().join("../privacy.toml")).unwrap();
+    Privacy::new(
+        &config,
+        Keys::new(("bench".into(), vec![7; 32]), vec![]).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The decoded events of one bench batch.
+fn events(seq: u64, platforms: &Platforms) -> Vec<tollgate_event::Event> {
+    let body = native_batch(seq, BATCH);
+    decode::native_json(&body, &limits(platforms))
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|item| match item {
+            tollgate_collector::ingest::Item::Event { event, .. } => event,
+            _ => panic!("the bench events are valid"),
+        })
+        .collect()
+}
+
+fn bench_stages(c: &mut Criterion) {
+    use tollgate_collector::dedupe::IdempotencyStore;
+    use tollgate_collector::schema::UnknownEvents;
+    let platforms = Platforms::default();
+    let batch = events(0, &platforms);
+    let mut group = c.benchmark_group("stage");
+    group.throughput(Throughput::Elements(BATCH as u64));
+
+    let schemas = SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap();
+    group.bench_function("validate_20", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |events| {
+                for event in events.iter_mut() {
+                    schemas
+                        .validate_map(
+                            &event.event_name,
+                            event.schema_version,
+                            &mut event.properties,
+                            UnknownEvents::Reject,
+                        )
+                        .unwrap();
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let privacy = shipped_privacy();
+    group.bench_function("privacy_uk_20", |b| {
+        b.iter_batched_ref(
+            || batch.clone(),
+            |events| {
+                for event in events.iter_mut() {
+                    let policy = privacy.policy_for(None, &event.context).clone();
+                    black_box(privacy.apply(&policy, event));
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    // The collector's default bound (`idempotency.max_keys`).
+    let store = MemoryStore::new(
+        2_000_000,
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+        Arc::new(Metrics::new()),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let counter = AtomicU64::new(1);
+    group.bench_function("claim_commit_20", |b| {
+        b.iter_batched(
+            || {
+                let seq = counter.fetch_add(1, Ordering::Relaxed);
+                (0..BATCH)
+                    .map(|i| format!("bench:bench-{seq:012}-{i:04}"))
+                    .collect::<Vec<_>>()
+            },
+            |keys| {
+                runtime.block_on(async {
+                    store.claim(&keys, "request").await.unwrap();
+                    store.commit(&keys, "request").await.unwrap();
+                })
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let received = time::OffsetDateTime::now_utc();
+    group.bench_function("serialize_20", |b| {
+        let mut out = Vec::with_capacity(64 << 10);
+        b.iter(|| {
+            out.clear();
+            for event in &batch {
+                let timing = tollgate_event::Timing::compute(
+                    event.timestamp_event,
+                    None,
+                    received,
+                    Duration::from_secs(86400),
+                    Duration::from_secs(300),
+                )
+                .unwrap();
+                let record = tollgate_event::Record {
+                    event: std::borrow::Cow::Borrowed(event),
+                    timestamp_server: received,
+                    sent_at: None,
+                    clock_skew_ms: timing.clock_skew_ms,
+                    timestamp_derived: timing.timestamp_derived,
+                    lateness_ms: timing.lateness_ms,
+                    arrival: timing.arrival,
+                    source: "bench".into(),
+                    region: "uk".into(),
+                    privacy_policy: Some("uk_gdpr@1".into()),
+                    privacy_key: Some("bench".into()),
+                    pseudonyms_previous: None,
+                    dedupe: tollgate_event::Dedupe::Checked,
+                    api: Api::Native,
+                    request_id: "0193b2c4-5d6e-7f80-9a1b-2c3d4e5f6a7b".into(),
+                    collector_version: "0.1.0".into(),
+                };
+                record.write_json(&mut out);
+                out.push(b'\n');
+            }
+            black_box(out.len())
+        })
+    });
+
+    let answer = tollgate_event::wire::Answer {
+        accepted: BATCH,
+        results: batch
+            .iter()
+            .map(|e| tollgate_event::wire::EventResult {
+                event_id: Some(e.event_id.clone()),
+                status: tollgate_event::wire::Status::Accepted,
+                error: None,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    group.bench_function("answer_20", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&answer)).unwrap())
     });
     group.finish();
 }
@@ -108,19 +267,45 @@ fn bench_pipeline(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    let uk = Pipeline {
+        schemas: SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
+        store: pipeline.store.clone(),
+        log: Arc::new(DiscardLog),
+        privacy: Some(shipped_privacy()),
+        metrics: pipeline.metrics.clone(),
+        labels: Some(SegmentLabels::new(platforms.clone(), 20)),
+        region: "default".into(),
+        ..pipeline
+    };
+    group.bench_function("native_20_uk", |b| {
+        b.iter_batched(
+            || native_batch(counter.fetch_add(1, Ordering::Relaxed), BATCH),
+            |body| {
+                let decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
+                let outcome = runtime
+                    .block_on(uk.process(
+                        &source,
+                        Api::Native,
+                        decoded,
+                        RequestInfo {
+                            received_at: time::OffsetDateTime::now_utc(),
+                            request_id: "bench-request",
+                            edge_country: None,
+                            shadow: false,
+                        },
+                    ))
+                    .unwrap();
+                assert_eq!(outcome.answer.accepted, BATCH);
+                outcome
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
 fn bench_privacy(c: &mut Criterion) {
-    use tollgate_collector::privacy::config::PrivacyConfig;
-    use tollgate_collector::privacy::{Keys, Privacy};
-    let config =
-        PrivacyConfig::load(&tollgate_benches::schemas_dir().join("../privacy.toml")).unwrap();
-    let privacy = Privacy::new(
-        &config,
-        Keys::new(("bench".into(), vec![7; 32]), vec![]).unwrap(),
-    )
-    .unwrap();
+    let privacy = shipped_privacy();
     let platforms = Platforms::default();
     let body = native_batch(0, 1);
     let mut decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
@@ -148,5 +333,11 @@ fn bench_privacy(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_decode, bench_pipeline, bench_privacy);
+criterion_group!(
+    benches,
+    bench_decode,
+    bench_stages,
+    bench_pipeline,
+    bench_privacy
+);
 criterion_main!(benches);

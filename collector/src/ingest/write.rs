@@ -94,8 +94,7 @@ impl Pipeline {
                         request_id: Cow::Borrowed(request_id),
                         collector_version: Cow::Borrowed(COLLECTOR_VERSION),
                     };
-                    serde_json::to_writer(&mut batch.events, &record)
-                        .expect("records serialize into a Vec");
+                    record.write_json(&mut batch.events);
                     batch.events.push(b'\n');
                     if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
                         meta.events.push(RecordMeta {
