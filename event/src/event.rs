@@ -108,10 +108,30 @@ impl Default for Platforms {
 /// # Errors
 /// `invalid_event` for text that is not JSON, else as [`parse_event`].
 pub fn parse_event_text(text: &[u8], platforms: &Platforms) -> Result<(Event, usize), EventError> {
-    if let Ok(fast) = serde_json::from_slice::<FastEvent<'_>>(text) {
+    match std::str::from_utf8(text) {
+        Ok(text) => parse_event_str(text, platforms),
+        Err(_) => reference_text(serde_json::from_slice::<Value>(text), platforms),
+    }
+}
+
+/// [`parse_event_text`] of text already known to be UTF-8 (a slice of a body checked
+/// once), so that no string of it is checked again.
+///
+/// # Errors
+/// As [`parse_event_text`].
+pub fn parse_event_str(text: &str, platforms: &Platforms) -> Result<(Event, usize), EventError> {
+    if let Ok(fast) = serde_json::from_str::<FastEvent<'_>>(text) {
         return finish(fast.into_fields(), platforms).map(|event| (event, 0));
     }
-    match serde_json::from_slice::<Value>(text) {
+    reference_text(serde_json::from_str::<Value>(text), platforms)
+}
+
+/// The reference parser's answer for an event's text, once parsed into a tree.
+fn reference_text(
+    parsed: serde_json::Result<Value>,
+    platforms: &Platforms,
+) -> Result<(Event, usize), EventError> {
+    match parsed {
         Ok(value) => parse_event(value, platforms),
         Err(e) => Err(EventError::new(
             ErrorCode::InvalidEvent,

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tollgate_event::event::parse_timestamp;
 use tollgate_event::segment::{BatchDefaults, CallType, map_message, native_names};
 use tollgate_event::{
-    ErrorCode, Event, EventError, Platforms, json_error_message, parse_event_text,
+    ErrorCode, Event, EventError, Platforms, json_error_message, parse_event_str, parse_event_text,
 };
 
 use crate::error::ApiError;
@@ -143,7 +143,14 @@ struct SegmentBatch<'a> {
 /// # Errors
 /// Malformed JSON, a body that is not an envelope, a bad `sent_at`, too many events.
 pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, ApiError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(shape_error)?;
+    // UTF-8 is checked once for the whole body, so that neither the envelope nor any
+    // event checks a string again; a body that is not UTF-8 goes to the byte parser,
+    // which names where.
+    let envelope: Envelope<'_> = match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+    .map_err(shape_error)?;
     check_count(envelope.events.len(), limits)?;
     let sent_at = envelope
         .sent_at
@@ -153,7 +160,12 @@ pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, Ap
     let items = envelope
         .events
         .iter()
-        .map(|raw| native_event(raw.get().as_bytes(), sent_at, limits))
+        .map(|raw| {
+            let text = raw.get();
+            native_event(text.as_bytes(), sent_at, limits, || {
+                parse_event_str(text, limits.platforms)
+            })
+        })
         .collect();
     Ok(Decoded {
         items,
@@ -181,7 +193,11 @@ pub fn native_ndjson(
     check_count(lines.len(), limits)?;
     let items = lines
         .into_iter()
-        .map(|line| native_event(line, sent_at, limits))
+        .map(|line| {
+            native_event(line, sent_at, limits, || {
+                parse_event_text(line, limits.platforms)
+            })
+        })
         .collect();
     Ok(Decoded {
         items,
@@ -189,14 +205,20 @@ pub fn native_ndjson(
     })
 }
 
-fn native_event(text: &[u8], sent_at: Option<OffsetDateTime>, limits: &DecodeLimits<'_>) -> Item {
+/// One native event of `text`, parsed by `parse` unless it is too large.
+fn native_event(
+    text: &[u8],
+    sent_at: Option<OffsetDateTime>,
+    limits: &DecodeLimits<'_>,
+    parse: impl FnOnce() -> Result<(Event, usize), EventError>,
+) -> Item {
     if text.len() > limits.max_event_bytes {
         return Item::Invalid {
             error: too_large_error(text.len(), limits.max_event_bytes),
             raw: Raw::from_text(text),
         };
     }
-    match parse_event_text(text, limits.platforms) {
+    match parse() {
         Ok((event, ignored_fields)) => Item::Event {
             event,
             sent_at,
@@ -248,7 +270,12 @@ pub fn segment(
     };
     match route {
         None => {
-            let batch: SegmentBatch<'_> = serde_json::from_slice(body).map_err(shape_error)?;
+            // UTF-8 checked once for the body, as for native envelopes.
+            let batch: SegmentBatch<'_> = match std::str::from_utf8(body) {
+                Ok(text) => serde_json::from_str(text),
+                Err(_) => serde_json::from_slice(body),
+            }
+            .map_err(shape_error)?;
             check_count(batch.batch.len(), limits)?;
             let sent_at = batch
                 .sent_at
@@ -263,19 +290,19 @@ pub fn segment(
                 .batch
                 .iter()
                 .map(|raw| {
-                    let text = raw.get().as_bytes();
-                    if text.len() > limits.max_event_bytes {
-                        return too_large(text);
+                    let (text, bytes) = (raw.get(), raw.get().as_bytes());
+                    if bytes.len() > limits.max_event_bytes {
+                        return too_large(bytes);
                     }
-                    match serde_json::from_slice::<Value>(text) {
-                        Ok(value) => map(value, defaults, text),
+                    match serde_json::from_str::<Value>(text) {
+                        Ok(value) => map(value, defaults, bytes),
                         Err(e) => Item::Invalid {
                             error: EventError::new(
                                 ErrorCode::InvalidEvent,
                                 "",
                                 json_error_message(&e),
                             ),
-                            raw: Raw::opaque(text),
+                            raw: Raw::opaque(bytes),
                         },
                     }
                 })
