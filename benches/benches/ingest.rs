@@ -220,8 +220,10 @@ fn bench_pipeline(c: &mut Criterion) {
     let schemas = SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap();
     let pipeline = Pipeline {
         schemas,
+        // The collector's default bound (a larger table spends the run faulting in
+        // its pages, which a collector does once).
         store: Arc::new(MemoryStore::new(
-            10_000_000,
+            2_000_000,
             Duration::from_secs(60),
             Duration::from_secs(3600),
             metrics.clone(),
