@@ -244,30 +244,24 @@ fn bench_pipeline(c: &mut Criterion) {
     let counter = AtomicU64::new(1);
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
+    // Fresh event ids every time, so every event is claimed and serialised.
+    let run = |pipeline: &Pipeline, body: Vec<u8>| {
+        let decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
+        let request = RequestInfo {
+            received_at: time::OffsetDateTime::now_utc(),
+            request_id: "bench-request",
+            edge_country: None,
+            shadow: false,
+        };
+        let outcome = runtime
+            .block_on(pipeline.process(&source, Api::Native, decoded, request))
+            .unwrap();
+        assert_eq!(outcome.answer.accepted, BATCH);
+        outcome
+    };
+    let body = || native_batch(counter.fetch_add(1, Ordering::Relaxed), BATCH);
     group.bench_function("native_20", |b| {
-        b.iter_batched(
-            // Fresh event ids every time, so every event is claimed and serialised.
-            || native_batch(counter.fetch_add(1, Ordering::Relaxed), BATCH),
-            |body| {
-                let decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
-                let outcome = runtime
-                    .block_on(pipeline.process(
-                        &source,
-                        Api::Native,
-                        decoded,
-                        RequestInfo {
-                            received_at: time::OffsetDateTime::now_utc(),
-                            request_id: "bench-request",
-                            edge_country: None,
-                            shadow: false,
-                        },
-                    ))
-                    .unwrap();
-                assert_eq!(outcome.answer.accepted, BATCH);
-                outcome
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter_batched(body, |body| run(&pipeline, body), BatchSize::SmallInput)
     });
     let uk = Pipeline {
         schemas: SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
@@ -280,28 +274,7 @@ fn bench_pipeline(c: &mut Criterion) {
         ..pipeline
     };
     group.bench_function("native_20_uk", |b| {
-        b.iter_batched(
-            || native_batch(counter.fetch_add(1, Ordering::Relaxed), BATCH),
-            |body| {
-                let decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
-                let outcome = runtime
-                    .block_on(uk.process(
-                        &source,
-                        Api::Native,
-                        decoded,
-                        RequestInfo {
-                            received_at: time::OffsetDateTime::now_utc(),
-                            request_id: "bench-request",
-                            edge_country: None,
-                            shadow: false,
-                        },
-                    ))
-                    .unwrap();
-                assert_eq!(outcome.answer.accepted, BATCH);
-                outcome
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter_batched(body, |body| run(&uk, body), BatchSize::SmallInput)
     });
     group.finish();
 }
