@@ -221,8 +221,6 @@ struct Stream {
     current: Option<Segment>,
     max_bytes: u64,
     max_age: Duration,
-    /// Reused between groups so that a group costs one `write` and no allocation.
-    buffer: Vec<u8>,
 }
 
 struct Segment {
@@ -248,11 +246,11 @@ impl Stream {
             current: None,
             max_bytes: config.segment_max_bytes.as_u64(),
             max_age: config.segment_max_age,
-            buffer: Vec::new(),
         })
     }
 
-    /// Appends the chunks as one write and syncs. On error the segment is cut back to
+    /// Appends the chunks (each request's bytes, in order, without copying them into one
+    /// buffer) with as few `writev` calls as the kernel allows, and syncs. On error the segment is cut back to
     /// its length before the write, so no partial line is ever left, and kept for the
     /// next write: a full disk (ENOSPC) then creates no new files while it refuses
     /// writes, and the log resumes in the same segment once space returns. A segment
@@ -262,11 +260,9 @@ impl Stream {
         chunks: impl Iterator<Item = &'a [u8]>,
         metrics: &Metrics,
     ) -> io::Result<()> {
-        self.buffer.clear();
-        for chunk in chunks {
-            self.buffer.extend_from_slice(chunk);
-        }
-        if self.buffer.is_empty() {
+        let chunks: Vec<&[u8]> = chunks.filter(|c| !c.is_empty()).collect();
+        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        if total == 0 {
             return Ok(());
         }
         let rotate = self
@@ -278,7 +274,7 @@ impl Stream {
         }
         let segment = self.current.as_mut().expect("opened above");
         let before = segment.len;
-        let written = segment.file.write_all(&self.buffer).and_then(|()| {
+        let written = write_all_chunks(&mut segment.file, &chunks).and_then(|()| {
             let started = Instant::now();
             segment.file.sync_data()?;
             metrics
@@ -288,11 +284,10 @@ impl Stream {
         });
         match written {
             Ok(()) => {
-                segment.len += self.buffer.len() as u64;
-                metrics.log_bytes.add(
-                    self.buffer.len() as u64,
-                    &[KeyValue::new("stream", self.label)],
-                );
+                segment.len += total as u64;
+                metrics
+                    .log_bytes
+                    .add(total as u64, &[KeyValue::new("stream", self.label)]);
                 Ok(())
             }
             Err(e) => {
@@ -334,6 +329,22 @@ impl Stream {
         }
         unreachable!("an unbounded range always yields a free name")
     }
+}
+
+/// Writes every chunk, in order, with `writev`: each call takes as many slices as the
+/// kernel allows (`IOV_MAX`), and the next continues where it stopped.
+fn write_all_chunks(file: &mut File, chunks: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Cuts a segment back to its last complete line. Bytes after it belong to a write
@@ -464,5 +475,19 @@ mod tests {
         std::fs::write(&path, "no newline at all").unwrap();
         repair_torn_tail(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    #[test]
+    fn more_chunks_than_one_writev_takes_are_all_written_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut file = File::create(&path).unwrap();
+        // More slices than one writev takes (IOV_MAX is 1024 on Linux).
+        let lines: Vec<Vec<u8>> = (0..2055)
+            .map(|i| format!("{{\"n\":{i}}}\n").repeat(i % 3).into_bytes())
+            .collect();
+        let chunks: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        write_all_chunks(&mut file, &chunks).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), lines.concat());
     }
 }
