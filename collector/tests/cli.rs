@@ -87,10 +87,12 @@ fn check_config_refuses_what_start_up_refuses() {
     let start = run(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
     assert!(!start.status.success());
     assert!(String::from_utf8_lossy(&start.stderr).contains("no-such-privacy.toml"));
-    // The shipped defaults pass.
+    // The shipped defaults pass, with the shadow proxy's variables in the same
+    // environment (they are not collector keys, and are not read as such).
     let ok = Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
         .current_dir(&root)
         .arg("check-config")
+        .env("TOLLGATE_SHADOW_PROXY_PRIMARY", "http://127.0.0.1:8080")
         .output()
         .unwrap();
     assert!(

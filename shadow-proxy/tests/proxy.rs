@@ -915,3 +915,59 @@ async fn reports_are_served_on_the_admin_listener_only() {
         .unwrap();
     assert_eq!(admin.status(), 200);
 }
+
+/// Settings in layers: the file, then `TOLLGATE_SHADOW_PROXY_*`, then flags. A value
+/// each layer rejects (sample_rate 2) shows which layer the proxy read.
+#[test]
+fn the_environment_overrides_the_file_and_flags_override_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    std::fs::write(
+        &file,
+        "primary = \"http://127.0.0.1:9\"\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nsample_rate = 0.5\n",
+    )
+    .unwrap();
+    let run = |env: Option<&str>, flag: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate-shadow-proxy"));
+        command.arg("--config").arg(&file);
+        if let Some(rate) = env {
+            command.env("TOLLGATE_SHADOW_PROXY_SAMPLE_RATE", rate);
+        }
+        if let Some(rate) = flag {
+            command.args(["--sample-rate", rate]);
+        }
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Either it refuses its settings and exits, or it gets ready and is stopped.
+        let mut stderr = String::new();
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(child.stderr.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+        {
+            stderr.push_str(&line);
+            if line.contains("tollgate-shadow-proxy ready") {
+                let _ = child.kill();
+                break;
+            }
+        }
+        let _ = child.wait();
+        stderr
+    };
+    let from_env = run(Some("2"), None);
+    assert!(
+        from_env.contains("sample_rate 2 is not between 0 and 1"),
+        "{from_env}"
+    );
+    let from_flag = run(Some("0.25"), Some("3"));
+    assert!(
+        from_flag.contains("sample_rate 3 is not between 0 and 1"),
+        "{from_flag}"
+    );
+    let fixed_by_flag = run(Some("2"), Some("0.25"));
+    assert!(fixed_by_flag.contains("ready"), "{fixed_by_flag}");
+}

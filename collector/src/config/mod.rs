@@ -155,7 +155,11 @@ impl Config {
             // The shadow proxy's variables share the prefix; they are not ours.
             .merge(
                 Env::prefixed(ENV_PREFIX)
-                    .filter(|key| !key.as_str().starts_with("shadow_proxy_"))
+                    .filter(|key| {
+                        !key.as_str()
+                            .to_ascii_lowercase()
+                            .starts_with("shadow_proxy_")
+                    })
                     .split("__"),
             )
             .extract()
