@@ -2,7 +2,7 @@
 //! HTTP/2, cleartext or TLS, graceful drain) and TLS with certificates reloaded from
 //! disk without dropping connections.
 //!
-//! - [`serve`]: accepts connections until cancelled, hands each to hyper, then drains;
+//! - [`serve()`]: accepts connections until cancelled, hands each to hyper, then drains;
 //! - [`tls`]: rustls server settings (aws-lc-rs, TLS 1.2 and 1.3, ALPN `h2` and
 //!   `http/1.1`), PEM loading, and reload on SIGHUP or when the files change.
 

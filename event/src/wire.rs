@@ -21,7 +21,7 @@ pub const EXPLAIN_HEADER: &str = "x-tollgate-explain";
 /// The source (write key's id, never the key) a request was accepted under.
 pub const SOURCE_HEADER: &str = "x-tollgate-source";
 
-/// One `status[:code][@region]` per event, in request order (see [`encode_outcomes`]).
+/// One `status[:code][@region]` per event, in request order (see [`encode_outcome`]).
 pub const OUTCOMES_HEADER: &str = "x-tollgate-outcomes";
 
 /// The client's send time for NDJSON bodies (JSON bodies carry `sent_at`).

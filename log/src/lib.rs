@@ -4,7 +4,7 @@
 //! the collector.
 //!
 //! # Layout
-//! - [`segments`]: the local log's segment files, in order, read in large chunks;
+//! - [`segments()`]: the local log's segment files, in order, read in large chunks;
 //! - [`topics`]: Kafka topics from the beginning until idle, and the `--kafka` flags.
 
 pub mod segments;

@@ -12,7 +12,7 @@
 //!   confidence interval and the A/A floor; the report as JSON, Prometheus text, HTML;
 //! - [`mapping`]: renames, splits and merges between old and new names;
 //! - [`offline`]: the same questions over what two collectors logged;
-//! - [`file`]: the configuration file, environment and flags, layered.
+//! - [`mod@file`]: the configuration file, environment and flags, layered.
 
 pub mod compare;
 pub mod file;

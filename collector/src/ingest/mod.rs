@@ -6,15 +6,15 @@
 //! which case nothing of it was acknowledged.
 //!
 //! A request passes five stages, each a module with one job; between them every event
-//! is a [`slot::Slot`]:
+//! is a `Slot` (`slot.rs`):
 //!
-//! 1. [`admit`]: schema validation, server timing and the privacy policy, per event;
-//! 2. [`claim`]: duplicates inside the batch, then one idempotency claim for all
+//! 1. `admit`: schema validation, server timing and the privacy policy, per event;
+//! 2. `claim`: duplicates inside the batch, then one idempotency claim for all
 //!    events that carry a client id;
-//! 3. [`write`]: one log append (events and quarantine together, group-committed
+//! 3. `write`: one log append (events and quarantine together, group-committed
 //!    with other requests), then one commit of the claims, or a release if the
 //!    append failed;
-//! 4. [`answer`]: one result per event, counted.
+//! 4. `answer`: one result per event, counted.
 
 mod admit;
 mod answer;

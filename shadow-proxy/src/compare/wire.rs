@@ -110,7 +110,7 @@ pub fn events_of<'a>(path: &str, body: &'a [u8]) -> Vec<Seen<'a>> {
 /// What a side did with each event, and the segments only the collector knows.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Outcomes<'a> {
-    /// Per event, in request order: accepted, duplicate, retry, rejected:<code>.
+    /// Per event, in request order: accepted, duplicate, retry, `rejected:<code>`.
     pub events: Vec<Cow<'a, str>>,
     /// Per event: the region the collector logged it under (valid events only).
     pub regions: Vec<Option<&'a str>>,
