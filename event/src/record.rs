@@ -191,26 +191,46 @@ impl Record<'_> {
     /// the event is written as its own object, whose closing brace becomes the comma
     /// before the server's fields.
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        serde_json::to_writer(&mut *out, self.event.as_ref()).expect("events serialize");
+        // Every field named: a field added to `Record` does not compile here until it
+        // is written too.
+        let Record {
+            event,
+            timestamp_server,
+            sent_at,
+            clock_skew_ms,
+            timestamp_derived,
+            lateness_ms,
+            arrival,
+            source,
+            region,
+            privacy_policy,
+            privacy_key,
+            pseudonyms_previous,
+            dedupe,
+            api,
+            request_id,
+            collector_version,
+        } = self;
+        serde_json::to_writer(&mut *out, event.as_ref()).expect("events serialize");
         debug_assert_eq!(out.last(), Some(&b'}'));
         out.pop();
         let at = out.len();
         let tail = ServerFields {
-            timestamp_server: self.timestamp_server,
-            sent_at: self.sent_at,
-            clock_skew_ms: self.clock_skew_ms,
-            timestamp_derived: self.timestamp_derived,
-            lateness_ms: self.lateness_ms,
-            arrival: self.arrival,
-            source: &self.source,
-            region: &self.region,
-            privacy_policy: self.privacy_policy.as_deref(),
-            privacy_key: self.privacy_key.as_deref(),
-            pseudonyms_previous: &self.pseudonyms_previous,
-            dedupe: self.dedupe,
-            api: self.api,
-            request_id: &self.request_id,
-            collector_version: &self.collector_version,
+            timestamp_server: *timestamp_server,
+            sent_at: *sent_at,
+            clock_skew_ms: *clock_skew_ms,
+            timestamp_derived: *timestamp_derived,
+            lateness_ms: *lateness_ms,
+            arrival: *arrival,
+            source,
+            region,
+            privacy_policy: privacy_policy.as_deref(),
+            privacy_key: privacy_key.as_deref(),
+            pseudonyms_previous,
+            dedupe: *dedupe,
+            api: *api,
+            request_id,
+            collector_version,
         };
         serde_json::to_writer(&mut *out, &tail).expect("records serialize");
         // An event object always has fields, so the event's `}` became a `,`.

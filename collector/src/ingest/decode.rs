@@ -138,19 +138,22 @@ struct SegmentBatch<'a> {
     write_key: Option<String>,
 }
 
+/// Parses a whole request body. Its UTF-8 is checked once, so that no string of it (nor
+/// of the events later parsed from its slices) is checked again; a body that is not
+/// UTF-8 goes to the byte parser, which names where.
+fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(body) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(body),
+    }
+}
+
 /// Decodes a native JSON envelope `{"sent_at": …, "events": […]}`.
 ///
 /// # Errors
 /// Malformed JSON, a body that is not an envelope, a bad `sent_at`, too many events.
 pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, ApiError> {
-    // UTF-8 is checked once for the whole body, so that neither the envelope nor any
-    // event checks a string again; a body that is not UTF-8 goes to the byte parser,
-    // which names where.
-    let envelope: Envelope<'_> = match std::str::from_utf8(body) {
-        Ok(text) => serde_json::from_str(text),
-        Err(_) => serde_json::from_slice(body),
-    }
-    .map_err(shape_error)?;
+    let envelope: Envelope<'_> = parse_body(body).map_err(shape_error)?;
     check_count(envelope.events.len(), limits)?;
     let sent_at = envelope
         .sent_at
@@ -270,12 +273,7 @@ pub fn segment(
     };
     match route {
         None => {
-            // UTF-8 checked once for the body, as for native envelopes.
-            let batch: SegmentBatch<'_> = match std::str::from_utf8(body) {
-                Ok(text) => serde_json::from_str(text),
-                Err(_) => serde_json::from_slice(body),
-            }
-            .map_err(shape_error)?;
+            let batch: SegmentBatch<'_> = parse_body(body).map_err(shape_error)?;
             check_count(batch.batch.len(), limits)?;
             let sent_at = batch
                 .sent_at

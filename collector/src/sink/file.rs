@@ -260,8 +260,11 @@ impl Stream {
         chunks: impl Iterator<Item = &'a [u8]>,
         metrics: &Metrics,
     ) -> io::Result<()> {
-        let chunks: Vec<&[u8]> = chunks.filter(|c| !c.is_empty()).collect();
-        let total: usize = chunks.iter().map(|c| c.len()).sum();
+        let mut slices: Vec<io::IoSlice<'_>> = chunks
+            .filter(|c| !c.is_empty())
+            .map(io::IoSlice::new)
+            .collect();
+        let total: usize = slices.iter().map(|s| s.len()).sum();
         if total == 0 {
             return Ok(());
         }
@@ -274,7 +277,7 @@ impl Stream {
         }
         let segment = self.current.as_mut().expect("opened above");
         let before = segment.len;
-        let written = write_all_chunks(&mut segment.file, &chunks).and_then(|()| {
+        let written = write_all(&mut segment.file, &mut slices).and_then(|()| {
             let started = Instant::now();
             segment.file.sync_data()?;
             metrics
@@ -331,11 +334,10 @@ impl Stream {
     }
 }
 
-/// Writes every chunk, in order, with `writev`: each call takes as many slices as the
+/// Writes every slice, in order, with `writev`: each call takes as many slices as the
 /// kernel allows (`IOV_MAX`), and the next continues where it stopped.
-fn write_all_chunks(file: &mut File, chunks: &[&[u8]]) -> io::Result<()> {
-    let mut slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
-    let mut rest = &mut slices[..];
+fn write_all(file: &mut File, slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+    let mut rest = slices;
     while !rest.is_empty() {
         match file.write_vectored(rest) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -486,8 +488,8 @@ mod tests {
         let lines: Vec<Vec<u8>> = (0..2055)
             .map(|i| format!("{{\"n\":{i}}}\n").repeat(i % 3).into_bytes())
             .collect();
-        let chunks: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
-        write_all_chunks(&mut file, &chunks).unwrap();
+        let mut slices: Vec<io::IoSlice<'_>> = lines.iter().map(|l| io::IoSlice::new(l)).collect();
+        write_all(&mut file, &mut slices).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), lines.concat());
     }
 }
