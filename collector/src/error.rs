@@ -41,6 +41,23 @@ pub enum ApiError {
     MissingWriteKey,
     #[error("unknown write key")]
     UnknownWriteKey,
+    #[error(
+        "the events of this request carry different API keys; send one project's events per request"
+    )]
+    MixedWriteKeys,
+    #[error(
+        "no source takes this Snowplow app id (`aid`); bind it with `app_ids` in the source's configuration"
+    )]
+    UnknownAppId,
+    #[error(
+        "the events of this request belong to different sources (their app ids); send one source's events per request"
+    )]
+    MixedSources,
+    /// The reason names what is accepted instead.
+    #[error("this compression is not supported: {0}")]
+    UnsupportedCompression(&'static str),
+    #[error("the body is not valid base64")]
+    InvalidBase64,
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error("no such route")]
@@ -94,6 +111,11 @@ impl ApiError {
             ApiError::BodyRead(_) => "body_read_failed",
             ApiError::MissingWriteKey => "missing_write_key",
             ApiError::UnknownWriteKey => "unknown_write_key",
+            ApiError::MixedWriteKeys => "mixed_write_keys",
+            ApiError::UnknownAppId => "unknown_app_id",
+            ApiError::MixedSources => "mixed_sources",
+            ApiError::UnsupportedCompression(_) => "unsupported_compression",
+            ApiError::InvalidBase64 => "invalid_base64",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::NotFound => "not_found",
             ApiError::InvalidIdempotencyKey => "invalid_idempotency_key",
@@ -116,16 +138,21 @@ impl ApiError {
             | ApiError::InvalidEnvelope(_)
             | ApiError::InvalidSentAt
             | ApiError::InvalidGzip(_)
+            | ApiError::InvalidBase64
             | ApiError::InvalidIdempotencyKey
             | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyEvents { .. }
             | ApiError::BodyTooLarge { .. }
             | ApiError::DecompressedTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedEncoding | ApiError::UnsupportedMediaType(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
-            ApiError::MissingWriteKey | ApiError::UnknownWriteKey => StatusCode::UNAUTHORIZED,
+            ApiError::UnsupportedEncoding
+            | ApiError::UnsupportedMediaType(_)
+            | ApiError::UnsupportedCompression(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::MissingWriteKey
+            | ApiError::UnknownWriteKey
+            | ApiError::MixedWriteKeys
+            | ApiError::UnknownAppId
+            | ApiError::MixedSources => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

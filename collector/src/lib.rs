@@ -35,7 +35,6 @@ pub mod schema;
 pub mod sink;
 pub mod telemetry;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -48,7 +47,7 @@ use crate::config::{Config, ConfigError, SinkKind};
 use crate::dedupe::IdempotencyStore;
 use crate::http::body::BodyLimits;
 use crate::http::{App, Listener, ServeOptions};
-use crate::ingest::{Pipeline, Source};
+use crate::ingest::Pipeline;
 use crate::schema::SchemaRegistry;
 use crate::sink::{EventLog, FileLog, KafkaLog};
 use crate::telemetry::Metrics;
@@ -178,13 +177,7 @@ impl Collector {
             Some(store) => store,
             None => dedupe::open(idem, metrics.clone())?,
         };
-        let mut sources = HashMap::new();
-        for s in &config.sources {
-            let source = Arc::new(Source::new(s.id.clone(), s.allow_unknown_events));
-            for key in &s.write_keys {
-                sources.insert(key.clone(), source.clone());
-            }
-        }
+        let sources = http::auth::Sources::new(&config.sources);
         let mut privacy = load_privacy(&config)?;
         if let Some(privacy) = &mut privacy {
             privacy.count_pii_on(metrics.privacy_pii.clone());

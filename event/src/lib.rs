@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`event`]: the native event and its strict parser (`Value` in, [`Event`] or
 //!   [`EventError`] out, with a JSON pointer to the offending field).
-//! - [`segment`]: maps Segment HTTP Tracking API messages onto [`Event`].
+//! - [`segment`], [`posthog`], [`snowplow`]: map the messages of those SDK families onto
+//!   [`Event`] ([`mapped::Mapped`]), one function per protocol, shared by the collector
+//!   and the shadow proxy.
 //! - [`record`]: what the collector writes to its log ([`Record`]) and its quarantine
 //!   ([`QuarantineRecord`]), plus the server-side timing fields ([`Timing`]).
 //! - [`wire`]: the HTTP contract: header names, per-event statuses, the answer body and
@@ -14,8 +16,11 @@
 
 pub mod error;
 pub mod event;
+pub mod mapped;
+pub mod posthog;
 pub mod record;
 pub mod segment;
+pub mod snowplow;
 pub mod timefmt;
 pub mod wire;
 

@@ -51,6 +51,9 @@ pub enum Dedupe {
 pub enum Api {
     Native,
     Segment,
+    #[serde(rename = "posthog")]
+    PostHog,
+    Snowplow,
 }
 
 impl Api {
@@ -58,6 +61,8 @@ impl Api {
         match self {
             Api::Native => "native",
             Api::Segment => "segment",
+            Api::PostHog => "posthog",
+            Api::Snowplow => "snowplow",
         }
     }
 }

@@ -12,6 +12,8 @@ use time::OffsetDateTime;
 
 use crate::error::{ErrorCode, EventError};
 use crate::event::{Event, parse_timestamp};
+use crate::mapped::id_value;
+pub use crate::mapped::{Mapped, snake_case};
 
 /// The Segment call types, one per route (`/v1/track`, …) or per `type` in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,17 +49,6 @@ impl CallType {
             CallType::Alias => "alias",
         }
     }
-}
-
-/// A mapped Segment message.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mapped {
-    pub event: Event,
-    /// False when the message had no `messageId`: the id is the server's and cannot be
-    /// used to recognise a retry.
-    pub client_event_id: bool,
-    /// The message's own `sentAt`, else the batch's.
-    pub sent_at: Option<OffsetDateTime>,
 }
 
 /// What a batch shares with each of its messages.
@@ -215,6 +206,7 @@ pub fn map_message(
         },
         client_event_id,
         sent_at,
+        versioned: false,
     })
 }
 
@@ -298,33 +290,6 @@ fn native_context(context: &mut Map<String, Value>) {
     }
 }
 
-/// Segment event names are free text ("Order Completed"); Tollgate's are snake_case, as
-/// Segment's own warehouse tables name them ("order_completed").
-pub fn snake_case(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut gap = false;
-    let mut prev_lower = false;
-    for c in name.chars() {
-        if c.is_ascii_alphanumeric() {
-            if (gap || (prev_lower && c.is_ascii_uppercase())) && !out.is_empty() {
-                out.push('_');
-            }
-            gap = false;
-            prev_lower = c.is_ascii_lowercase();
-            out.push(c.to_ascii_lowercase());
-        } else {
-            gap = true;
-            prev_lower = false;
-        }
-    }
-    if out.as_bytes().first().is_some_and(u8::is_ascii_digit) {
-        out.insert(0, 'e');
-        out.insert(1, '_');
-    }
-    out.truncate(128);
-    out
-}
-
 /// Guesses the platform from what Segment SDKs put in `context`, else `unknown`.
 fn platform_of(context: &Map<String, Value>) -> &'static str {
     let text = |outer: &str, inner: &str| {
@@ -380,14 +345,7 @@ fn consent_of(context: &Map<String, Value>) -> BTreeMap<String, bool> {
 }
 
 fn id_field(msg: &mut Map<String, Value>, field: &str) -> Result<Option<String>, EventError> {
-    match msg.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        // Some SDKs send numeric ids; Segment accepts them as strings.
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(EventError::wrong_type(format!("/{field}"), "a string")),
-    }
+    id_value(msg.remove(field), &format!("/{field}"))
 }
 
 fn object_field(
@@ -512,15 +470,6 @@ mod tests {
         let p = map(json!({"type": "page", "userId": "u", "name": "Home", "context": {"library": {"name": "analytics.js"}}}), None).unwrap();
         assert_eq!(p.event.properties["name"], "Home");
         assert_eq!(p.event.platform, "web");
-    }
-
-    #[test]
-    fn snake_case_names() {
-        assert_eq!(snake_case("Order Completed"), "order_completed");
-        assert_eq!(snake_case("videoPlaybackStarted"), "video_playback_started");
-        assert_eq!(snake_case("  Signed-Up!! "), "signed_up");
-        assert_eq!(snake_case("3D View"), "e_3d_view");
-        assert_eq!(snake_case("already_snake"), "already_snake");
     }
 
     #[test]

@@ -37,6 +37,48 @@ pub const REPLAYED_HEADER: &str = "idempotent-replayed";
 /// The server-generated id of a request, shared by all its events' records.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// The ingest protocol a collector path speaks: one table, read by the collector's
+/// router and by the shadow proxy when it reads the requests it mirrors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// `/v1/events`.
+    Native,
+    /// `/v1/batch` and `/v1/import` (`None`), `/v1/<call>` (one call).
+    Segment(Option<crate::segment::CallType>),
+    /// PostHog's capture routes: `/batch`, `/e`, `/i/v0/e`, `/capture`, `/track`,
+    /// `/engage`, with or without a trailing slash.
+    PostHog,
+    /// Snowplow's `POST /com.snowplowanalytics.snowplow/tp2`.
+    Snowplow,
+    /// Snowplow's `GET /i` pixel (also under `/com.snowplowanalytics.snowplow/`).
+    SnowplowPixel,
+}
+
+impl Protocol {
+    /// The protocol of a request path (without its query).
+    pub fn of_path(path: &str) -> Option<Protocol> {
+        use crate::segment::CallType;
+        Some(match path {
+            "/v1/events" => Protocol::Native,
+            "/v1/batch" | "/v1/import" => Protocol::Segment(None),
+            "/com.snowplowanalytics.snowplow/tp2" => Protocol::Snowplow,
+            "/i" | "/com.snowplowanalytics.snowplow/i" => Protocol::SnowplowPixel,
+            _ => {
+                if let Some(call) = path.strip_prefix("/v1/").and_then(CallType::from_name) {
+                    return Some(Protocol::Segment(Some(call)));
+                }
+                let path = path.strip_suffix('/').unwrap_or(path);
+                match path {
+                    "/batch" | "/e" | "/i/v0/e" | "/capture" | "/track" | "/engage" => {
+                        Protocol::PostHog
+                    }
+                    _ => return None,
+                }
+            }
+        })
+    }
+}
+
 /// What became of one event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -122,12 +122,14 @@ impl Problems {
 
 impl Config {
     /// The embedded default: what `tollgate-collector` runs with when given no file. One
-    /// local-only source, `dev` (write key `dev`), that also accepts unregistered events.
+    /// local-only source, `dev` (write key `dev`, which PostHog SDKs send as their API
+    /// key), that also accepts unregistered events and Snowplow traffic of any app id.
     pub fn embedded() -> Config {
         Config {
             sources: vec![SourceConfig {
                 id: "dev".into(),
                 write_keys: vec![DEV_WRITE_KEY.into()],
+                app_ids: vec!["*".into()],
                 allow_unknown_events: true,
                 write_keys_file: None,
                 rate_limit: RateLimitConfig::default(),

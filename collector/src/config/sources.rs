@@ -21,6 +21,13 @@ pub struct SourceConfig {
     /// that keys stay out of the configuration file.
     #[serde(default)]
     pub write_keys_file: Option<PathBuf>,
+    /// Snowplow app ids (`aid`) whose events belong to this source: Snowplow trackers
+    /// send no write key, so the app id is all that tells sources apart. Anyone can
+    /// put any `aid` in an event; bind only apps whose traffic you would accept from
+    /// anyone, and rate-limit the source. `"*"` takes every app id no other source
+    /// names (the embedded `dev` source does this).
+    #[serde(default)]
+    pub app_ids: Vec<String>,
     /// Accept event names without a registered schema (checked against the base event
     /// model only). For development sources.
     #[serde(default)]
@@ -58,6 +65,7 @@ pub(super) fn check(
     }
     let mut ids = HashSet::new();
     let mut keys = HashSet::new();
+    let mut apps = HashSet::new();
     for (i, source) in sources.iter().enumerate() {
         if !tollgate_event::event::is_snake_case(&source.id) {
             problems.add(
@@ -71,8 +79,24 @@ pub(super) fn check(
                 format!("{:?} is declared twice", source.id),
             );
         }
-        if source.write_keys.is_empty() {
-            problems.add(&format!("sources[{i}].write_keys"), "give at least one key");
+        if source.write_keys.is_empty() && source.app_ids.is_empty() {
+            problems.add(
+                &format!("sources[{i}].write_keys"),
+                "give at least one key (or, for Snowplow trackers, app_ids)",
+            );
+        }
+        for app in &source.app_ids {
+            if app.is_empty() {
+                problems.add(
+                    &format!("sources[{i}].app_ids"),
+                    "app ids must be non-empty",
+                );
+            } else if !apps.insert(app) {
+                problems.add(
+                    &format!("sources[{i}].app_ids"),
+                    format!("{app:?} is bound to two sources"),
+                );
+            }
         }
         for key in &source.write_keys {
             if key.is_empty() || key.contains(':') {

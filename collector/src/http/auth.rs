@@ -1,6 +1,8 @@
-//! Who is sending: the write key (HTTP Basic user as Segment SDKs send it, or a Bearer
-//! token), resolved to a configured source.
+//! Who is sending: the write key (HTTP Basic user as Segment SDKs send it, a Bearer
+//! token, or a PostHog API key in the body), or a Snowplow app id, resolved to a
+//! configured source.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -8,8 +10,72 @@ use http::HeaderMap;
 use http::header::AUTHORIZATION;
 
 use super::App;
+use crate::config::SourceConfig;
 use crate::error::ApiError;
 use crate::ingest::Source;
+
+/// The configured sources, by write key and by Snowplow app id.
+#[derive(Debug, Default)]
+pub struct Sources {
+    by_key: HashMap<String, Arc<Source>>,
+    by_app: HashMap<String, Arc<Source>>,
+    /// The source with `app_ids = ["*"]`, for app ids no other source names.
+    any_app: Option<Arc<Source>>,
+}
+
+impl Sources {
+    pub fn new(configs: &[SourceConfig]) -> Sources {
+        let mut sources = Sources::default();
+        for config in configs {
+            let source = Arc::new(Source::new(config.id.clone(), config.allow_unknown_events));
+            for key in &config.write_keys {
+                sources.by_key.insert(key.clone(), source.clone());
+            }
+            for app in &config.app_ids {
+                if app == "*" {
+                    sources.any_app = Some(source.clone());
+                } else {
+                    sources.by_app.insert(app.clone(), source.clone());
+                }
+            }
+        }
+        sources
+    }
+
+    /// The source a write key belongs to.
+    ///
+    /// # Errors
+    /// `unknown_write_key`.
+    pub fn by_key(&self, key: &str) -> Result<Arc<Source>, ApiError> {
+        self.by_key
+            .get(key)
+            .cloned()
+            .ok_or(ApiError::UnknownWriteKey)
+    }
+
+    /// The one source the app ids of a Snowplow request belong to (`None`: an event
+    /// without `aid`, which only a `"*"` source takes).
+    ///
+    /// # Errors
+    /// `unknown_app_id` when one belongs to no source, `mixed_sources` when they
+    /// belong to two.
+    pub fn by_apps(&self, apps: &BTreeSet<Option<String>>) -> Result<Arc<Source>, ApiError> {
+        let mut found: Option<Arc<Source>> = None;
+        for app in apps {
+            let source = app
+                .as_deref()
+                .and_then(|app| self.by_app.get(app))
+                .or(self.any_app.as_ref())
+                .ok_or(ApiError::UnknownAppId)?;
+            match &found {
+                Some(first) if first.id != source.id => return Err(ApiError::MixedSources),
+                Some(_) => {}
+                None => found = Some(source.clone()),
+            }
+        }
+        found.ok_or(ApiError::UnknownAppId)
+    }
+}
 
 /// The write key: the HTTP Basic user (as Segment SDKs send it), or a Bearer token.
 pub(super) fn write_key(headers: &HeaderMap) -> Option<String> {
@@ -36,10 +102,7 @@ impl App {
     /// # Errors
     /// `unknown_write_key`.
     pub(super) fn source(&self, key: &str) -> Result<Arc<Source>, ApiError> {
-        self.sources
-            .get(key)
-            .cloned()
-            .ok_or(ApiError::UnknownWriteKey)
+        self.sources.by_key(key)
     }
 
     /// Runs one rate-limit check of `source`, counting a refusal by source and limit.

@@ -28,6 +28,8 @@ pub enum Framing {
     Json,
     /// One JSON event per line.
     Ndjson,
+    /// `application/x-www-form-urlencoded` with the events in `data` (PostHog SDKs).
+    Form,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,7 +94,7 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Reads `Content-Type`: JSON (or none, or `text/plain`) or NDJSON.
+/// Reads `Content-Type`: JSON (or none, or `text/plain`), NDJSON, or a form.
 ///
 /// # Errors
 /// `unsupported_media_type` for anything else.
@@ -113,8 +115,9 @@ pub fn framing(headers: &HeaderMap) -> Result<Framing, ApiError> {
         | "application/ndjson"
         | "application/jsonl"
         | "application/x-jsonlines" => Ok(Framing::Ndjson),
+        "application/x-www-form-urlencoded" => Ok(Framing::Form),
         _ => Err(ApiError::UnsupportedMediaType(
-            "send application/json (or text/plain) or application/x-ndjson",
+            "send application/json (or text/plain), application/x-ndjson, or on PostHog's routes application/x-www-form-urlencoded",
         )),
     }
 }

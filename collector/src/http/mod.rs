@@ -13,12 +13,13 @@
 //! - a request timeout covering the body upload and the processing.
 
 mod answer;
-mod auth;
+pub(crate) mod auth;
 pub mod body;
 pub mod config;
 mod replay;
 mod route;
 mod routes;
+mod unwrap;
 
 use std::convert::Infallible;
 use std::future::Future;

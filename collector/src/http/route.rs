@@ -1,7 +1,9 @@
 //! Which handler a request path reaches on which listener, and the route's metric label.
 
 use http::Method;
+use tollgate_event::Api;
 use tollgate_event::segment::CallType;
+use tollgate_event::wire::Protocol;
 
 use super::Listener;
 
@@ -12,6 +14,13 @@ pub(super) enum Route {
     Metrics,
     Native,
     Segment(Option<CallType>),
+    /// PostHog's capture routes (`/batch`, `/e`, `/i/v0/e`, `/capture`, `/track`,
+    /// `/engage`, with or without a trailing slash).
+    PostHog,
+    /// Snowplow's `POST /com.snowplowanalytics.snowplow/tp2`.
+    Snowplow,
+    /// Snowplow's `GET /i` pixel (also under `/com.snowplowanalytics.snowplow/`).
+    SnowplowPixel,
 }
 
 impl Route {
@@ -31,6 +40,9 @@ impl Route {
                 CallType::Group => "segment_group",
                 CallType::Alias => "segment_alias",
             },
+            Some(Route::PostHog) => "posthog",
+            Some(Route::Snowplow) => "snowplow",
+            Some(Route::SnowplowPixel) => "snowplow_pixel",
             None => "unknown",
         }
     }
@@ -40,28 +52,43 @@ impl Route {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" if listener == Listener::Admin => Route::Metrics,
-            "/v1/events" if listener == Listener::Public => Route::Native,
-            "/v1/batch" | "/v1/import" if listener == Listener::Public => Route::Segment(None),
-            _ if listener == Listener::Public => {
-                let call = path.strip_prefix("/v1/").and_then(CallType::from_name)?;
-                Route::Segment(Some(call))
-            }
+            _ if listener == Listener::Public => match Protocol::of_path(path)? {
+                Protocol::Native => Route::Native,
+                Protocol::Segment(call) => Route::Segment(call),
+                Protocol::PostHog => Route::PostHog,
+                Protocol::Snowplow => Route::Snowplow,
+                Protocol::SnowplowPixel => Route::SnowplowPixel,
+            },
             _ => return None,
         };
         Some(route)
     }
 
-    /// The method the route answers (GET routes answer HEAD too).
-    pub(super) fn method(self) -> Method {
+    /// The API an ingest route speaks (`Native` for the others, which never ingest).
+    pub(super) fn api(self) -> Api {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics => Method::GET,
-            Route::Native | Route::Segment(_) => Method::POST,
+            Route::Segment(_) => Api::Segment,
+            Route::PostHog => Api::PostHog,
+            Route::Snowplow | Route::SnowplowPixel => Api::Snowplow,
+            Route::Native | Route::Healthz | Route::Readyz | Route::Metrics => Api::Native,
+        }
+    }
+
+    /// The methods the route answers, as the `Allow` header names them (GET routes
+    /// answer HEAD too).
+    pub(super) fn allow(self) -> &'static str {
+        match self {
+            Route::Healthz | Route::Readyz | Route::Metrics | Route::SnowplowPixel => "GET, HEAD",
+            Route::Native | Route::Segment(_) | Route::Snowplow => "POST",
+            // posthog-js falls back to GET with the events in the `data` parameter.
+            Route::PostHog => "GET, POST",
         }
     }
 
     /// Whether `method` may be sent to this route.
     pub(super) fn allows(self, method: &Method) -> bool {
-        *method == self.method() || (self.method() == Method::GET && method == Method::HEAD)
+        let name = method.as_str();
+        self.allow().split(", ").any(|allowed| allowed == name)
     }
 }
 
@@ -90,6 +117,24 @@ mod tests {
         );
         assert_eq!(Route::find("/v1/events", Listener::Admin), None);
         assert_eq!(Route::find("/v1/nope", Listener::Public), None);
+        for path in [
+            "/batch", "/batch/", "/e/", "/i/v0/e/", "/capture", "/track/", "/engage",
+        ] {
+            assert_eq!(
+                Route::find(path, Listener::Public),
+                Some(Route::PostHog),
+                "{path}"
+            );
+        }
+        assert_eq!(Route::find("/batch", Listener::Admin), None);
+        assert_eq!(
+            Route::find("/com.snowplowanalytics.snowplow/tp2", Listener::Public),
+            Some(Route::Snowplow)
+        );
+        assert_eq!(
+            Route::find("/i", Listener::Public),
+            Some(Route::SnowplowPixel)
+        );
     }
 
     #[test]
@@ -98,5 +143,9 @@ mod tests {
         assert!(!Route::Native.allows(&Method::GET));
         assert!(!Route::Native.allows(&Method::HEAD));
         assert!(Route::Native.allows(&Method::POST));
+        assert!(Route::PostHog.allows(&Method::GET));
+        assert!(Route::PostHog.allows(&Method::POST));
+        assert!(!Route::Snowplow.allows(&Method::GET));
+        assert!(Route::SnowplowPixel.allows(&Method::HEAD));
     }
 }

@@ -5,28 +5,26 @@
 //! rate limit, an `Idempotency-Key` replay ([`super::replay`]), the pipeline
 //! ([`crate::ingest`]) and the answer ([`super::answer`]).
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 use tollgate_event::Api;
-use tollgate_event::segment::CallType;
 use tollgate_event::wire::{EXPLAIN_HEADER, SENT_AT_HEADER, SHADOW_HEADER};
 use tracing::Instrument;
 
 use super::body::{self, BodyLimits, Encoding, Framing};
 use super::replay::{AnswerKey, request_key};
 use super::route::Route;
-use super::{Listener, answer, auth};
+use super::{Listener, answer, auth, unwrap};
 use crate::clock::Clock;
 use crate::error::{ApiError, json_response};
 use crate::ingest::{DecodeLimits, Decoded, Pipeline, RequestInfo, Source, decode};
@@ -35,8 +33,8 @@ use crate::telemetry::Metrics;
 /// Shared state of the HTTP handlers.
 pub struct App {
     pub pipeline: Arc<Pipeline>,
-    /// Write key → source.
-    pub sources: HashMap<String, Arc<Source>>,
+    /// Sources by write key and by Snowplow app id.
+    pub sources: auth::Sources,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
     /// Per-source and per-client-IP limits; `None` when no source has any.
@@ -80,21 +78,19 @@ impl App {
         }
         let result = match route {
             None => Err(ApiError::NotFound),
-            Some(r) if !r.allows(req.method()) => Err(ApiError::MethodNotAllowed {
-                allow: if r.method() == Method::GET {
-                    "GET"
-                } else {
-                    "POST"
-                },
-            }),
+            Some(r) if !r.allows(req.method()) => {
+                Err(ApiError::MethodNotAllowed { allow: r.allow() })
+            }
             Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Some(Route::Readyz) => Ok(self.readiness().await),
             Some(Route::Metrics) => Ok(self.metrics_page()),
-            Some(Route::Native | Route::Segment(_)) => {
-                let (api, call) = match route {
-                    Some(Route::Segment(call)) => (Api::Segment, call),
-                    _ => (Api::Native, None),
-                };
+            Some(
+                ingest @ (Route::Native
+                | Route::Segment(_)
+                | Route::PostHog
+                | Route::Snowplow
+                | Route::SnowplowPixel),
+            ) => {
                 // One span per ingest request (exported as a trace when OTLP is on):
                 // route, source, outcome counts, status; never event content.
                 // (Named `telemetry::tracing_setup::REQUEST_SPAN`.)
@@ -111,7 +107,7 @@ impl App {
                     error.code = tracing::field::Empty,
                 );
                 let result = self
-                    .ingest(req, api, call, span.clone())
+                    .ingest(req, ingest, span.clone())
                     .instrument(span.clone())
                     .await;
                 match &result {
@@ -184,6 +180,7 @@ impl App {
     /// What the headers say, checked before the body is read: everything that can be
     /// refused without reading it is.
     fn head(&self, parts: &Parts, api: Api) -> Result<Head, ApiError> {
+        let query = parts.uri.query().map(str::to_owned);
         let received_at = self.clock.now();
         let source = auth::write_key(&parts.headers)
             .map(|k| self.source(&k))
@@ -200,10 +197,18 @@ impl App {
             self.check_rate(&source.id, |l| l.check_request(&source.id, ip))?;
         }
         let framing = body::framing(&parts.headers)?;
-        if framing == Framing::Ndjson && api == Api::Segment {
-            return Err(ApiError::UnsupportedMediaType(
-                "NDJSON is accepted on /v1/events only",
-            ));
+        match framing {
+            Framing::Ndjson if api != Api::Native => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "NDJSON is accepted on /v1/events only",
+                ));
+            }
+            Framing::Form if api != Api::PostHog => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "form bodies are accepted on PostHog's routes only",
+                ));
+            }
+            _ => {}
         }
         let encoding = body::encoding(&parts.headers)?;
         let request_key = request_key(&parts.headers)?;
@@ -230,16 +235,18 @@ impl App {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
             edge_country,
+            query,
+            anonymous: parts.headers.contains_key("sp-anonymous"),
         })
     }
 
     async fn ingest(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        api: Api,
-        call: Option<CallType>,
+        route: Route,
         span: tracing::Span,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let api = route.api();
         let (parts, incoming) = req.into_parts();
         let head = self.head(&parts, api)?;
         // The body's bytes are reserved before it is read: past the budget the client
@@ -255,13 +262,21 @@ impl App {
         let app = self.clone();
         let work = self.tasks.spawn(
             async move {
-                let bytes = body::decode(raw, head.encoding, app.body_limits)?;
+                let mut bytes = body::decode(raw, head.encoding, app.body_limits)?;
+                if api == Api::PostHog {
+                    bytes = unwrap::posthog(
+                        bytes,
+                        head.framing,
+                        head.query.as_deref(),
+                        app.body_limits,
+                    )?;
+                }
                 // Decoded events and their records, until the log has them.
                 let _reservation = app
                     .memory
                     .reserve(Some(reservation), 2 * bytes.len() as u64)?;
-                let decoded = app.decode(&head, api, call, &bytes)?;
-                let source = app.body_source(&head, &decoded)?;
+                let decoded = app.decode(&head, route, &bytes)?;
+                let source = app.body_source(&head, api, &decoded)?;
                 span.record("tollgate.source", source.id.as_str());
                 app.check_rate(&source.id, |l| {
                     l.check_events(&source.id, decoded.items.len())
@@ -296,22 +311,17 @@ impl App {
                 span.record("tollgate.events.duplicate", counts.duplicate);
                 span.record("tollgate.events.rejected", counts.rejected);
                 span.record("tollgate.events.retry", counts.retry);
-                let status = answer::status(&outcome);
-                let body = answer::body(api, &outcome);
-                if let (Some(key), StatusCode::OK) = (&answer_key, status) {
+                let shape = answer::Shape::of(route, head.query.as_deref());
+                let status = shape.status(&outcome);
+                let body = shape.body(&outcome);
+                if let (Some(key), StatusCode::OK, true) = (&answer_key, status, shape.is_json()) {
                     app.remember(key, status, &body).await;
                 }
                 let explain = head.explain.then(|| answer::Explanation {
                     source: &source.id,
                     default_region: &app.pipeline.region,
                 });
-                Ok(answer::response(
-                    status,
-                    body,
-                    &outcome,
-                    &request_id,
-                    explain,
-                ))
+                Ok(shape.response(status, body, &outcome, &request_id, explain))
             }
             .instrument(tracing::Span::current()),
         );
@@ -322,41 +332,64 @@ impl App {
     }
 
     /// The request's events, decoded as its API and framing say.
-    fn decode(
-        &self,
-        head: &Head,
-        api: Api,
-        call: Option<CallType>,
-        bytes: &[u8],
-    ) -> Result<Decoded, ApiError> {
+    fn decode(&self, head: &Head, route: Route, bytes: &[u8]) -> Result<Decoded, ApiError> {
         let limits = DecodeLimits {
             max_event_bytes: self.max_event_bytes,
             max_events: self.max_events,
             platforms: &self.platforms,
         };
-        match (api, head.framing) {
-            (Api::Native, Framing::Json) => decode::native_json(bytes, &limits),
-            (Api::Native, Framing::Ndjson) => {
+        match (route, head.framing) {
+            (Route::Native, Framing::Ndjson) => {
                 decode::native_ndjson(bytes, head.sent_at.as_deref(), &limits)
             }
-            (Api::Segment, _) => decode::segment(bytes, call, head.received_at, &limits),
+            (Route::Native, _) => decode::native_json(bytes, &limits),
+            (Route::Segment(call), _) => decode::segment(bytes, call, head.received_at, &limits),
+            (Route::PostHog, _) => {
+                // posthog-js sends its send time as `_`, in milliseconds.
+                let sent_at = unwrap::param(head.query.as_deref(), "_")
+                    .and_then(|ms| ms.parse().ok())
+                    .and_then(tollgate_event::posthog::epoch_millis);
+                let request = decode::PostHogRequest {
+                    sent_at,
+                    received_at: head.received_at,
+                };
+                decode::posthog(bytes, request, &limits)
+            }
+            (Route::Snowplow, _) => decode::snowplow_post(bytes, head.snowplow(), &limits),
+            (Route::SnowplowPixel, _) => Ok(decode::snowplow_get(
+                head.query.as_deref().unwrap_or_default(),
+                head.snowplow(),
+            )),
+            (Route::Healthz | Route::Readyz | Route::Metrics, _) => Err(ApiError::NotFound),
         }
     }
 
-    /// The source: the header's, or the write key in a Segment `/v1/import` body,
-    /// whose request limits are checked now that it is known.
-    fn body_source(&self, head: &Head, decoded: &Decoded) -> Result<Arc<Source>, ApiError> {
-        match (&head.source, &decoded.body_write_key) {
-            (Some(source), _) => Ok(source.clone()),
-            (None, Some(key)) => {
-                let source = self.source(key)?;
-                if let Some(ip) = head.client_ip {
-                    self.check_rate(&source.id, |l| l.check_request(&source.id, ip))?;
+    /// The source: the header's write key, else the one in the body (Segment
+    /// `/v1/import`, PostHog's API key), else for Snowplow the events' app ids; a
+    /// source found in the body has its request limits checked now that it is known.
+    fn body_source(
+        &self,
+        head: &Head,
+        api: Api,
+        decoded: &Decoded,
+    ) -> Result<Arc<Source>, ApiError> {
+        let found = match (&head.source, &decoded.body_write_key) {
+            // A PostHog key in the body must name the header's source, if both are sent.
+            (Some(header), Some(key)) if api == Api::PostHog => {
+                if self.source(key)?.id != header.id {
+                    return Err(ApiError::MixedWriteKeys);
                 }
-                Ok(source)
+                return Ok(header.clone());
             }
-            (None, None) => Err(ApiError::MissingWriteKey),
+            (Some(source), _) => return Ok(source.clone()),
+            (None, Some(key)) => self.source(key)?,
+            (None, None) if api == Api::Snowplow => self.sources.by_apps(&decoded.app_ids)?,
+            (None, None) => return Err(ApiError::MissingWriteKey),
+        };
+        if let Some(ip) = head.client_ip {
+            self.check_rate(&found.id, |l| l.check_request(&found.id, ip))?;
         }
+        Ok(found)
     }
 }
 
@@ -379,4 +412,18 @@ struct Head {
     sent_at: Option<String>,
     /// The country a trusted edge named, for the privacy policy.
     edge_country: Option<String>,
+    /// The query string (PostHog's `compression`, `_`, `beacon`, `data`; a Snowplow
+    /// pixel's event).
+    query: Option<String>,
+    /// Snowplow's `SP-Anonymous` header.
+    anonymous: bool,
+}
+
+impl Head {
+    fn snowplow(&self) -> decode::SnowplowRequest {
+        decode::SnowplowRequest {
+            received_at: self.received_at,
+            anonymous: self.anonymous,
+        }
+    }
 }

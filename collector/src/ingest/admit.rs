@@ -36,25 +36,27 @@ impl Pipeline {
                     mut event,
                     sent_at,
                     client_id,
+                    versioned,
                     ignored_fields: ignored,
                 } => {
                     ignored_fields += ignored;
-                    let validated = match api {
-                        Api::Native => self.schemas.validate_map(
+                    let validated = if versioned {
+                        self.schemas.validate_map(
                             &event.event_name,
                             event.schema_version,
                             &mut event.properties,
                             unknown,
-                        ),
-                        // Segment events carry no version: the newest one they satisfy.
-                        Api::Segment => self
-                            .schemas
+                        )
+                    } else {
+                        // Segment and PostHog events carry no version: the newest one
+                        // they satisfy.
+                        self.schemas
                             .validate_newest_matching(
                                 &event.event_name,
                                 &mut event.properties,
                                 unknown,
                             )
-                            .map(|version| event.schema_version = version),
+                            .map(|version| event.schema_version = version)
                     };
                     match validated.and_then(|()| self.timing(api, &event, sent_at, received_at)) {
                         Ok(timing) => {
@@ -99,7 +101,8 @@ impl Pipeline {
         .map_err(|e| {
             let path = match api {
                 Api::Native => "/timestamp_event",
-                Api::Segment => "/timestamp",
+                Api::Segment | Api::PostHog => "/timestamp",
+                Api::Snowplow => "/dtm",
             };
             EventError::new(ErrorCode::InvalidValue, path, e.to_string())
         })

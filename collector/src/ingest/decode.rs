@@ -1,4 +1,5 @@
-//! From request bytes to events: the native envelope, NDJSON, and Segment bodies.
+//! From request bytes to events: the native envelope, NDJSON, Segment bodies, and the
+//! PostHog and Snowplow protocols ([`posthog`], [`snowplow`]).
 //!
 //! A body that is not JSON, or not the right shape as a whole, fails the request (400).
 //! Inside a well-formed body every event stands alone: one that breaks a rule becomes an
@@ -18,6 +19,12 @@ use tollgate_event::{
 
 use crate::error::ApiError;
 
+mod posthog;
+mod snowplow;
+
+pub use posthog::{PostHogRequest, posthog};
+pub use snowplow::{SnowplowRequest, snowplow_get, snowplow_post};
+
 /// One event of a request, parsed against the base event model.
 #[derive(Debug)]
 // The large variant is the common one (a valid event); boxing it would cost an
@@ -31,6 +38,10 @@ pub enum Item {
         /// False when the `event_id` was made by the server (Segment without
         /// `messageId`): it cannot recognise a retry, so it is not deduplicated.
         client_id: bool,
+        /// The event named its schema version (native events, Snowplow
+        /// self-describing events); otherwise the newest version its properties
+        /// satisfy is taken.
+        versioned: bool,
         /// Server-owned fields the client sent, ignored.
         ignored_fields: usize,
     },
@@ -63,10 +74,14 @@ impl Raw {
         }
     }
 
-    /// The quarantine's view of a Segment message's text, renamed to native fields.
-    fn from_segment_text(text: &[u8]) -> Raw {
+    /// The quarantine's view of another protocol's message text, renamed to native
+    /// fields by `rename`.
+    fn from_foreign_text(
+        text: &[u8],
+        rename: impl FnOnce(Map<String, Value>) -> Map<String, Value>,
+    ) -> Raw {
         match serde_json::from_slice::<Value>(text) {
-            Ok(Value::Object(map)) => Raw::Object(Value::Object(native_names(map))),
+            Ok(Value::Object(map)) => Raw::from_object(rename(map)),
             _ => Raw::opaque(text),
         }
     }
@@ -103,11 +118,15 @@ impl Raw {
     }
 }
 
-/// A request's events, plus a write key carried in the body (Segment allows that).
+/// A request's events, plus what in the body says who sent them.
 #[derive(Debug, Default)]
 pub struct Decoded {
     pub items: Vec<Item>,
+    /// A write key carried in the body (Segment allows that; PostHog's API key).
     pub body_write_key: Option<String>,
+    /// The Snowplow app ids of the events (`None`: an event without one), which select
+    /// the source; empty for the other protocols.
+    pub app_ids: std::collections::BTreeSet<Option<String>>,
 }
 
 /// What decoding needs to know.
@@ -172,7 +191,7 @@ pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, Ap
         .collect();
     Ok(Decoded {
         items,
-        body_write_key: None,
+        ..Decoded::default()
     })
 }
 
@@ -204,7 +223,7 @@ pub fn native_ndjson(
         .collect();
     Ok(Decoded {
         items,
-        body_write_key: None,
+        ..Decoded::default()
     })
 }
 
@@ -226,6 +245,7 @@ fn native_event(
             event,
             sent_at,
             client_id: true,
+            versioned: true,
             ignored_fields,
         },
         // Parse again for the quarantine: only rejected events pay for it.
@@ -249,27 +269,16 @@ pub fn segment(
     let server_id = || uuid::Uuid::now_v7().to_string();
     // A message that fails its mapping keeps its text for the quarantine, parsed again
     // (renamed to native fields): only rejected messages pay for it.
-    let map = |value: Value, defaults: BatchDefaults<'_>, text: &[u8]| match map_message(
-        value,
-        route,
-        defaults,
-        received_at,
-        &server_id,
-    ) {
-        Ok(mapped) => Item::Event {
-            event: mapped.event,
-            sent_at: mapped.sent_at,
-            client_id: mapped.client_event_id,
-            ignored_fields: 0,
-        },
-        Err(error) => Item::Invalid {
-            error,
-            raw: Raw::from_segment_text(text),
-        },
+    let map = |value: Value, defaults: BatchDefaults<'_>, text: &[u8]| {
+        mapped_item(
+            map_message(value, route, defaults, received_at, &server_id),
+            text,
+            native_names,
+        )
     };
     let too_large = |text: &[u8]| Item::Invalid {
         error: too_large_error(text.len(), limits.max_event_bytes),
-        raw: Raw::from_segment_text(text),
+        raw: Raw::from_foreign_text(text, native_names),
     };
     match route {
         None => {
@@ -294,20 +303,14 @@ pub fn segment(
                     }
                     match serde_json::from_str::<Value>(text) {
                         Ok(value) => map(value, defaults, bytes),
-                        Err(e) => Item::Invalid {
-                            error: EventError::new(
-                                ErrorCode::InvalidEvent,
-                                "",
-                                json_error_message(&e),
-                            ),
-                            raw: Raw::opaque(bytes),
-                        },
+                        Err(e) => unparsable(bytes, &e),
                     }
                 })
                 .collect();
             Ok(Decoded {
                 items,
                 body_write_key: batch.write_key,
+                ..Decoded::default()
             })
         }
         Some(_) => {
@@ -329,8 +332,41 @@ pub fn segment(
             Ok(Decoded {
                 items: vec![item],
                 body_write_key,
+                ..Decoded::default()
             })
         }
+    }
+}
+
+/// The item of another protocol's mapped message; a message that failed its mapping
+/// keeps its text for the quarantine, parsed again and renamed to native fields by
+/// `rename` (only rejected messages pay for it).
+fn mapped_item(
+    mapped: Result<tollgate_event::mapped::Mapped, EventError>,
+    text: &[u8],
+    rename: impl FnOnce(Map<String, Value>) -> Map<String, Value>,
+) -> Item {
+    match mapped {
+        Ok(mapped) => Item::Event {
+            event: mapped.event,
+            sent_at: mapped.sent_at,
+            client_id: mapped.client_event_id,
+            versioned: mapped.versioned,
+            ignored_fields: 0,
+        },
+        Err(error) => Item::Invalid {
+            error,
+            raw: Raw::from_foreign_text(text, rename),
+        },
+    }
+}
+
+/// A message that is not JSON: rejected alone, and never stored (only its size and
+/// digest).
+fn unparsable(text: &[u8], e: &serde_json::Error) -> Item {
+    Item::Invalid {
+        error: EventError::new(ErrorCode::InvalidEvent, "", json_error_message(e)),
+        raw: Raw::opaque(text),
     }
 }
 

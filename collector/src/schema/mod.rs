@@ -12,6 +12,12 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 use tollgate_event::event::is_snake_case;
+
+/// An event name a schema may be registered under: snake_case, or a PostHog event's
+/// own `$` name (`$pageview`), which is logged as it is.
+fn is_schema_name(name: &str) -> bool {
+    is_snake_case(name.strip_prefix('$').unwrap_or(name))
+}
 use tollgate_event::{ErrorCode, EventError};
 
 /// Compiled validators by event name and version.
@@ -80,9 +86,9 @@ impl SchemaRegistry {
         for entry in entries {
             let name = file_name(&entry);
             if entry.is_dir() {
-                if !is_snake_case(&name) {
+                if !is_schema_name(&name) {
                     problems.push(format!(
-                        "{}: event folder names must be snake_case",
+                        "{}: event folder names must be snake_case (or `$` and snake_case, for PostHog's own events)",
                         entry.display()
                     ));
                     continue;
@@ -106,7 +112,7 @@ impl SchemaRegistry {
             } else if let Some((event, version)) = name
                 .strip_suffix(".json")
                 .and_then(|stem| stem.rsplit_once(".v"))
-                .filter(|(event, _)| is_snake_case(event))
+                .filter(|(event, _)| is_schema_name(event))
                 .and_then(|(event, v)| version_of(&format!("v{v}.json")).map(|v| (event, v)))
             {
                 found.push((event.to_owned(), version, entry));
@@ -354,5 +360,21 @@ mod tests {
             problems.iter().any(|p| p.contains("README.md")),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn posthog_names_may_name_schemas_and_nothing_else_outside_snake_case() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("$pageview")).unwrap();
+        std::fs::write(dir.path().join("$pageview/v1.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("$autocapture.v1.json"), SCHEMA).unwrap();
+        let registry = SchemaRegistry::load(dir.path()).unwrap();
+        assert!(registry.contains("$pageview") && registry.contains("$autocapture"));
+        for bad in ["Page View", "$$pageview", "$", "page-view"] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir(dir.path().join(bad)).unwrap();
+            std::fs::write(dir.path().join(bad).join("v1.json"), SCHEMA).unwrap();
+            assert!(SchemaRegistry::load(dir.path()).is_err(), "{bad}");
+        }
     }
 }

@@ -24,6 +24,8 @@ use tollgate_collector::{Collector, Overrides};
 pub const DEV_KEY: &str = "dev";
 /// A source that only accepts registered events.
 pub const STRICT_KEY: &str = "wk_strict";
+/// The Snowplow app id bound to the strict source.
+pub const STRICT_APP: &str = "shop-strict";
 
 /// The repository's example schemas.
 pub fn schemas_dir() -> PathBuf {
@@ -38,6 +40,7 @@ pub fn test_config(data_dir: &Path) -> Config {
     config.sources.push(SourceConfig {
         id: "strict_app".into(),
         write_keys: vec![STRICT_KEY.into()],
+        app_ids: vec![STRICT_APP.into()],
         allow_unknown_events: false,
         write_keys_file: None,
         rate_limit: Default::default(),

@@ -156,16 +156,17 @@ impl Comparison {
         self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one mirrored request's outcomes on every side.
+    /// Counts one mirrored request's outcomes on every side (`target`: the request's
+    /// path and query).
     pub fn record(
         &self,
-        path: &str,
+        target: &str,
         request: &[u8],
         primary: Reply<'_>,
         shadow: Reply<'_>,
         replica: Option<Reply<'_>>,
     ) {
-        let events = events_of(path, request);
+        let events = events_of(target, request);
         let old = outcomes_of(primary, events.len());
         let new = outcomes_of(shadow, events.len());
         let again = replica.map(|r| outcomes_of(r, events.len()));

@@ -30,6 +30,10 @@ pub struct Seen<'a> {
     pub event_name: Cow<'a, str>,
     pub platform: Option<Cow<'a, str>>,
     pub app_version: Option<Cow<'a, str>>,
+    /// The ids sampling can key on.
+    pub user_id: Option<Cow<'a, str>>,
+    pub device_id: Option<Cow<'a, str>>,
+    pub event_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -46,31 +50,85 @@ struct NativeEvent<'a> {
     platform: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     app_version: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    device_id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    event_id: Option<Cow<'a, str>>,
 }
 
-/// The events of a request body, for the native API (`/v1/events`) and the Segment
-/// routes (mapped the way the collector maps them, so names and platforms match).
-pub fn events_of<'a>(path: &str, body: &'a [u8]) -> Vec<Seen<'a>> {
-    use tollgate_event::segment::{BatchDefaults, CallType, map_message};
-    let segment_call = path.strip_prefix("/v1/").and_then(CallType::from_name);
-    if path == "/v1/events"
-        || (segment_call.is_none() && !matches!(path, "/v1/batch" | "/v1/import"))
-    {
-        return serde_json::from_slice::<NativeEnvelope>(body)
-            .map(|e| e.events)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|e| Seen {
-                event_name: e.event_name.unwrap_or(Cow::Borrowed("(unnamed)")),
-                platform: e.platform,
-                app_version: e.app_version,
-            })
-            .collect();
+/// The events of a request (`target` is its path and query), mapped the way the
+/// collector maps each protocol, so that names and platforms match: the native API,
+/// Segment, PostHog (JSON bodies: the batch object, an array or one event) and
+/// Snowplow (`tp2` bodies and pixel queries). Bodies the proxy cannot read (compressed
+/// or wrapped) give no events.
+pub fn events_of<'a>(target: &str, body: &'a [u8]) -> Vec<Seen<'a>> {
+    use tollgate_event::wire::Protocol;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    match Protocol::of_path(path) {
+        Some(Protocol::Segment(call)) => segment_events(call, body),
+        Some(Protocol::PostHog) => posthog_events(body),
+        Some(Protocol::Snowplow) => snowplow_events(body),
+        Some(Protocol::SnowplowPixel) => {
+            let fields: serde_json::Map<String, serde_json::Value> =
+                form_urlencoded::parse(query.as_bytes())
+                    .map(|(k, v)| (k.into_owned(), serde_json::Value::String(v.into_owned())))
+                    .collect();
+            vec![snowplow_seen(serde_json::Value::Object(fields))]
+        }
+        Some(Protocol::Native) | None => native_events(body),
     }
+}
+
+fn native_events(body: &[u8]) -> Vec<Seen<'_>> {
+    serde_json::from_slice::<NativeEnvelope>(body)
+        .map(|e| e.events)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| Seen {
+            event_name: e.event_name.unwrap_or(Cow::Borrowed("(unnamed)")),
+            platform: e.platform,
+            app_version: e.app_version,
+            user_id: e.user_id,
+            device_id: e.device_id,
+            event_id: e.event_id,
+        })
+        .collect()
+}
+
+/// What the comparison keeps of a mapped event, or `(invalid)`.
+fn seen(
+    mapped: Result<tollgate_event::mapped::Mapped, tollgate_event::EventError>,
+) -> Seen<'static> {
+    match mapped {
+        Ok(mapped) => {
+            let e = mapped.event;
+            Seen {
+                event_name: Cow::Owned(e.event_name),
+                platform: Some(Cow::Owned(e.platform)),
+                app_version: e.app_version.map(Cow::Owned),
+                user_id: e.user_id.map(Cow::Owned),
+                device_id: e.device_id.map(Cow::Owned),
+                event_id: mapped.client_event_id.then_some(Cow::Owned(e.event_id)),
+            }
+        }
+        Err(_) => Seen {
+            event_name: "(invalid)".into(),
+            ..Seen::default()
+        },
+    }
+}
+
+fn segment_events(
+    call: Option<tollgate_event::segment::CallType>,
+    body: &[u8],
+) -> Vec<Seen<'static>> {
+    use tollgate_event::segment::{BatchDefaults, map_message};
     let Ok(serde_json::Value::Object(mut root)) = serde_json::from_slice(body) else {
         return Vec::new();
     };
-    let (messages, context) = match segment_call {
+    let (messages, context) = match call {
         Some(_) => (vec![serde_json::Value::Object(root)], None),
         None => {
             let messages = match root.remove("batch") {
@@ -92,19 +150,55 @@ pub fn events_of<'a>(path: &str, body: &'a [u8]) -> Vec<Seen<'a>> {
                 context: context.as_ref(),
                 sent_at: None,
             };
-            match map_message(message, segment_call, defaults, now, &String::new) {
-                Ok(mapped) => Seen {
-                    event_name: Cow::Owned(mapped.event.event_name),
-                    platform: Some(Cow::Owned(mapped.event.platform)),
-                    app_version: mapped.event.app_version.map(Cow::Owned),
-                },
-                Err(_) => Seen {
-                    event_name: "(invalid)".into(),
-                    ..Seen::default()
-                },
-            }
+            seen(map_message(message, call, defaults, now, &String::new))
         })
         .collect()
+}
+
+fn posthog_events(body: &[u8]) -> Vec<Seen<'static>> {
+    use serde_json::Value;
+    let events = match serde_json::from_slice(body) {
+        Ok(Value::Array(events)) => events,
+        Ok(Value::Object(mut root)) => match root.remove("batch") {
+            Some(Value::Array(events)) => events,
+            Some(_) => Vec::new(),
+            None => vec![Value::Object(root)],
+        },
+        _ => Vec::new(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    events
+        .into_iter()
+        .map(|event| {
+            seen(tollgate_event::posthog::map_event(
+                event,
+                None,
+                now,
+                &String::new,
+            ))
+        })
+        .collect()
+}
+
+fn snowplow_events(body: &[u8]) -> Vec<Seen<'static>> {
+    let events = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut root) => match root.get_mut("data").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(events)) => events,
+            _ => Vec::new(),
+        },
+        Err(_) => Vec::new(),
+    };
+    events.into_iter().map(snowplow_seen).collect()
+}
+
+fn snowplow_seen(fields: serde_json::Value) -> Seen<'static> {
+    let now = time::OffsetDateTime::now_utc();
+    seen(tollgate_event::snowplow::map_event(
+        fields,
+        now,
+        false,
+        &String::new,
+    ))
 }
 
 /// What a side did with each event, and the segments only the collector knows.
@@ -155,5 +249,46 @@ pub fn outcomes_of<'a>(reply: Reply<'a>, events: usize) -> Outcomes<'a> {
         events,
         regions: Vec::new(),
         source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posthog_and_snowplow_requests_are_read_as_the_collector_maps_them() {
+        let batch = br#"{"api_key": "k", "batch": [
+            {"event": "$pageview", "distinct_id": "u1", "uuid": "ph-1", "properties": {"$lib": "web", "$app_version": "2.0"}},
+            {"event": "Signed Up", "distinct_id": "u2", "properties": {"$device_id": "d2", "$lib": "posthog-ios"}},
+            {"distinct_id": "u3"}]}"#;
+        let seen = events_of("/batch/?compression=none", batch);
+        let names: Vec<&str> = seen.iter().map(|s| s.event_name.as_ref()).collect();
+        assert_eq!(names, ["$pageview", "signed_up", "(invalid)"]);
+        assert_eq!(seen[0].platform.as_deref(), Some("web"));
+        assert_eq!(seen[0].app_version.as_deref(), Some("2.0"));
+        assert_eq!(seen[0].event_id.as_deref(), Some("ph-1"));
+        assert_eq!(seen[1].device_id.as_deref(), Some("d2"));
+        // No uuid: the server makes one, which cannot key sampling.
+        assert_eq!(seen[1].event_id, None);
+        assert_eq!(
+            events_of("/e", br#"[{"event": "x", "distinct_id": "u"}]"#).len(),
+            1
+        );
+        assert_eq!(
+            events_of("/capture", br#"{"event": "x", "distinct_id": "u"}"#).len(),
+            1
+        );
+
+        let tp2 = br#"{"schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+            "data": [{"e": "se", "se_ac": "Add To Basket", "p": "web", "duid": "d9", "eid": "sp-1"}]}"#;
+        let seen = events_of("/com.snowplowanalytics.snowplow/tp2", tp2);
+        assert_eq!(seen[0].event_name, "add_to_basket");
+        assert_eq!(seen[0].platform.as_deref(), Some("web"));
+        assert_eq!(seen[0].device_id.as_deref(), Some("d9"));
+        let pixel = events_of("/i?e=pv&p=pc&uid=u7&eid=sp-2", b"");
+        assert_eq!(pixel[0].event_name, "page_view");
+        assert_eq!(pixel[0].platform.as_deref(), Some("desktop"));
+        assert_eq!(pixel[0].user_id.as_deref(), Some("u7"));
     }
 }

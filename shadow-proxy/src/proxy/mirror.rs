@@ -146,7 +146,7 @@ async fn mirror(
     ));
     while let Some(copy) = rx.recv().await {
         queued_bytes.fetch_sub(copy.size(), Ordering::Relaxed);
-        if !sampled(&config, copy.path.path(), &copy.body) {
+        if !sampled(&config, copy.path.as_str(), &copy.body) {
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -183,7 +183,7 @@ async fn mirror(
                 body: &copy.primary_body,
             };
             comparison.record(
-                copy.path.path(),
+                copy.path.as_str(),
                 &copy.body,
                 primary,
                 new.reply(),
@@ -194,39 +194,23 @@ async fn mirror(
 }
 
 /// Whether a request is mirrored: a stable hash of its first event's sample key
-/// (falling back to its event id) against the sample rate. Segment messages name the
-/// keys `userId`, `anonymousId` and `messageId`.
-fn sampled(config: &ProxyConfig, path: &str, body: &Bytes) -> bool {
+/// (falling back to its event id) against the sample rate. The events are read as the
+/// collector maps them, so the keys mean the same in every protocol (Segment's
+/// `userId`, PostHog's `distinct_id` and Snowplow's `uid` are all `user_id`).
+fn sampled(config: &ProxyConfig, target: &str, body: &Bytes) -> bool {
     if config.sample_rate >= 1.0 {
         return true;
     }
-    let key = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| {
-            let (first, key, id) = match v.get("events") {
-                Some(events) => (events.get(0)?, config.sample_key.as_str(), "event_id"),
-                None => {
-                    let first = if path == "/v1/batch" || path == "/v1/import" {
-                        v.get("batch")?.get(0)?
-                    } else {
-                        &v
-                    };
-                    let key = match config.sample_key.as_str() {
-                        "user_id" => "userId",
-                        "device_id" => "anonymousId",
-                        _ => "messageId",
-                    };
-                    (first, key, "messageId")
-                }
-            };
-            first
-                .get(key)
-                .or_else(|| first.get(id))
-                .and_then(|k| k.as_str())
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
-    stable_fraction(&key) < config.sample_rate
+    let events = crate::compare::events_of(target, body);
+    let key = events.first().and_then(|first| {
+        let key = match config.sample_key.as_str() {
+            "user_id" => first.user_id.as_ref(),
+            "device_id" => first.device_id.as_ref(),
+            _ => None,
+        };
+        key.or(first.event_id.as_ref())
+    });
+    stable_fraction(key.map_or("", |k| k.as_ref())) < config.sample_rate
 }
 
 /// A value in [0, 1) from a hash that is the same in every process and release, so the
@@ -247,7 +231,47 @@ pub fn stable_fraction(key: &str) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::stable_fraction;
+    use super::{sampled, stable_fraction};
+
+    #[test]
+    fn a_user_is_sampled_alike_whatever_protocol_their_events_came_in() {
+        let config = crate::proxy::ProxyConfig {
+            sample_rate: 0.5,
+            ..crate::proxy::ProxyConfig::default()
+        };
+        let mut kept = 0;
+        for i in 0..200 {
+            let user = format!("user-{i}");
+            let bodies = [
+                (
+                    "/v1/events",
+                    format!(r#"{{"events":[{{"event_id":"e-{i}","user_id":"{user}"}}]}}"#),
+                ),
+                (
+                    "/v1/batch",
+                    format!(r#"{{"batch":[{{"type":"track","event":"x","userId":"{user}"}}]}}"#),
+                ),
+                (
+                    "/batch",
+                    format!(r#"{{"batch":[{{"event":"x","distinct_id":"{user}"}}]}}"#),
+                ),
+                (
+                    "/com.snowplowanalytics.snowplow/tp2",
+                    format!(r#"{{"data":[{{"e":"pv","uid":"{user}"}}]}}"#),
+                ),
+            ];
+            let decisions: Vec<bool> = bodies
+                .iter()
+                .map(|(path, body)| sampled(&config, path, &bytes::Bytes::from(body.clone())))
+                .collect();
+            assert!(
+                decisions.iter().all(|d| *d == decisions[0]),
+                "{user}: {decisions:?}"
+            );
+            kept += usize::from(decisions[0]);
+        }
+        assert!((70..130).contains(&kept), "{kept}");
+    }
 
     #[test]
     fn similar_keys_spread_evenly_and_stably() {
