@@ -205,28 +205,46 @@ async fn http2_and_gzip_runs_reconcile_clean_and_ramps_follow_their_stages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_segment_run_reconciles_clean() {
-    let data = tempfile::tempdir().unwrap();
-    let manifest = data.path().join("manifest.ndjson");
-    let (url, stop, task) = collector(data.path()).await;
-    let mut cfg = config(
-        url,
-        Model::Closed { connections: 3 },
-        Some(120),
-        None,
-        Some(&manifest),
-    );
-    cfg.scenario.segment = true;
-    let report = run(cfg).await.unwrap();
-    stop.send(()).unwrap();
-    task.await.unwrap();
-    // Segment answers carry no per-event outcomes; verify works from the statuses.
-    assert!(report.outcomes.events.get("none").copied().unwrap_or(0) > 1000);
-    let v = verify(&manifest, data.path()).unwrap();
-    assert!(v.clean(), "{v:?}");
-    assert!(v.acknowledged > 900 && v.quarantined > 20, "{v:?}");
-    let records = std::fs::read_dir(data.path().join("events"))
-        .unwrap()
-        .count();
-    assert!(records > 0);
+async fn segment_posthog_and_snowplow_runs_reconcile_clean() {
+    use tollgate_loadtest::generate::Protocol;
+    for protocol in [Protocol::Segment, Protocol::PostHog, Protocol::Snowplow] {
+        let data = tempfile::tempdir().unwrap();
+        let manifest = data.path().join("manifest.ndjson");
+        let (url, stop, task) = collector(data.path()).await;
+        let mut cfg = config(
+            url,
+            Model::Closed { connections: 3 },
+            Some(120),
+            None,
+            Some(&manifest),
+        );
+        cfg.scenario.protocol = protocol;
+        let report = run(cfg).await.unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        // These answers carry no per-event outcomes; verify works from the statuses.
+        assert!(
+            report.outcomes.events.get("none").copied().unwrap_or(0) > 1000,
+            "{protocol:?}: {:?}",
+            report.outcomes
+        );
+        let v = verify(&manifest, data.path()).unwrap();
+        assert!(v.clean(), "{protocol:?}: {v:?}");
+        assert!(
+            v.acknowledged > 900 && v.quarantined > 20,
+            "{protocol:?}: {v:?}"
+        );
+        // Requests with an unknown key (or, for Snowplow, an unknown key in a header)
+        // were refused whole.
+        assert_eq!(v.unknown_key_not_refused, 0, "{protocol:?}");
+        let api = protocol.as_str();
+        let logged = std::fs::read_dir(data.path().join("events"))
+            .unwrap()
+            .map(|f| std::fs::read_to_string(f.unwrap().path()).unwrap())
+            .collect::<String>();
+        assert!(
+            logged.contains(&format!("\"api\":\"{api}\"")),
+            "{protocol:?}"
+        );
+    }
 }

@@ -34,8 +34,8 @@ pub struct Scenario {
     pub skewed_device_rate: f64,
     /// Share of requests sent with a write key the collector does not know (401).
     pub unknown_key_rate: f64,
-    /// Send Segment HTTP Tracking API batches (`/v1/batch`) instead of native ones.
-    pub segment: bool,
+    /// The protocol the traffic speaks: the native API, or one SDK family's.
+    pub protocol: Protocol,
     /// Event names and their relative weights. `item_view`, `session_start` and
     /// `button_click` get realistic properties; any other name gets none.
     pub event_mix: std::collections::BTreeMap<String, u32>,
@@ -70,7 +70,7 @@ impl Default for Scenario {
             late_rate: 0.02,
             skewed_device_rate: 0.05,
             unknown_key_rate: 0.0,
-            segment: false,
+            protocol: Protocol::Native,
             event_mix: [("item_view", 7), ("session_start", 2), ("button_click", 1)]
                 .into_iter()
                 .map(|(name, weight)| (name.to_owned(), weight))
@@ -78,6 +78,66 @@ impl Default for Scenario {
         }
     }
 }
+
+/// The protocol of the generated traffic, each in the shape its SDKs send.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Native batches to `/v1/events`.
+    #[default]
+    Native,
+    /// Segment HTTP Tracking API batches to `/v1/batch`.
+    Segment,
+    /// PostHog capture batches to `/batch/`, the API key in the body.
+    PostHog,
+    /// Snowplow `tp2` POSTs of self-describing events, no write key (app id `loadtest`).
+    Snowplow,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 4] = [
+        Protocol::Native,
+        Protocol::Segment,
+        Protocol::PostHog,
+        Protocol::Snowplow,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Native => "native",
+            Protocol::Segment => "segment",
+            Protocol::PostHog => "posthog",
+            Protocol::Snowplow => "snowplow",
+        }
+    }
+
+    /// The collector path its requests go to.
+    pub fn path(self) -> &'static str {
+        match self {
+            Protocol::Native => "/v1/events",
+            Protocol::Segment => "/v1/batch",
+            Protocol::PostHog => "/batch/",
+            Protocol::Snowplow => "/com.snowplowanalytics.snowplow/tp2",
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Protocol, String> {
+        Protocol::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of native, segment, posthog, snowplow"))
+    }
+}
+
+/// The write key PostHog bodies carry when a request must be refused.
+pub const BAD_KEY: &str = "wk_not_a_real_key";
+
+/// The app id of Snowplow traffic.
+pub const SNOWPLOW_APP: &str = "loadtest";
 
 /// One event as planned: the reconciliation needs to know what to expect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,19 +186,7 @@ fn write_segment_message(
 ) {
     let mut stamp = [0u8; 30];
     let mut timestamp = timefmt::format(happened, &mut stamp).to_owned();
-    // "item_view" → "Item View": what Segment SDK users write, and what the collector
-    // snake-cases back.
-    let title: String = name
-        .split('_')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
+    let title = title_case(name);
     let (mut call, mut event, mut properties) = ("track", title.as_str(), properties.to_owned());
     let mut ids = format!(r#""userId":"user-{user}","anonymousId":"device-{user}","#);
     match invalid {
@@ -162,6 +210,123 @@ fn write_segment_message(
     );
 }
 
+/// "item_view" → "Item View": what Segment and PostHog SDK users write, and what the
+/// collector snake-cases back.
+fn title_case(name: &str) -> String {
+    name.split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The members of a JSON object's text (`{"a":1}` → `"a":1`).
+fn members(object: &str) -> &str {
+    object
+        .trim()
+        .strip_prefix('{')
+        .and_then(|o| o.strip_suffix('}'))
+        .unwrap_or_default()
+}
+
+/// What one generated event is, whatever protocol writes it.
+struct Draft<'a> {
+    event_id: &'a str,
+    name: &'a str,
+    properties: &'a str,
+    user: u64,
+    session: u64,
+    platform: &'a str,
+    app_version: &'a str,
+    happened: OffsetDateTime,
+    sent: OffsetDateTime,
+    invalid: Option<&'a str>,
+}
+
+/// Writes one event as posthog-js or a PostHog mobile SDK sends it. `invalid` breaks it
+/// in one of the ways PostHog itself refuses (or a schema violation).
+fn write_posthog_event(body: &mut String, d: &Draft<'_>) {
+    let mut stamp = [0u8; 30];
+    let mut timestamp = timefmt::format(d.happened, &mut stamp).to_owned();
+    let (mut event, mut properties) = (title_case(d.name), d.properties.to_owned());
+    let user = d.user;
+    let mut distinct = format!(r#""distinct_id":"user-{user}","#);
+    match d.invalid {
+        None => {}
+        Some("missing_timestamp") => timestamp = "yesterday".into(),
+        Some("wrong_type") => distinct = format!(r#""distinct_id":{{"id":{user}}},"#),
+        Some("unknown_platform") => distinct.clear(),
+        Some(_) => {
+            event = "Item View".into();
+            properties = r#"{"position":-1}"#.into();
+        }
+    }
+    let (lib, os) = match d.platform {
+        "ios" => ("posthog-ios", "iOS"),
+        "android" => ("posthog-android", "Android"),
+        _ => ("web", "Mac OS X"),
+    };
+    let own = members(&properties);
+    let _ = write!(
+        body,
+        r#"{{"event":"{event}",{distinct}"uuid":"{id}","timestamp":"{timestamp}","properties":{{"$lib":"{lib}","$lib_version":"3.9.0","$os":"{os}","$device_id":"device-{user}","$session_id":"session-{user}-{session}","$app_version":"{version}"{sep}{own}}}}}"#,
+        id = d.event_id,
+        session = d.session,
+        version = d.app_version,
+        sep = if own.is_empty() { "" } else { "," },
+    );
+}
+
+/// Writes one self-describing event as a Snowplow tracker sends it in a `tp2` body.
+/// `invalid` breaks it in one of the ways the mapping refuses (or a schema violation).
+fn write_snowplow_event(body: &mut String, d: &Draft<'_>) {
+    use base64::Engine;
+    let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let ms = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1_000_000).to_string();
+    let (mut kind, mut name, mut properties) = ("ue", d.name, d.properties.to_owned());
+    let mut dtm = ms(d.happened);
+    let user = d.user;
+    let mut ids = format!(r#""uid":"user-{user}","duid":"device-{user}","#);
+    match d.invalid {
+        None => {}
+        Some("missing_timestamp") => dtm = "yesterday".into(),
+        Some("wrong_type") => kind = "zz",
+        Some("unknown_platform") => ids.clear(),
+        Some(_) => {
+            name = "item_view";
+            properties = r#"{"position":-1}"#.into();
+        }
+    }
+    let event = b64(&format!(
+        r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0","data":{{"schema":"iglu:com.acme/{name}/jsonschema/1-0-0","data":{properties}}}}}"#
+    ));
+    let (p, contexts) = match d.platform {
+        "ios" | "android" => (
+            "mob",
+            format!(
+                r#","cx":"{}""#,
+                b64(&format!(
+                    r#"{{"schema":"iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0","data":[{{"schema":"iglu:com.snowplowanalytics.snowplow/mobile_context/jsonschema/1-0-2","data":{{"osType":"{}","osVersion":"17","deviceManufacturer":"x","deviceModel":"y"}}}},{{"schema":"iglu:com.snowplowanalytics.mobile/application/jsonschema/1-0-0","data":{{"version":"{}","build":"1"}}}}]}}"#,
+                    d.platform, d.app_version
+                ))
+            ),
+        ),
+        _ => ("web", String::new()),
+    };
+    let _ = write!(
+        body,
+        r#"{{"e":"{kind}","eid":"{id}","aid":"{SNOWPLOW_APP}","p":"{p}","tv":"js-3.0.0","tna":"sp",{ids}"sid":"session-{user}-{session}","dtm":"{dtm}","stm":"{stm}","ue_px":"{event}"{contexts}}}"#,
+        id = d.event_id,
+        session = d.session,
+        stm = ms(d.sent),
+    );
+}
+
 /// Generates batches for one run.
 pub struct Generator {
     rng: StdRng,
@@ -171,6 +336,8 @@ pub struct Generator {
     invalid_kind: usize,
     /// Recent batches an SDK might resend.
     recent: VecDeque<Batch>,
+    /// The key PostHog bodies carry.
+    write_key: String,
 }
 
 impl Generator {
@@ -182,7 +349,14 @@ impl Generator {
             seq: 0,
             invalid_kind: 0,
             recent: VecDeque::with_capacity(64),
+            write_key: "dev".into(),
         }
+    }
+
+    /// The write key that bodies carry when their protocol puts it there (PostHog).
+    pub fn with_write_key(mut self, key: impl Into<String>) -> Generator {
+        self.write_key = key.into();
+        self
     }
 
     pub fn run_id(&self) -> &str {
@@ -215,18 +389,19 @@ impl Generator {
         // what limits the request rate. Every value written is plain ASCII.
         let mut body = String::with_capacity(450 * self.scenario.batch_size + 64);
         let mut stamp = [0u8; 30];
-        let _ = if self.scenario.segment {
-            write!(
+        let sent = timefmt::format(device_now, &mut stamp);
+        let _ = match self.scenario.protocol {
+            Protocol::Native => write!(body, r#"{{"sent_at":"{sent}","events":["#),
+            Protocol::Segment => write!(body, r#"{{"sentAt":"{sent}","batch":["#),
+            Protocol::PostHog => {
+                let key = if bad_key { BAD_KEY } else { &self.write_key };
+                write!(body, r#"{{"api_key":"{key}","sent_at":"{sent}","batch":["#)
+            }
+            Protocol::Snowplow => write!(
                 body,
-                r#"{{"sentAt":"{}","batch":["#,
-                timefmt::format(device_now, &mut stamp)
-            )
-        } else {
-            write!(
-                body,
-                r#"{{"sent_at":"{}","events":["#,
-                timefmt::format(device_now, &mut stamp)
-            )
+                r#"{{"schema":"{}jsonschema/1-0-4","data":["#,
+                tollgate_event::snowplow::PAYLOAD_SCHEMA_PREFIX
+            ),
         };
         for i in 0..self.scenario.batch_size {
             // Zero-padded so that even a short run id makes a valid id (8+ characters).
@@ -251,22 +426,38 @@ impl Generator {
             if i > 0 {
                 body.push(',');
             }
-            if self.scenario.segment {
+            if self.scenario.protocol != Protocol::Native {
                 let kind = (!valid).then(|| {
                     self.invalid_kind += 1;
                     INVALID_KINDS[(self.invalid_kind - 1) % INVALID_KINDS.len()]
                 });
-                write_segment_message(
-                    &mut body,
-                    &event_id,
+                let draft = Draft {
+                    event_id: &event_id,
                     name,
-                    &properties,
+                    properties: &properties,
                     user,
+                    session: seq / 50,
                     platform,
                     app_version,
                     happened,
-                    kind,
-                );
+                    sent: device_now,
+                    invalid: kind,
+                };
+                match self.scenario.protocol {
+                    Protocol::PostHog => write_posthog_event(&mut body, &draft),
+                    Protocol::Snowplow => write_snowplow_event(&mut body, &draft),
+                    _ => write_segment_message(
+                        &mut body,
+                        &event_id,
+                        name,
+                        &properties,
+                        user,
+                        platform,
+                        app_version,
+                        happened,
+                        kind,
+                    ),
+                }
                 planned.push(Planned { event_id, valid });
                 continue;
             }
@@ -424,7 +615,7 @@ mod tests {
         let now = datetime!(2026-11-29 12:00 UTC);
         let scenario = Scenario {
             invalid_rate: 0.3,
-            segment: true,
+            protocol: Protocol::Segment,
             ..Scenario::default()
         };
         let mut g = Generator::new("run", 9, scenario);
@@ -446,6 +637,57 @@ mod tests {
                     assert!(mapped.is_ok(), "{message}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn posthog_and_snowplow_batches_map_to_the_planned_events() {
+        let now = datetime!(2026-11-29 12:00 UTC);
+        for protocol in [Protocol::PostHog, Protocol::Snowplow] {
+            let scenario = Scenario {
+                invalid_rate: 0.3,
+                unknown_key_rate: 0.1,
+                protocol,
+                ..Scenario::default()
+            };
+            let mut g = Generator::new("run", 11, scenario).with_write_key("wk_test");
+            let (mut valid, mut invalid) = (0, 0);
+            for _ in 0..100 {
+                let batch = g.next_batch(now);
+                let body: serde_json::Value = serde_json::from_slice(&batch.body).unwrap();
+                let events = match protocol {
+                    Protocol::PostHog => {
+                        let key = if batch.bad_key { BAD_KEY } else { "wk_test" };
+                        assert_eq!(body["api_key"], key);
+                        body["batch"].as_array().unwrap().clone()
+                    }
+                    _ => body["data"].as_array().unwrap().clone(),
+                };
+                assert_eq!(events.len(), batch.events.len());
+                for (event, planned) in events.into_iter().zip(&batch.events) {
+                    let mapped = match protocol {
+                        Protocol::PostHog => {
+                            tollgate_event::posthog::map_event(event, None, now, &|| "s".into())
+                        }
+                        _ => tollgate_event::snowplow::map_event(event, now, false, &|| "s".into()),
+                    };
+                    match (planned.valid, mapped) {
+                        (true, Ok(m)) => {
+                            valid += 1;
+                            assert_eq!(m.event.event_id, planned.event_id);
+                            assert!(["ios", "android", "web"].contains(&m.event.platform.as_str()));
+                        }
+                        (true, Err(e)) => panic!("{protocol:?}: {e}"),
+                        // A schema violation maps; the schema refuses it.
+                        (false, Ok(m)) => assert_eq!(m.event.properties["position"], -1),
+                        (false, Err(_)) => invalid += 1,
+                    }
+                }
+            }
+            assert!(
+                valid > 1000 && invalid > 300,
+                "{protocol:?}: {valid} {invalid}"
+            );
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tollgate_loadtest::generate::Scenario;
+use tollgate_loadtest::generate::{Protocol, Scenario};
 use tollgate_loadtest::run::{Model, RunConfig, Stage, run};
 use tollgate_loadtest::verify::{LogSource, verify_source};
 
@@ -105,8 +105,13 @@ struct RunArgs {
     /// trust. HTTP/2 over TLS is negotiated by ALPN with --http2.
     #[arg(long, value_name = "FILE")]
     ca_file: Option<PathBuf>,
-    /// Send Segment HTTP Tracking API batches (/v1/batch), as Segment SDKs do.
-    #[arg(long)]
+    /// The protocol to speak, in the shape its SDKs send: native (/v1/events), segment
+    /// (/v1/batch), posthog (/batch/, the key in the body) or snowplow (tp2 POSTs, app
+    /// id `loadtest`, no key) [default: the scenario's, else native].
+    #[arg(long, value_parser = clap::value_parser!(String))]
+    protocol: Option<String>,
+    /// The same as --protocol segment.
+    #[arg(long, conflicts_with = "protocol")]
     segment: bool,
     /// Write every request's events and answers here (for `verify`).
     #[arg(long)]
@@ -230,7 +235,12 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
                     *field = value;
                 }
             }
-            scenario.segment |= args.segment;
+            if args.segment {
+                scenario.protocol = Protocol::Segment;
+            }
+            if let Some(protocol) = &args.protocol {
+                scenario.protocol = protocol.parse().map_err(anyhow::Error::msg)?;
+            }
             scenario
         },
         manifest: args.manifest,

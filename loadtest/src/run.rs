@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::generate::{Batch, Generator, Scenario};
+use crate::generate::{Batch, Generator, Protocol, Scenario};
 use crate::report::{Outcomes, Report, RunInfo, Second};
 
 /// How load is offered.
@@ -112,6 +112,8 @@ struct Shared {
     urls: Vec<http::Uri>,
     auth: http::HeaderValue,
     bad_auth: http::HeaderValue,
+    /// Decides where the write key goes (see [`send_one`]).
+    protocol: Protocol,
     gzip: bool,
     started: Instant,
     totals: Mutex<Totals>,
@@ -177,11 +179,7 @@ impl Model {
 /// # Errors
 /// No or a bad target URL, an unreadable CA file, or an unwritable manifest.
 pub async fn run(config: RunConfig) -> Result<Report, RunError> {
-    let path = if config.scenario.segment {
-        "/v1/batch"
-    } else {
-        "/v1/events"
-    };
+    let path = config.scenario.protocol.path();
     if config.targets.is_empty() {
         return Err(RunError::NoTarget);
     }
@@ -236,11 +234,11 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
         None => None,
     };
     let shared = Arc::new(Shared {
-        generator: Mutex::new(Generator::new(
-            config.run_id.clone(),
-            config.seed,
-            config.scenario.clone(),
-        )),
+        generator: Mutex::new(
+            Generator::new(config.run_id.clone(), config.seed, config.scenario.clone())
+                .with_write_key(config.write_key.clone()),
+        ),
+        protocol: config.scenario.protocol,
         client,
         urls,
         auth,
@@ -380,16 +378,21 @@ async fn send_one(shared: &Shared, intended: Instant) {
         .lock()
         .expect("generator lock")
         .next_batch(OffsetDateTime::now_utc());
-    let auth = if batch.bad_key {
-        &shared.bad_auth
-    } else {
-        &shared.auth
+    // Native and Segment requests carry the key in a header; PostHog bodies carry it
+    // themselves (the bad one too); Snowplow trackers send none, so a request to refuse
+    // carries an unknown key in a header.
+    let auth = match (shared.protocol, batch.bad_key) {
+        (Protocol::Native | Protocol::Segment, false) => Some(&shared.auth),
+        (Protocol::Native | Protocol::Segment | Protocol::Snowplow, true) => Some(&shared.bad_auth),
+        (Protocol::PostHog, _) | (Protocol::Snowplow, false) => None,
     };
     // The first send of batch n goes to target n mod N, its retries to the next one.
     let target = (batch.seq + u64::from(batch.retry)) as usize % shared.urls.len();
     let mut request = http::Request::post(shared.urls[target].clone())
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .header(http::header::AUTHORIZATION, auth.clone());
+        .header(http::header::CONTENT_TYPE, "application/json");
+    if let Some(auth) = auth {
+        request = request.header(http::header::AUTHORIZATION, auth.clone());
+    }
     let body = if shared.gzip {
         request = request.header(http::header::CONTENT_ENCODING, "gzip");
         gzip(&batch.body)
