@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the collector's per-event path.
 //!
-//! - `decode`: bytes → validated events (JSON parse + base event model), native and
-//!   Segment;
+//! - `decode`: bytes → validated events (JSON parse + base event model), native,
+//!   Segment, PostHog and Snowplow;
 //! - `stage`: each stage of the pipeline on its own, over one 20-event batch: schema
 //!   validation, the shipped UK privacy policy, the idempotency claim and commit
 //!   (memory store), record serialisation, and the answer body;
@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use tollgate_benches::{DiscardLog, native_batch, segment_batch};
+use tollgate_benches::{DiscardLog, native_batch, posthog_batch, segment_batch, snowplow_batch};
 use tollgate_collector::config::FailurePolicy;
 use tollgate_collector::dedupe::MemoryStore;
 use tollgate_collector::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
@@ -54,6 +54,24 @@ fn bench_decode(c: &mut Criterion) {
     group.bench_function("segment_20", |b| {
         b.iter(|| {
             decode::segment(black_box(&segment), None, received, &limits(&platforms)).unwrap()
+        })
+    });
+    let posthog = posthog_batch(0, BATCH);
+    let request = decode::PostHogRequest {
+        sent_at: None,
+        received_at: received,
+    };
+    group.bench_function("posthog_20", |b| {
+        b.iter(|| decode::posthog(black_box(&posthog), request, &limits(&platforms)).unwrap())
+    });
+    let snowplow = snowplow_batch(0, BATCH);
+    let request = decode::SnowplowRequest {
+        received_at: received,
+        anonymous: false,
+    };
+    group.bench_function("snowplow_20", |b| {
+        b.iter(|| {
+            decode::snowplow_post(black_box(&snowplow), request, &limits(&platforms)).unwrap()
         })
     });
     group.finish();

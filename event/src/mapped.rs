@@ -73,18 +73,35 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurposeConfig =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-    let standard: String = text
-        .chars()
-        .filter(|c| !matches!(c, '\n' | '\r' | '\t'))
-        .map(|c| match c {
-            '-' | ' ' => '+',
-            '_' => '/',
-            c => c,
-        })
-        .collect();
-    GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT)
-        .decode(standard)
-        .ok()
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+    let bytes = text.as_bytes();
+    let (mut url, mut standard, mut other) = (false, false, false);
+    for b in bytes {
+        match b {
+            b'-' | b'_' => url = true,
+            b'+' | b'/' => standard = true,
+            b' ' | b'\n' | b'\r' | b'\t' => other = true,
+            _ => {}
+        }
+    }
+    match (url, standard, other) {
+        // The common cases decode in place: one alphabet, nothing to tidy.
+        (_, false, false) => URL_SAFE.decode(bytes).ok(),
+        (false, true, false) => STANDARD.decode(bytes).ok(),
+        _ => {
+            let tidy: Vec<u8> = bytes
+                .iter()
+                .filter(|b| !matches!(b, b'\n' | b'\r' | b'\t'))
+                .map(|b| match b {
+                    b'-' | b' ' => b'+',
+                    b'_' => b'/',
+                    b => *b,
+                })
+                .collect();
+            STANDARD.decode(tidy).ok()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,56 +29,62 @@ use crate::posthog::epoch_millis;
 /// The `schema` of a `tp2` POST body.
 pub const PAYLOAD_SCHEMA_PREFIX: &str = "iglu:com.snowplowanalytics.snowplow/payload_data/";
 
-/// Context fields under readable names.
-const CONTEXT_NAMES: [(&str, &str); 18] = [
-    ("aid", "app_id"),
-    ("ip", "ip"),
-    ("ua", "user_agent"),
-    ("url", "page_url"),
-    ("refr", "page_referrer"),
-    ("page", "page_title"),
-    ("lang", "language"),
-    ("res", "screen_resolution"),
-    ("vp", "viewport"),
-    ("ds", "document_size"),
-    ("cd", "color_depth"),
-    ("cs", "charset"),
-    ("tz", "timezone"),
-    ("tv", "tracker"),
-    ("tna", "tracker_namespace"),
-    ("vid", "session_index"),
-    ("nuid", "network_user_id"),
-    ("mac", "mac_address"),
-];
+/// A context field's readable name (`url` → `page_url`), `None` for the fields that are
+/// not context.
+fn context_name(field: &str) -> Option<&'static str> {
+    Some(match field {
+        "aid" => "app_id",
+        "ip" => "ip",
+        "ua" => "user_agent",
+        "url" => "page_url",
+        "refr" => "page_referrer",
+        "page" => "page_title",
+        "lang" => "language",
+        "res" => "screen_resolution",
+        "vp" => "viewport",
+        "ds" => "document_size",
+        "cd" => "color_depth",
+        "cs" => "charset",
+        "tz" => "timezone",
+        "tv" => "tracker",
+        "tna" => "tracker_namespace",
+        "vid" => "session_index",
+        "nuid" => "network_user_id",
+        "mac" => "mac_address",
+        _ => return None,
+    })
+}
 
-/// Structured, transaction and page-ping fields: `properties` under readable names;
-/// `true` where the value is a number.
-const PROPERTY_NAMES: [(&str, &str, bool); 24] = [
-    ("se_ca", "category", false),
-    ("se_ac", "action", false),
-    ("se_la", "label", false),
-    ("se_pr", "property", false),
-    ("se_va", "value", true),
-    ("tr_id", "order_id", false),
-    ("tr_af", "affiliation", false),
-    ("tr_tt", "total", true),
-    ("tr_tx", "tax", true),
-    ("tr_sh", "shipping", true),
-    ("tr_ci", "city", false),
-    ("tr_st", "state", false),
-    ("tr_co", "country", false),
-    ("tr_cu", "currency", false),
-    ("ti_id", "order_id", false),
-    ("ti_sk", "sku", false),
-    ("ti_nm", "name", false),
-    ("ti_ca", "category", false),
-    ("ti_pr", "price", true),
-    ("ti_qu", "quantity", true),
-    ("ti_cu", "currency", false),
-    ("pp_mix", "min_x", true),
-    ("pp_max", "max_x", true),
-    ("pp_miy", "min_y", true),
-];
+/// A structured, transaction or page-ping field's readable property name, and whether
+/// its value is a number.
+fn property_name(field: &str) -> Option<(&'static str, bool)> {
+    Some(match field {
+        "se_ca" => ("category", false),
+        "se_ac" => ("action", false),
+        "se_la" => ("label", false),
+        "se_pr" => ("property", false),
+        "se_va" => ("value", true),
+        "tr_id" | "ti_id" => ("order_id", false),
+        "tr_af" => ("affiliation", false),
+        "tr_tt" => ("total", true),
+        "tr_tx" => ("tax", true),
+        "tr_sh" => ("shipping", true),
+        "tr_ci" => ("city", false),
+        "tr_st" => ("state", false),
+        "tr_co" => ("country", false),
+        "tr_cu" | "ti_cu" => ("currency", false),
+        "ti_sk" => ("sku", false),
+        "ti_nm" => ("name", false),
+        "ti_ca" => ("category", false),
+        "ti_pr" => ("price", true),
+        "ti_qu" => ("quantity", true),
+        "pp_mix" => ("min_x", true),
+        "pp_max" => ("max_x", true),
+        "pp_miy" => ("min_y", true),
+        "pp_may" => ("max_y", true),
+        _ => return None,
+    })
+}
 
 /// An Iglu schema URI's vendor-free name and SchemaVer MODEL:
 /// `iglu:com.acme/checkout_done/jsonschema/1-0-2` → (`checkout_done`, 1).
@@ -130,13 +136,13 @@ pub fn map_event(
             "a Snowplow event must be an object of fields",
         ));
     };
-    let (mut m, problem) = arrange(fields);
-    if let Some((path, message)) = problem {
+    let mut a = arrange(fields);
+    if let Some((path, message)) = a.problem.take() {
         return Err(EventError::new(ErrorCode::InvalidValue, path, message));
     }
-    let event_name = match m.remove("event_name") {
-        Some(Value::String(name)) if !name.is_empty() => name,
-        None if !m.contains_key("e") => return Err(EventError::missing("e")),
+    let event_name = match a.event_name.take() {
+        Some(name) if !name.is_empty() => name,
+        None if a.unknown_kind.is_none() => return Err(EventError::missing("e")),
         _ => {
             return Err(EventError::new(
                 ErrorCode::InvalidValue,
@@ -146,11 +152,11 @@ pub fn map_event(
         }
     };
     if anonymous {
-        m.remove("user_id");
-        m.remove("device_id");
+        a.user_id = None;
+        a.device_id = None;
     }
-    let user_id = id_value(m.remove("user_id"), "/uid")?;
-    let device_id = id_value(m.remove("device_id"), "/duid")?;
+    let user_id = id_value(a.user_id, "/uid")?;
+    let device_id = id_value(a.device_id, "/duid")?;
     if user_id.is_none() && device_id.is_none() && !anonymous {
         return Err(EventError::new(
             ErrorCode::MissingField,
@@ -158,50 +164,17 @@ pub fn map_event(
             "a Snowplow event needs `uid` or `duid` (a subject's user id or domain user id)",
         ));
     }
-    let session_id = id_value(m.remove("session_id"), "/sid")?;
-    let (event_id, client_event_id) = match m.remove("event_id") {
+    let session_id = id_value(a.session_id, "/sid")?;
+    let (event_id, client_event_id) = match a.event_id {
         Some(Value::String(id)) if !id.is_empty() => (id, true),
         _ => (server_id(), false),
     };
-    let time = |field: &str, value: Option<Value>| -> Result<Option<OffsetDateTime>, EventError> {
-        match value {
-            None => Ok(None),
-            Some(Value::String(text)) => text
-                .trim()
-                .parse::<i64>()
-                .ok()
-                .and_then(epoch_millis)
-                .map(Some)
-                .ok_or_else(|| {
-                    EventError::new(
-                        ErrorCode::InvalidValue,
-                        format!("/{field}"),
-                        format!("`{field}` must be milliseconds since 1970"),
-                    )
-                }),
-            Some(Value::Number(n)) => Ok(n.as_i64().and_then(epoch_millis)),
-            Some(_) => Err(EventError::wrong_type(
-                format!("/{field}"),
-                "a string of digits",
-            )),
-        }
-    };
-    let true_time = time("ttm", m.remove("ttm"))?;
-    let device_time = time("dtm", m.remove("dtm"))?;
-    let sent_at = time("stm", m.remove("stm"))?;
-    let schema_version = match m.remove("schema_version") {
-        Some(Value::Number(n)) => n.as_u64().and_then(|v| u32::try_from(v).ok()),
-        _ => None,
-    };
-    let context = match m.remove("context") {
-        Some(Value::Object(context)) => context,
-        _ => Map::new(),
-    };
-    let properties = match m.remove("properties") {
-        Some(Value::Object(properties)) => properties,
-        _ => Map::new(),
-    };
-    let platform = platform_of(m.get("p").and_then(Value::as_str), &context).to_owned();
+    let true_time = millis("ttm", a.ttm)?;
+    let device_time = millis("dtm", a.dtm)?;
+    let sent_at = millis("stm", a.stm)?;
+    let schema_version = a.schema_version;
+    let (context, properties) = (a.context, a.properties);
+    let platform = platform_of(a.p.as_ref().and_then(Value::as_str), &context).to_owned();
     let app_version = context
         .get("application")
         .and_then(|a| a.get("version"))
@@ -233,39 +206,104 @@ pub fn map_event(
 /// An event's fields renamed to the native names, without validating anything: what
 /// the quarantine keeps of an event that could not be mapped.
 pub fn native_names(fields: Map<String, Value>) -> Map<String, Value> {
-    arrange(fields).0
+    let a = arrange(fields);
+    let mut out = Map::new();
+    let name = a.event_name.map(Value::String).or(a.unknown_kind);
+    for (field, value) in [
+        ("event_name", name),
+        ("event_id", a.event_id),
+        ("user_id", a.user_id),
+        ("device_id", a.device_id),
+        ("session_id", a.session_id),
+        ("schema_version", a.schema_version.map(Value::from)),
+        ("ttm", a.ttm),
+        ("dtm", a.dtm),
+        ("stm", a.stm),
+        ("p", a.p),
+    ] {
+        if let Some(value) = value {
+            out.insert(field.into(), value);
+        }
+    }
+    out.insert("context".into(), Value::Object(a.context));
+    out.insert("properties".into(), Value::Object(a.properties));
+    out
 }
 
 /// Where a field could not be decoded, and why.
 type Problem = (String, &'static str);
 
-/// The first step of [`map_event`]: the fields under native names, and the first field
-/// that could not be decoded (a self-describing event or context that is not JSON),
-/// which is left out.
-fn arrange(mut fields: Map<String, Value>) -> (Map<String, Value>, Option<Problem>) {
-    let mut out = Map::new();
-    let mut context = Map::new();
-    let mut properties = Map::new();
-    let mut problem = None;
-    let kind = fields.remove("e");
+/// An event's fields sorted into the native ones, in one pass over them.
+#[derive(Default)]
+struct Arranged {
+    event_name: Option<String>,
+    /// An `e` that is none of the known kinds, kept for the quarantine.
+    unknown_kind: Option<Value>,
+    event_id: Option<Value>,
+    user_id: Option<Value>,
+    device_id: Option<Value>,
+    session_id: Option<Value>,
+    schema_version: Option<u32>,
+    ttm: Option<Value>,
+    dtm: Option<Value>,
+    stm: Option<Value>,
+    p: Option<Value>,
+    context: Map<String, Value>,
+    properties: Map<String, Value>,
+    /// The first field that could not be decoded (a self-describing event or context
+    /// that is not JSON), which is left out.
+    problem: Option<Problem>,
+}
+
+/// The first step of [`map_event`] and of [`native_names`].
+fn arrange(fields: Map<String, Value>) -> Arranged {
+    let mut a = Arranged::default();
+    let (mut kind, mut action) = (None, None);
+    let (mut ue_pr, mut ue_px, mut co, mut cx) = (None, None, None, None);
+    for (field, value) in fields {
+        match field.as_str() {
+            "e" => kind = Some(value),
+            "ue_pr" => ue_pr = Some(value),
+            "ue_px" => ue_px = Some(value),
+            "co" => co = Some(value),
+            "cx" => cx = Some(value),
+            "eid" => a.event_id = Some(value),
+            "uid" => a.user_id = Some(value),
+            "duid" => a.device_id = Some(value),
+            "sid" => a.session_id = Some(value),
+            "ttm" => a.ttm = Some(value),
+            "dtm" => a.dtm = Some(value),
+            "stm" => a.stm = Some(value),
+            "p" => a.p = Some(value),
+            other => {
+                if let Some((name, numeric)) = property_name(other) {
+                    if other == "se_ac" {
+                        action = value.as_str().map(snake_case);
+                    }
+                    let value = if numeric { number(value) } else { value };
+                    a.properties.insert(name.into(), value);
+                } else {
+                    let name = context_name(other).map_or(field, str::to_owned);
+                    a.context.entry(name).or_insert(value);
+                }
+            }
+        }
+    }
     // The self-describing event, when there is one: its name, version and data.
-    let sde = decoded_json(&mut fields, "ue_pr", "ue_px").map(|r| r.and_then(unwrap_event));
-    let name = match (kind.as_ref().and_then(Value::as_str), &sde) {
+    let sde = decoded_json(ue_pr, "ue_pr", ue_px, "ue_px").map(|r| r.and_then(unwrap_event));
+    a.event_name = match (kind.as_ref().and_then(Value::as_str), &sde) {
         (Some("pv"), _) => Some("page_view".to_owned()),
         (Some("pp"), _) => Some("page_ping".to_owned()),
         (Some("tr"), _) => Some("transaction".to_owned()),
         (Some("ti"), _) => Some("transaction_item".to_owned()),
         (Some("se"), _) => Some(
-            fields
-                .get("se_ac")
-                .and_then(Value::as_str)
-                .map(snake_case)
+            action
                 .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "structured_event".to_owned()),
         ),
         (Some("ue"), Some(Ok((name, _, _)))) => Some(snake_case(name)),
         (Some("ue"), None) => {
-            problem = Some((
+            a.problem = Some((
                 "/ue_pr".to_owned(),
                 "a self-describing event (`e=ue`) needs `ue_pr` or `ue_px`",
             ));
@@ -273,109 +311,82 @@ fn arrange(mut fields: Map<String, Value>) -> (Map<String, Value>, Option<Proble
         }
         _ => None,
     };
-    match (name, kind) {
-        (Some(name), _) => {
-            out.insert("event_name".into(), Value::String(name));
-        }
-        // An unknown kind stays under its own name, for the mapping to refuse.
-        (None, Some(kind)) => {
-            out.insert("e".into(), kind);
-        }
-        (None, None) => {}
+    if a.event_name.is_none() && !matches!(kind.as_ref().and_then(Value::as_str), Some("ue")) {
+        a.unknown_kind = kind;
     }
     match sde {
         Some(Ok((_, model, data))) => {
-            out.insert("schema_version".into(), Value::from(model));
+            a.schema_version = Some(model);
             match data {
-                Value::Object(data) => properties = data,
+                Value::Object(data) => a.properties = data,
                 other => {
-                    properties.insert("data".into(), other);
+                    a.properties.insert("data".into(), other);
                 }
             }
         }
-        Some(Err(why)) => problem = Some(why),
+        Some(Err(why)) => a.problem = Some(why),
         None => {}
     }
-    match decoded_json(&mut fields, "co", "cx") {
-        Some(Ok(contexts)) => {
-            let list = contexts.get("data").and_then(Value::as_array).cloned();
-            for entry in list.unwrap_or_default() {
-                let name = entry
-                    .get("schema")
-                    .and_then(Value::as_str)
-                    .and_then(schema_name)
-                    .map(|(name, _)| snake_case(name));
-                if let (Some(name), Some(data)) = (name, entry.get("data")) {
-                    context.insert(name, data.clone());
+    match decoded_json(co, "co", cx, "cx") {
+        Some(Ok(Value::Object(mut contexts))) => {
+            if let Some(Value::Array(list)) = contexts.remove("data") {
+                for entry in list {
+                    let Value::Object(mut entry) = entry else {
+                        continue;
+                    };
+                    let name = entry
+                        .get("schema")
+                        .and_then(Value::as_str)
+                        .and_then(schema_name)
+                        .map(|(name, _)| snake_case(name));
+                    if let (Some(name), Some(data)) = (name, entry.remove("data")) {
+                        a.context.insert(name, data);
+                    }
                 }
             }
         }
-        Some(Err(why)) => problem = Some(why),
+        Some(Ok(_)) => {}
+        Some(Err(why)) => a.problem = Some(why),
         None => {}
     }
-    for (field, native) in [
-        ("eid", "event_id"),
-        ("uid", "user_id"),
-        ("duid", "device_id"),
-        ("sid", "session_id"),
-    ] {
-        if let Some(value) = fields.remove(field) {
-            out.insert(native.into(), value);
+    if let Some(Value::Object(session)) = a.context.get("client_session") {
+        if a.device_id.is_none() {
+            a.device_id = session.get("userId").cloned();
+        }
+        if a.session_id.is_none() {
+            a.session_id = session.get("sessionId").cloned();
         }
     }
-    let session = context.get("client_session").cloned();
-    for (from, to) in [("userId", "device_id"), ("sessionId", "session_id")] {
-        if let Some(value) = session.as_ref().and_then(|s| s.get(from)) {
-            out.entry(to).or_insert_with(|| value.clone());
-        }
-    }
-    for (field, name, numeric) in PROPERTY_NAMES {
-        if let Some(value) = fields.remove(field) {
-            properties.insert(name.into(), if numeric { number(value) } else { value });
-        }
-    }
-    for field in ["ttm", "dtm", "stm", "p"] {
-        if let Some(value) = fields.remove(field) {
-            out.insert(field.into(), value);
-        }
-    }
-    for (field, name) in CONTEXT_NAMES {
-        if let Some(value) = fields.remove(field) {
-            context.insert(name.into(), value);
-        }
-    }
-    for (field, value) in fields {
-        context.entry(field).or_insert(value);
-    }
-    out.insert("context".into(), Value::Object(context));
-    out.insert("properties".into(), Value::Object(properties));
-    (out, problem)
+    a
 }
 
 /// A JSON field sent either plain (`plain`) or base64url-encoded (`encoded`); `None`
 /// when the event has neither.
 fn decoded_json(
-    fields: &mut Map<String, Value>,
-    plain: &'static str,
-    encoded: &'static str,
+    plain: Option<Value>,
+    plain_name: &str,
+    encoded: Option<Value>,
+    encoded_name: &str,
 ) -> Option<Result<Value, Problem>> {
-    if let Some(value) = fields.remove(plain) {
-        fields.remove(encoded);
+    if let Some(value) = plain {
         return Some(match value {
             Value::String(text) => serde_json::from_str(&text)
-                .map_err(|_| (format!("/{plain}"), "the field is not valid JSON")),
+                .map_err(|_| (format!("/{plain_name}"), "the field is not valid JSON")),
             object @ Value::Object(_) => Ok(object),
-            _ => Err((format!("/{plain}"), "the field must be a string of JSON")),
+            _ => Err((
+                format!("/{plain_name}"),
+                "the field must be a string of JSON",
+            )),
         });
     }
-    let text = fields.remove(encoded)?;
     Some(
-        text.as_str()
+        encoded?
+            .as_str()
             .and_then(|t| decode_base64(t.trim()))
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .ok_or_else(|| {
                 (
-                    format!("/{encoded}"),
+                    format!("/{encoded_name}"),
                     "the field is not base64-encoded JSON",
                 )
             }),
@@ -384,8 +395,8 @@ fn decoded_json(
 
 /// `{"schema": …unstruct_event…, "data": {"schema": "iglu:…/name/jsonschema/M-R-A",
 /// "data": {…}}}` → (name, MODEL, data).
-fn unwrap_event(envelope: Value) -> Result<(String, u32, Value), Problem> {
-    let inner = envelope.get("data").ok_or_else(|| {
+fn unwrap_event(mut envelope: Value) -> Result<(String, u32, Value), Problem> {
+    let mut inner = envelope.get_mut("data").map(Value::take).ok_or_else(|| {
         (
             "/ue_pr/data".to_owned(),
             "a self-describing event needs the unstruct_event envelope's `data`",
@@ -402,8 +413,38 @@ fn unwrap_event(envelope: Value) -> Result<(String, u32, Value), Problem> {
             )
         })?;
     let name = name.to_owned();
-    let data = inner.get("data").cloned().unwrap_or(Value::Null);
+    let data = inner
+        .get_mut("data")
+        .map(Value::take)
+        .unwrap_or(Value::Null);
     Ok((name, model, data))
+}
+
+/// A time field in milliseconds since the epoch (a string of digits, as trackers send
+/// it, or a number).
+fn millis(field: &str, value: Option<Value>) -> Result<Option<OffsetDateTime>, EventError> {
+    let bad = || {
+        EventError::new(
+            ErrorCode::InvalidValue,
+            format!("/{field}"),
+            format!("`{field}` must be milliseconds since 1970"),
+        )
+    };
+    match value {
+        None => Ok(None),
+        Some(Value::String(text)) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .and_then(epoch_millis)
+            .map(Some)
+            .ok_or_else(bad),
+        Some(Value::Number(n)) => n.as_i64().and_then(epoch_millis).map(Some).ok_or_else(bad),
+        Some(_) => Err(EventError::wrong_type(
+            format!("/{field}"),
+            "a string of digits",
+        )),
+    }
 }
 
 /// A numeric field sent as a string, as a number when it is one.
