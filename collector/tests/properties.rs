@@ -1,7 +1,9 @@
 //! Property tests over the whole request path (decode → validate → privacy → record),
-//! through a real collector, for the native and the Segment API: arbitrary values in
-//! every field, extreme numbers and times, deep nesting, non-objects, and a planted
-//! email or phone number somewhere in an event from the EU.
+//! through a real collector, for the native API, Segment, PostHog and Snowplow:
+//! arbitrary values in every field, extreme numbers and times, deep nesting,
+//! non-objects, and a planted email or phone number somewhere in an event from the EU
+//! (from the UK for PostHog and Snowplow, whose events carry no consent: the EU policy
+//! would drop them all unwritten, the UK one strips them and writes them).
 //!
 //! Properties: nothing panics (no 500, the collector keeps serving); every event gets
 //! exactly one outcome; the planted value is absent, raw, from every byte written and
@@ -183,6 +185,57 @@ fn segment_template(n: usize, planted: &Planted) -> Value {
     })
 }
 
+const POSTHOG_FIELDS: &[&str] = &[
+    "event",
+    "distinct_id",
+    "$distinct_id",
+    "uuid",
+    "timestamp",
+    "offset",
+    "properties",
+    "$set",
+    "token",
+    "type",
+    "unknown_extra",
+];
+
+const SNOWPLOW_FIELDS: &[&str] = &[
+    "e",
+    "eid",
+    "uid",
+    "duid",
+    "sid",
+    "dtm",
+    "stm",
+    "ttm",
+    "p",
+    "aid",
+    "ue_pr",
+    "co",
+    "url",
+    "ip",
+    "ua",
+    "se_ac",
+    "tr_tt",
+    "unknown_extra",
+];
+
+fn posthog_template(n: usize, planted: &Planted) -> Value {
+    json!({
+        "event": "Button Pressed", "distinct_id": "u-1", "uuid": format!("prop-posthog-{n:06}"),
+        "timestamp": "2026-11-29T10:00:00Z",
+        "properties": {"$ip": planted.ip, "$lib": "web", "$device_id": "d-1", "button": "share"}
+    })
+}
+
+fn snowplow_template(n: usize, planted: &Planted) -> Value {
+    json!({
+        "e": "se", "eid": format!("prop-snowplow-{n:06}"), "uid": "u-1", "duid": "d-1",
+        "p": "web", "aid": "shop-web", "ip": planted.ip, "se_ca": "ui", "se_ac": "button_pressed",
+        "dtm": "1795946400000", "stm": "1795946401000"
+    })
+}
+
 /// Everything must hold for one request and what it wrote.
 fn check(
     c: &TestCollector,
@@ -260,15 +313,15 @@ async fn eu_collector() -> TestCollector {
     .await
 }
 
-/// Posts `body` from Germany, asking for the per-event outcomes (`X-Tollgate-Explain`:
-/// Segment answers carry none in their body). Returns the status, the answer, and the
-/// outcomes header.
-async fn post(c: &TestCollector, path: &str, body: &Value) -> (u16, String, String) {
+/// Posts `body` from `country`, asking for the per-event outcomes (`X-Tollgate-Explain`:
+/// the other protocols' answers carry none in their body). Returns the status, the
+/// answer, and the outcomes header.
+async fn post(c: &TestCollector, path: &str, country: &str, body: &Value) -> (u16, String, String) {
     let response = c
         .client
         .post(c.url(path))
         .basic_auth(DEV_KEY, Some(""))
-        .header("cf-ipcountry", "DE")
+        .header("cf-ipcountry", country)
         .header("x-tollgate-explain", "1")
         .json(body)
         .send()
@@ -291,8 +344,10 @@ struct ApiShape {
     template: fn(usize, &Planted) -> Value,
     /// The request body from its events and a send time.
     body: fn(Vec<Value>, Option<&String>) -> Value,
-    /// The answer lists per-event results (native); Segment answers `success`.
+    /// The answer lists per-event results (native); the others answer a status.
     native: bool,
+    /// Where the requests come from (the trusted edge's `cf-ipcountry`).
+    country: &'static str,
 }
 
 /// Sends batches of hostile events of `api` and checks every answer and every byte
@@ -316,7 +371,7 @@ fn hunt(api: ApiShape) {
                 .map(|(h, (i, p))| h.apply((api.template)(*i, p), p))
                 .collect();
             let body = (api.body)(events, batch[0].sent_at.as_ref());
-            let answered = runtime.block_on(post(&c, api.path, &body));
+            let answered = runtime.block_on(post(&c, api.path, api.country, &body));
             let planted: Vec<Planted> = planted.into_iter().map(|(_, p)| p).collect();
             check(&c, answered, batch.len(), api.native, &planted)
         })
@@ -337,6 +392,7 @@ fn native_batches_of_anything_never_panic_leak_or_lose_an_outcome() {
             None => json!({"events": events}),
         },
         native: true,
+        country: "DE",
     });
 }
 
@@ -351,5 +407,38 @@ fn segment_batches_of_anything_never_panic_leak_or_lose_an_outcome() {
             None => json!({"batch": messages}),
         },
         native: false,
+        country: "DE",
+    });
+}
+
+#[test]
+fn posthog_batches_of_anything_never_panic_leak_or_lose_an_outcome() {
+    hunt(ApiShape {
+        fields: POSTHOG_FIELDS,
+        path: "/batch/",
+        template: posthog_template,
+        body: |events, sent_at| match sent_at {
+            Some(sent_at) => json!({"api_key": "dev", "sent_at": sent_at, "batch": events}),
+            None => json!({"api_key": "dev", "batch": events}),
+        },
+        native: false,
+        country: "GB",
+    });
+}
+
+#[test]
+fn snowplow_posts_of_anything_never_panic_leak_or_lose_an_outcome() {
+    hunt(ApiShape {
+        fields: SNOWPLOW_FIELDS,
+        path: "/com.snowplowanalytics.snowplow/tp2",
+        template: snowplow_template,
+        body: |events, _| {
+            json!({
+                "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+                "data": events
+            })
+        },
+        native: false,
+        country: "GB",
     });
 }
