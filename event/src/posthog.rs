@@ -77,6 +77,89 @@ impl Keys {
 #[error("the events of this request carry different API keys")]
 pub struct MixedKeys;
 
+/// Why a PostHog body could not be taken out of its layers.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnwrapError<E> {
+    #[error("lz-string compression (lz64) is not supported")]
+    LzString,
+    #[error("the body is not valid base64")]
+    Base64,
+    #[error("a form body carries the events in its `data` field")]
+    NoData,
+    #[error("gzip: {0}")]
+    Gzip(E),
+}
+
+/// The JSON text of a PostHog request whatever layers it came in (after any
+/// `Content-Encoding` has been undone): the `data` field of a form (`form`) or of the
+/// query (a GET, whose body is empty); base64 (`compression=base64`, or a form or
+/// query value that is not JSON, as older posthog-js sends); gzip (`compression=gzip-js`,
+/// or recognised by its magic bytes), undone by `gunzip`, which applies the caller's
+/// size limits. `query` is the request's query string.
+///
+/// # Errors
+/// lz-string (`compression=lz64`), bad base64, a form without `data`, and `gunzip`'s.
+pub fn unwrap_body<'a, E>(
+    body: &'a [u8],
+    form: bool,
+    query: Option<&str>,
+    gunzip: impl FnOnce(&[u8]) -> Result<Vec<u8>, E>,
+) -> Result<std::borrow::Cow<'a, [u8]>, UnwrapError<E>> {
+    use std::borrow::Cow;
+    let param = |name: &str| {
+        form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let mut compression = param("compression");
+    let data = if form {
+        let mut data = None;
+        for (key, value) in form_urlencoded::parse(body) {
+            match &*key {
+                "data" => data = Some(value.into_owned()),
+                "compression" => compression = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        Some(data.ok_or(UnwrapError::NoData)?)
+    } else if body.is_empty() {
+        param("data")
+    } else {
+        None
+    };
+    let wrapped = data.is_some();
+    let mut bytes: Cow<'a, [u8]> = match data {
+        Some(text) => Cow::Owned(text.into_bytes()),
+        None => Cow::Borrowed(body),
+    };
+    let is_gzip = |b: &[u8]| b.starts_with(&[0x1f, 0x8b]);
+    let base64 = |b: &[u8]| {
+        std::str::from_utf8(b)
+            .ok()
+            .and_then(|text| crate::mapped::decode_base64(text.trim()))
+            .ok_or(UnwrapError::Base64)
+    };
+    match compression.as_deref() {
+        Some("lz64" | "lz-string") => return Err(UnwrapError::LzString),
+        Some("base64") => bytes = Cow::Owned(base64(&bytes)?),
+        _ if wrapped && !starts_like_json(&bytes) && !is_gzip(&bytes) => {
+            bytes = Cow::Owned(base64(&bytes)?);
+        }
+        _ => {}
+    }
+    if is_gzip(&bytes) || matches!(compression.as_deref(), Some("gzip-js" | "gzip")) {
+        bytes = Cow::Owned(gunzip(&bytes).map_err(UnwrapError::Gzip)?);
+    }
+    Ok(bytes)
+}
+
+fn starts_like_json(bytes: &[u8]) -> bool {
+    matches!(
+        bytes.iter().find(|b| !b.is_ascii_whitespace()),
+        Some(b'{' | b'[')
+    )
+}
+
 /// An event name as Tollgate logs it: PostHog's own events keep their `$` name
 /// (`$pageview`, `$autocapture`, `$identify`); the product's free-text names become
 /// snake_case like Segment's (`"Signed Up"` → `signed_up`). `None` when nothing of it

@@ -173,21 +173,27 @@ pub async fn read(
 pub fn decode(body: Bytes, encoding: Encoding, limits: BodyLimits) -> Result<Bytes, ApiError> {
     match encoding {
         Encoding::Identity => Ok(body),
-        Encoding::Gzip => {
-            let cap = limits
-                .max_decompressed
-                .min((body.len() as u64).saturating_mul(limits.max_ratio));
-            let mut out = Vec::with_capacity((body.len() * 4).min(cap as usize));
-            flate2::read::MultiGzDecoder::new(&body[..])
-                .take(cap + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| ApiError::InvalidGzip(e.to_string()))?;
-            if out.len() as u64 > cap {
-                return Err(ApiError::DecompressedTooLarge { limit: cap });
-            }
-            Ok(Bytes::from(out))
-        }
+        Encoding::Gzip => gunzip(&body, limits).map(Bytes::from),
     }
+}
+
+/// Decompresses gzip within the decompressed-size and ratio caps.
+///
+/// # Errors
+/// `invalid_gzip`, `decompressed_too_large`.
+pub fn gunzip(body: &[u8], limits: BodyLimits) -> Result<Vec<u8>, ApiError> {
+    let cap = limits
+        .max_decompressed
+        .min((body.len() as u64).saturating_mul(limits.max_ratio));
+    let mut out = Vec::with_capacity((body.len() * 4).min(cap as usize));
+    flate2::read::MultiGzDecoder::new(body)
+        .take(cap + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::InvalidGzip(e.to_string()))?;
+    if out.len() as u64 > cap {
+        return Err(ApiError::DecompressedTooLarge { limit: cap });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! Bodies inside bodies. PostHog SDKs wrap their JSON: in the `data` field of a form
 //! or of the query (a GET), in base64, or in gzip sent as `text/plain` without a
-//! `Content-Encoding` (posthog-js `compression=gzip-js`). This takes the layers off, each
-//! within the same size limits as any body.
+//! `Content-Encoding` (posthog-js `compression=gzip-js`). This takes the layers off (the
+//! event crate's `posthog::unwrap_body`, shared with the shadow proxy), gzip within the
+//! same size limits as any body.
 
 use std::borrow::Cow;
 
 use bytes::Bytes;
 
-use super::body::{self, BodyLimits, Encoding, Framing};
+use super::body::{self, BodyLimits, Framing};
 use crate::error::ApiError;
 
 /// The first value of a query parameter.
@@ -18,7 +19,8 @@ pub(super) fn param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, st
 }
 
 /// The JSON text of a PostHog request, whatever layers it came in (after the
-/// `Content-Encoding` has been undone).
+/// `Content-Encoding` has been undone); gzip within the same limits as any body. See
+/// [`tollgate_event::posthog::unwrap_body`].
 ///
 /// # Errors
 /// `unsupported_compression` for lz-string (`lz64`), `invalid_base64`, `invalid_gzip`,
@@ -29,62 +31,20 @@ pub(super) fn posthog(
     query: Option<&str>,
     limits: BodyLimits,
 ) -> Result<Bytes, ApiError> {
-    let mut compression = param(query, "compression").map(Cow::into_owned);
-    let data = if framing == Framing::Form {
-        let mut data = None;
-        for (key, value) in form_urlencoded::parse(&body) {
-            match &*key {
-                "data" => data = Some(value.into_owned()),
-                "compression" => compression = Some(value.into_owned()),
-                _ => {}
-            }
-        }
-        Some(data.ok_or_else(|| {
-            ApiError::InvalidEnvelope("a form body carries the events in its `data` field".into())
-        })?)
-    } else if body.is_empty() {
-        param(query, "data").map(Cow::into_owned)
-    } else {
-        None
-    };
-    let wrapped = data.is_some();
-    let bytes = data.map_or(body, |text| Bytes::from(text.into_bytes()));
-    let bytes = match compression.as_deref() {
-        Some("lz64" | "lz-string") => {
-            return Err(ApiError::UnsupportedCompression(
-                "lz-string (lz64); configure the SDK to send gzip-js or base64",
-            ));
-        }
-        Some("base64") => base64(&bytes)?,
-        // A form or query value that is not JSON is base64 (older posthog-js sends
-        // `data=<base64>` without saying so).
-        _ if wrapped && !starts_like_json(&bytes) && !is_gzip(&bytes) => base64(&bytes)?,
-        _ => bytes,
-    };
-    // `gzip-js` says gzip; gzip is also recognised by its magic bytes whatever was said.
-    if is_gzip(&bytes) || matches!(compression.as_deref(), Some("gzip-js" | "gzip")) {
-        body::decode(bytes, Encoding::Gzip, limits)
-    } else {
-        Ok(bytes)
+    use tollgate_event::posthog::{UnwrapError, unwrap_body};
+    let gunzip = |bytes: &[u8]| body::gunzip(bytes, limits);
+    match unwrap_body(&body, framing == Framing::Form, query, gunzip) {
+        Ok(Cow::Borrowed(_)) => Ok(body),
+        Ok(Cow::Owned(bytes)) => Ok(Bytes::from(bytes)),
+        Err(UnwrapError::LzString) => Err(ApiError::UnsupportedCompression(
+            "lz-string (lz64); configure the SDK to send gzip-js or base64",
+        )),
+        Err(UnwrapError::Base64) => Err(ApiError::InvalidBase64),
+        Err(UnwrapError::NoData) => Err(ApiError::InvalidEnvelope(
+            "a form body carries the events in its `data` field".into(),
+        )),
+        Err(UnwrapError::Gzip(e)) => Err(e),
     }
-}
-
-fn base64(bytes: &[u8]) -> Result<Bytes, ApiError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| ApiError::InvalidBase64)?;
-    tollgate_event::mapped::decode_base64(text.trim())
-        .map(Bytes::from)
-        .ok_or(ApiError::InvalidBase64)
-}
-
-fn is_gzip(bytes: &[u8]) -> bool {
-    bytes.starts_with(&[0x1f, 0x8b])
-}
-
-fn starts_like_json(bytes: &[u8]) -> bool {
-    matches!(
-        bytes.iter().find(|b| !b.is_ascii_whitespace()),
-        Some(b'{' | b'[')
-    )
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::mapping::{Bridge, Mapping};
 pub use report::{EventReport, Latency, Noise, Report, Sides};
 pub use stats::{outside_band, ratio_interval};
 pub use tollgate_event::wire::{EXPLAIN_HEADER, OUTCOMES_HEADER, SOURCE_HEADER};
-pub use wire::{Outcomes, Reply, Seen, Side, events_of, outcomes_of};
+pub use wire::{Outcomes, Reply, Seen, Side, events_of, outcomes_of, readable_body};
 
 /// Rows per table unless configured otherwise (`max_rows`).
 pub const DEFAULT_MAX_ROWS: usize = 10_000;

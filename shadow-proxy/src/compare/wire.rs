@@ -58,6 +58,56 @@ struct NativeEvent<'a> {
     event_id: Option<Cow<'a, str>>,
 }
 
+/// Largest body the comparison decompresses a copy to.
+const MAX_READABLE: u64 = 32 << 20;
+
+/// A mirrored body as the collector reads it: a gzip `Content-Encoding` undone, and a
+/// PostHog request's form, base64 or gzip-js layers taken off (the event crate's
+/// `posthog::unwrap_body`, as the collector does). `None` when it cannot be read; its
+/// events are then not counted.
+pub fn readable_body<'a>(
+    target: &str,
+    headers: &http::HeaderMap,
+    body: &'a [u8],
+) -> Option<Cow<'a, [u8]>> {
+    use std::io::Read;
+    let gunzip = |bytes: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes)
+            .take(MAX_READABLE)
+            .read_to_end(&mut out)
+            .map(|_| out)
+    };
+    let header = |name: http::header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default()
+    };
+    let gzipped = matches!(
+        header(http::header::CONTENT_ENCODING).trim(),
+        "gzip" | "x-gzip"
+    );
+    let body: Cow<'a, [u8]> = if gzipped {
+        Cow::Owned(gunzip(body).ok()?)
+    } else {
+        Cow::Borrowed(body)
+    };
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    if tollgate_event::wire::Protocol::of_path(path)
+        != Some(tollgate_event::wire::Protocol::PostHog)
+    {
+        return Some(body);
+    }
+    let form = header(http::header::CONTENT_TYPE).starts_with("application/x-www-form-urlencoded");
+    let unwrapped = tollgate_event::posthog::unwrap_body(&body, form, query, gunzip).ok()?;
+    Some(Cow::Owned(unwrapped.into_owned()))
+}
+
 /// The events of a request (`target` is its path and query), mapped the way the
 /// collector maps each protocol, so that names and platforms match: the native API,
 /// Segment, PostHog (JSON bodies: the batch object, an array or one event) and
@@ -287,6 +337,27 @@ mod tests {
         assert_eq!(seen[0].platform.as_deref(), Some("web"));
         assert_eq!(seen[0].device_id.as_deref(), Some("d9"));
         let pixel = events_of("/i?e=pv&p=pc&uid=u7&eid=sp-2", b"");
+        // posthog-js's gzip-js, and a gzipped native body: read as the collector reads them.
+        let gzip = |data: &[u8]| {
+            use std::io::Write;
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            enc.write_all(data).unwrap();
+            enc.finish().unwrap()
+        };
+        let js = gzip(br#"[{"event": "$autocapture", "distinct_id": "u"}]"#);
+        let target = "/e/?compression=gzip-js&_=1";
+        let plain = http::HeaderMap::new();
+        let readable = readable_body(target, &plain, &js).unwrap();
+        assert_eq!(events_of(target, &readable)[0].event_name, "$autocapture");
+        let mut gzipped = http::HeaderMap::new();
+        gzipped.insert(http::header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let native = gzip(br#"{"events": [{"event_name": "item_view"}]}"#);
+        let readable = readable_body("/v1/events", &gzipped, &native).unwrap();
+        assert_eq!(
+            events_of("/v1/events", &readable)[0].event_name,
+            "item_view"
+        );
+        assert!(readable_body("/v1/events", &gzipped, b"not gzip").is_none());
         assert_eq!(pixel[0].event_name, "page_view");
         assert_eq!(pixel[0].platform.as_deref(), Some("desktop"));
         assert_eq!(pixel[0].user_id.as_deref(), Some("u7"));

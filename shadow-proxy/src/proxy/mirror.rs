@@ -146,7 +146,15 @@ async fn mirror(
     ));
     while let Some(copy) = rx.recv().await {
         queued_bytes.fetch_sub(copy.size(), Ordering::Relaxed);
-        if !sampled(&config, copy.path.as_str(), &copy.body) {
+        // The body as the collector reads it (gzip, PostHog's layers), for sampling
+        // and the comparison; a body that cannot be read counts no events.
+        let readable =
+            match crate::compare::readable_body(copy.path.as_str(), &copy.headers, &copy.body) {
+                Some(std::borrow::Cow::Borrowed(_)) => copy.body.clone(),
+                Some(std::borrow::Cow::Owned(bytes)) => Bytes::from(bytes),
+                None => Bytes::new(),
+            };
+        if !sampled(&config, copy.path.as_str(), &readable) {
             continue;
         }
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -184,7 +192,7 @@ async fn mirror(
             };
             comparison.record(
                 copy.path.as_str(),
-                &copy.body,
+                &readable,
                 primary,
                 new.reply(),
                 again.as_ref().map(Answered::reply),
