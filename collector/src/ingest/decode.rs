@@ -1,5 +1,5 @@
 //! From request bytes to events: the native envelope, NDJSON, Segment bodies, and the
-//! PostHog and Snowplow protocols ([`posthog`], [`snowplow`]).
+//! PostHog and Snowplow protocols (`decode/posthog.rs`, `decode/snowplow.rs`).
 //!
 //! A body that is not JSON, or not the right shape as a whole, fails the request (400).
 //! Inside a well-formed body every event stands alone: one that breaks a rule becomes an
