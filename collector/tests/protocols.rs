@@ -323,7 +323,7 @@ async fn invalid_posthog_events_are_quarantined_with_their_reason_and_the_rest_g
 }
 
 #[tokio::test]
-async fn posthog_events_from_a_gdpr_region_get_exactly_a_native_events_treatment() {
+async fn posthog_and_snowplow_events_from_a_gdpr_region_get_exactly_a_native_events_treatment() {
     let c = TestCollector::start_with(
         |config| drop(with_policy(config, "127.0.0.1")),
         Overrides::default(),
@@ -344,7 +344,22 @@ async fn posthog_events_from_a_gdpr_region_get_exactly_a_native_events_treatment
                        "$raw_user_agent": "Mozilla/5.0 (X11; Linux)",
                        "email": "ada@example.com", "note": "call +44 20 7946 0958"}
     }]});
-    for (path, body) in [("/v1/events", native), ("/batch", posthog)] {
+    let data = json!({"email": "ada@example.com", "note": "call +44 20 7946 0958"});
+    let sde = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0",
+        "data": {"schema": "iglu:com.acme/page_kind_view/jsonschema/1-0-0", "data": data}
+    });
+    let snowplow = json!({
+        "schema": "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4",
+        "data": [{"e": "ue", "eid": "snowplow-uk-0001", "aid": "web", "p": "web", "uid": "u-uk",
+                  "duid": "d-uk", "dtm": "1795950000000", "ip": "203.0.113.77",
+                  "ua": "Mozilla/5.0 (X11; Linux)", "ue_px": b64url(&sde)}]
+    });
+    for (path, body) in [
+        ("/v1/events", native),
+        ("/batch", posthog),
+        ("/com.snowplowanalytics.snowplow/tp2", snowplow),
+    ] {
         let r = c
             .client
             .post(c.url(path))
