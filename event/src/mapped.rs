@@ -3,7 +3,7 @@
 //! Snowplow mappings, and the helpers they have in common.
 
 use base64::Engine;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::error::EventError;
@@ -23,6 +23,22 @@ pub struct Mapped {
     /// event's SchemaVer); otherwise the collector validates against the newest
     /// version the properties satisfy.
     pub versioned: bool,
+}
+
+/// A message's JSON object; `what` names the message in the error (`a Segment
+/// message`).
+///
+/// # Errors
+/// `invalid_event` for any other JSON value.
+pub(crate) fn object(value: Value, what: &str) -> Result<Map<String, Value>, EventError> {
+    match value {
+        Value::Object(map) => Ok(map),
+        _ => Err(EventError::new(
+            crate::error::ErrorCode::InvalidEvent,
+            "",
+            format!("{what} must be a JSON object"),
+        )),
+    }
 }
 
 /// An identifier field: a non-empty string, or a number written as one (some SDKs send

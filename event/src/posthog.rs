@@ -19,7 +19,7 @@ use time::{Duration, OffsetDateTime};
 
 use crate::error::{ErrorCode, EventError};
 use crate::event::{Event, in_writable_range, parse_timestamp};
-use crate::mapped::{Mapped, id_value, snake_case};
+use crate::mapped::{Mapped, id_value, object, snake_case};
 
 /// The fields an event may carry its project API key in (`properties.token` too).
 pub const KEY_FIELDS: [&str; 3] = ["api_key", "token", "$token"];
@@ -214,13 +214,7 @@ pub fn map_event(
     received_at: OffsetDateTime,
     server_id: &dyn Fn() -> String,
 ) -> Result<Mapped, EventError> {
-    let Value::Object(msg) = value else {
-        return Err(EventError::new(
-            ErrorCode::InvalidEvent,
-            "",
-            "a PostHog event must be a JSON object",
-        ));
-    };
+    let msg = object(value, "a PostHog event")?;
     let mut m = native_names(msg);
     let event_name = match m.remove("event_name") {
         Some(Value::String(name)) => name,

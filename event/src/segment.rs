@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 
 use crate::error::{ErrorCode, EventError};
 use crate::event::{Event, parse_timestamp};
-use crate::mapped::id_value;
 pub use crate::mapped::{Mapped, snake_case};
+use crate::mapped::{id_value, object};
 
 /// The Segment call types, one per route (`/v1/track`, …) or per `type` in a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,13 +76,7 @@ pub fn map_message(
     received_at: OffsetDateTime,
     server_id: &dyn Fn() -> String,
 ) -> Result<Mapped, EventError> {
-    let Value::Object(mut msg) = value else {
-        return Err(EventError::new(
-            ErrorCode::InvalidEvent,
-            "",
-            "a Segment message must be a JSON object",
-        ));
-    };
+    let mut msg = object(value, "a Segment message")?;
     let call = match (route_type, msg.get("type")) {
         (Some(call), _) => call,
         (None, Some(Value::String(t))) => CallType::from_name(t).ok_or_else(|| {

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 
 use crate::error::{ErrorCode, EventError};
 use crate::event::Event;
-use crate::mapped::{Mapped, decode_base64, id_value, snake_case};
+use crate::mapped::{Mapped, decode_base64, id_value, object, snake_case};
 use crate::posthog::epoch_millis;
 
 /// The `schema` of a `tp2` POST body.
@@ -129,13 +129,7 @@ pub fn map_event(
     anonymous: bool,
     server_id: &dyn Fn() -> String,
 ) -> Result<Mapped, EventError> {
-    let Value::Object(fields) = value else {
-        return Err(EventError::new(
-            ErrorCode::InvalidEvent,
-            "",
-            "a Snowplow event must be an object of fields",
-        ));
-    };
+    let fields = object(value, "a Snowplow event")?;
     let mut a = arrange(fields);
     if let Some((path, message)) = a.problem.take() {
         return Err(EventError::new(ErrorCode::InvalidValue, path, message));
