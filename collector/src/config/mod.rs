@@ -383,6 +383,38 @@ mod tests {
     }
 
     #[test]
+    fn snowplow_app_ids_belong_to_one_source_each() {
+        let mut c = Config::embedded();
+        // A Snowplow-only source: app ids, no write key.
+        let mut apps = c.sources[0].clone();
+        apps.id = "shop_web".into();
+        apps.write_keys.clear();
+        apps.app_ids = vec!["shop-web".into()];
+        c.sources.push(apps.clone());
+        c.validate().unwrap();
+        // The same app id twice, "*" twice, and a source with neither keys nor app ids.
+        apps.id = "shop_web_again".into();
+        apps.app_ids = vec!["shop-web".into(), "*".into()];
+        c.sources.push(apps.clone());
+        apps.id = "nothing".into();
+        apps.app_ids.clear();
+        c.sources.push(apps);
+        let Err(ConfigError::Invalid(problems)) = c.validate() else {
+            panic!()
+        };
+        let text = problems.join("\n");
+        assert!(
+            text.contains("sources[2].app_ids: \"shop-web\" is bound to two sources"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sources[2].app_ids: \"*\" is bound to two sources"),
+            "{text}"
+        );
+        assert!(text.contains("sources[3].write_keys"), "{text}");
+    }
+
+    #[test]
     fn an_unknown_kafka_compression_names_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
