@@ -76,6 +76,9 @@ enum Command {
     /// Validate a configuration (its schemas and privacy policies too) and report every
     /// problem.
     CheckConfig,
+    /// Schema lifecycle tools.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
     /// Check declared expectations over the log: nulls, uniqueness, freshness,
     /// lateness, validity share, allowed values and ranges, references between events,
     /// funnels. Exits 1 when an expectation fails (a launch or pipeline gate).
@@ -125,8 +128,81 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Subcommand)]
+enum SchemaCommand {
+    /// Lint every schema and classify each change between consecutive versions (and,
+    /// with --against, against the folder's previous state) as compatible or
+    /// breaking. Exit 0 when all is compatible or declared (`x-tollgate-breaking`), 1
+    /// on any violation, 2 on usage errors. A pre-merge step.
+    Check {
+        /// The schema folder [default: the configuration's schemas.dir].
+        #[arg(long)]
+        schemas: Option<PathBuf>,
+        /// The folder's previous state (e.g. a checkout of the main branch): versions
+        /// may only change compatibly in place, and none may be deleted.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        /// Print the findings as JSON instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `schema check`, with its own exit codes: 0 clean, 1 violations, 2 usage errors.
+fn schema_check(
+    config: Option<&std::path::Path>,
+    schemas: Option<PathBuf>,
+    against: Option<PathBuf>,
+    json: bool,
+) -> ExitCode {
+    let dir = match schemas {
+        Some(dir) => dir,
+        None => match Config::load(config) {
+            Ok(config) => config.schemas.dir,
+            Err(e) => {
+                eprintln!("tollgate-collector: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match tollgate_collector::schema::check::check(&dir, against.as_deref()) {
+        Err(e) => {
+            eprintln!("tollgate-collector: schema check: {e}");
+            ExitCode::from(2)
+        }
+        Ok(report) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("findings serialize")
+                );
+            } else {
+                print!("{}", report.human());
+            }
+            if report.violations() > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Schema(SchemaCommand::Check {
+        schemas,
+        against,
+        json,
+    })) = &args.command
+    {
+        return schema_check(
+            args.config.as_deref(),
+            schemas.clone(),
+            against.clone(),
+            *json,
+        );
+    }
     // One TLS crypto provider for the whole process (rediss://, and TLS listeners).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match run(args) {
@@ -230,6 +306,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::PrivacyCheck { event, region }) => {
             return privacy_check(&config, &event, region.as_deref());
         }
+        Some(Command::Schema(_)) => unreachable!("schema commands run before the configuration"),
         None => {}
     }
 

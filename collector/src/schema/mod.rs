@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
+pub mod check;
+
 use tollgate_event::event::is_snake_case;
 
 /// An event name a schema may be registered under: snake_case, or a PostHog event's
@@ -51,6 +53,66 @@ fn version_of(file_name: &str) -> Option<u32> {
         .filter(|v| *v >= 1)
 }
 
+/// A schema file: (event, version, path).
+pub type SchemaFile = (String, u32, std::path::PathBuf);
+
+/// The schema files under `dir` as (event, version, path), and the problems with the
+/// names found there: `<event>/v<N>.json`, or flat `<event>.v<N>.json` files (the
+/// layout of a mounted Kubernetes ConfigMap, whose hidden `..data` entries are skipped).
+///
+/// # Errors
+/// When `dir` itself cannot be read.
+pub fn files(dir: &Path) -> Result<(Vec<SchemaFile>, Vec<String>), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut found: Vec<SchemaFile> = Vec::new();
+    let mut entries = match list(dir) {
+        Ok(entries) => entries,
+        Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
+    };
+    entries.sort();
+    for entry in entries {
+        let name = file_name(&entry);
+        if entry.is_dir() {
+            if !is_schema_name(&name) {
+                problems.push(format!(
+                    "{}: event folder names must be snake_case (or `$` and snake_case, for PostHog's own events)",
+                    entry.display()
+                ));
+                continue;
+            }
+            let files = match list(&entry) {
+                Ok(files) => files,
+                Err(e) => {
+                    problems.push(format!("{}: {e}", entry.display()));
+                    continue;
+                }
+            };
+            for file in files {
+                match version_of(&file_name(&file)) {
+                    Some(version) => found.push((name.clone(), version, file)),
+                    None => problems.push(format!(
+                        "{}: schema files must be named v<N>.json with N >= 1",
+                        file.display()
+                    )),
+                }
+            }
+        } else if let Some((event, version)) = name
+            .strip_suffix(".json")
+            .and_then(|stem| stem.rsplit_once(".v"))
+            .filter(|(event, _)| is_schema_name(event))
+            .and_then(|(event, v)| version_of(&format!("v{v}.json")).map(|v| (event, v)))
+        {
+            found.push((event.to_owned(), version, entry));
+        } else {
+            problems.push(format!(
+                "{}: expected an <event>/ folder or an <event>.v<N>.json file",
+                entry.display()
+            ));
+        }
+    }
+    Ok((found, problems))
+}
+
 struct EventSchemas {
     /// Sorted by version.
     versions: Vec<(u32, jsonschema::Validator)>,
@@ -75,54 +137,8 @@ impl SchemaRegistry {
     /// Every problem found (bad folder or file names, unreadable files, invalid JSON,
     /// invalid JSON Schema), each naming its file.
     pub fn load(dir: &Path) -> Result<SchemaRegistry, Vec<String>> {
-        let mut problems = Vec::new();
-        let mut found: Vec<(String, u32, std::path::PathBuf)> = Vec::new();
+        let (found, mut problems) = files(dir)?;
         let mut required: HashMap<String, (u32, Vec<String>)> = HashMap::new();
-        let mut entries = match list(dir) {
-            Ok(entries) => entries,
-            Err(e) => return Err(vec![format!("{}: {e}", dir.display())]),
-        };
-        entries.sort();
-        for entry in entries {
-            let name = file_name(&entry);
-            if entry.is_dir() {
-                if !is_schema_name(&name) {
-                    problems.push(format!(
-                        "{}: event folder names must be snake_case (or `$` and snake_case, for PostHog's own events)",
-                        entry.display()
-                    ));
-                    continue;
-                }
-                let files = match list(&entry) {
-                    Ok(files) => files,
-                    Err(e) => {
-                        problems.push(format!("{}: {e}", entry.display()));
-                        continue;
-                    }
-                };
-                for file in files {
-                    match version_of(&file_name(&file)) {
-                        Some(version) => found.push((name.clone(), version, file)),
-                        None => problems.push(format!(
-                            "{}: schema files must be named v<N>.json with N >= 1",
-                            file.display()
-                        )),
-                    }
-                }
-            } else if let Some((event, version)) = name
-                .strip_suffix(".json")
-                .and_then(|stem| stem.rsplit_once(".v"))
-                .filter(|(event, _)| is_schema_name(event))
-                .and_then(|(event, v)| version_of(&format!("v{v}.json")).map(|v| (event, v)))
-            {
-                found.push((event.to_owned(), version, entry));
-            } else {
-                problems.push(format!(
-                    "{}: expected an <event>/ folder or an <event>.v<N>.json file",
-                    entry.display()
-                ));
-            }
-        }
         let mut events: HashMap<String, EventSchemas> = HashMap::new();
         for (event, version, file) in found {
             match compile(&file) {
