@@ -237,7 +237,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new());
     let schemas = SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap();
     let pipeline = Pipeline {
-        schemas,
+        schemas: arc_swap::ArcSwap::from_pointee(schemas),
         // The collector's default bound (a larger table spends the run faulting in
         // its pages, which a collector does once).
         store: Arc::new(MemoryStore::new(
@@ -282,7 +282,9 @@ fn bench_pipeline(c: &mut Criterion) {
         b.iter_batched(body, |body| run(&pipeline, body), BatchSize::SmallInput)
     });
     let uk = Pipeline {
-        schemas: SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
+        schemas: arc_swap::ArcSwap::from_pointee(
+            SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
+        ),
         store: pipeline.store.clone(),
         log: Arc::new(DiscardLog),
         privacy: Some(shipped_privacy()),

@@ -103,7 +103,44 @@ pub struct Collector {
     tls: Option<Arc<tollgate_edge::CertStore>>,
 }
 
+/// Reloads what can change without a restart: the schemas (on SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    app: Arc<App>,
+    config: Config,
+}
+
+impl Reloader {
+    /// Reads and compiles the schema folder again and swaps the whole set in at once:
+    /// requests in flight finish on the set they started with, new ones see the new
+    /// set. A folder that fails to load keeps the previous set. Counted in
+    /// `tollgate_config_reloads_total{outcome}`.
+    ///
+    /// # Errors
+    /// Every problem of the folder; nothing was swapped then.
+    pub fn reload(&self) -> Result<usize, BuildError> {
+        let loaded = load_schemas(&self.config);
+        let outcome = if loaded.is_ok() { "reloaded" } else { "failed" };
+        self.app
+            .metrics
+            .config_reloads
+            .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
+        let schemas = loaded?;
+        let count = schemas.len();
+        self.app.pipeline.schemas.store(Arc::new(schemas));
+        Ok(count)
+    }
+}
+
 impl Collector {
+    /// What reloads this collector's schemas; `run` reloads on SIGHUP with it too.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            app: self.app.clone(),
+            config: self.config.clone(),
+        }
+    }
+
     /// Validates the configuration, compiles the schemas and opens the log.
     ///
     /// # Errors
@@ -183,7 +220,7 @@ impl Collector {
             privacy.count_pii_on(metrics.privacy_pii.clone());
         }
         let pipeline = Arc::new(Pipeline {
-            schemas,
+            schemas: arc_swap::ArcSwap::from_pointee(schemas),
             store,
             log,
             policy: idem.on_store_error,
@@ -284,6 +321,7 @@ impl Collector {
                     .expect("the aws-lc-rs provider supports TLS 1.2 and 1.3"),
             );
         }
+        reload_on_sighup(self.reloader(), token.child_token());
         let mut servers = vec![tokio::spawn(http::serve(
             public,
             self.app.clone(),
@@ -371,6 +409,34 @@ fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError>
         .map_err(BuildError::Privacy)?;
     tracing::info!(file = %file.display(), key = privacy.key_id(), "privacy policies loaded");
     Ok(Some(privacy))
+}
+
+/// Reloads the schemas on every SIGHUP until `stop`.
+fn reload_on_sighup(reloader: Reloader, stop: CancellationToken) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP: schemas reload only on restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = hangups.recv() => {}
+            }
+            let reloader = reloader.clone();
+            match tokio::task::spawn_blocking(move || reloader.reload()).await {
+                Ok(Ok(count)) => tracing::info!(schemas = count, "schemas reloaded"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "schema reload failed; the previous schemas stay in use")
+                }
+                Err(e) => tracing::error!(error = %e, "schema reload task failed"),
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    let _ = (reloader, stop);
 }
 
 fn load_schemas(config: &Config) -> Result<SchemaRegistry, BuildError> {

@@ -9,12 +9,13 @@ use tollgate_event::{Api, Dedupe, ErrorCode, Event, EventError, Timing};
 use super::slot::Slot;
 use super::{Decoded, Item, Pipeline, Raw, Source};
 use crate::privacy::Verdict;
-use crate::schema::UnknownEvents;
+use crate::schema::{SchemaRegistry, UnknownEvents};
 
 impl Pipeline {
     /// One slot per decoded item, in request order.
     pub(super) fn admit(
         &self,
+        schemas: &SchemaRegistry,
         source: &Source,
         api: Api,
         decoded: Decoded,
@@ -41,7 +42,7 @@ impl Pipeline {
                 } => {
                     ignored_fields += ignored;
                     let validated = if versioned {
-                        self.schemas.validate_map(
+                        schemas.validate_map(
                             &event.event_name,
                             event.schema_version,
                             &mut event.properties,
@@ -50,7 +51,7 @@ impl Pipeline {
                     } else {
                         // Segment and PostHog events carry no version: the newest one
                         // they satisfy.
-                        self.schemas
+                        schemas
                             .validate_newest_matching(
                                 &event.event_name,
                                 &mut event.properties,

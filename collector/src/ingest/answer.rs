@@ -6,15 +6,21 @@ use tollgate_event::{Api, Arrival};
 
 use super::slot::Slot;
 use super::{Answer, EventResult, IngestOutcome, Pipeline, Source, Status};
+use crate::schema::SchemaRegistry;
 use crate::telemetry::quality::{SegmentLabels, Segments};
 
 impl Pipeline {
     /// Data-quality metrics of a request's accepted and rejected events: segments,
     /// missing key fields, lateness, clock skew.
-    fn observe_quality<'a>(&self, slots: &'a [Slot], labels: &SegmentLabels) {
+    fn observe_quality<'a>(
+        &self,
+        schemas: &SchemaRegistry,
+        slots: &'a [Slot],
+        labels: &SegmentLabels,
+    ) {
         let known = |name: Option<&'a str>| -> &'a str {
             match name {
-                Some(n) if self.schemas.contains(n) => n,
+                Some(n) if schemas.contains(n) => n,
                 _ => "other",
             }
         };
@@ -44,7 +50,7 @@ impl Pipeline {
                     .filter(|(_, m)| *m)
                     .map(|(f, _)| f)
                     .collect();
-                    for field in self.schemas.required_ids(&event.event_name) {
+                    for field in schemas.required_ids(&event.event_name) {
                         let value = event.properties.get(field);
                         if value.is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
                             missing.push(field);
@@ -81,7 +87,13 @@ impl Pipeline {
     }
 
     /// Builds the per-event answer and counts it.
-    pub(super) fn outcome(&self, slots: Vec<Slot>, source: &Source, api: Api) -> IngestOutcome {
+    pub(super) fn outcome(
+        &self,
+        schemas: &SchemaRegistry,
+        slots: Vec<Slot>,
+        source: &Source,
+        api: Api,
+    ) -> IngestOutcome {
         let mut outcome = IngestOutcome {
             answer: Answer {
                 results: Vec::with_capacity(slots.len()),
@@ -91,7 +103,7 @@ impl Pipeline {
         };
         let mut arrivals = [0u64; 3];
         if let Some(labels) = &self.labels {
-            self.observe_quality(&slots, labels);
+            self.observe_quality(schemas, &slots, labels);
         }
         let result = |event_id, status, error| EventResult {
             event_id,

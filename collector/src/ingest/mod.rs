@@ -96,7 +96,9 @@ pub struct RequestInfo<'a> {
 
 /// Everything the pipeline needs, shared by all requests.
 pub struct Pipeline {
-    pub schemas: SchemaRegistry,
+    /// The schemas in force; a reload swaps the whole set, and each request validates
+    /// all its events against the one set it loaded first.
+    pub schemas: arc_swap::ArcSwap<SchemaRegistry>,
     pub store: Arc<dyn IdempotencyStore>,
     pub log: Arc<dyn EventLog>,
     pub policy: FailurePolicy,
@@ -124,7 +126,9 @@ impl Pipeline {
         decoded: Decoded,
         request: RequestInfo<'_>,
     ) -> Result<IngestOutcome, ApiError> {
+        let schemas = self.schemas.load_full();
         let mut slots = self.admit(
+            &schemas,
             source,
             api,
             decoded,
@@ -138,6 +142,6 @@ impl Pipeline {
         batch.shadow = request.shadow;
         self.write(batch, &slots, claimed, request.request_id)
             .await?;
-        Ok(self.outcome(slots, source, api))
+        Ok(self.outcome(&schemas, slots, source, api))
     }
 }

@@ -74,6 +74,7 @@ pub struct Metrics {
     pub rate_limited: Counter<u64>,
     /// TLS certificate reloads, by outcome (reloaded, failed: the previous pair stays).
     pub tls_reloads: Counter<u64>,
+    pub config_reloads: Counter<u64>,
     /// Events by outcome (accepted, rejected) × event_name × platform × app_version,
     /// with bounded labels (see [`quality`]).
     pub events_by_segment: Counter<u64>,
@@ -217,6 +218,10 @@ impl Metrics {
             tls_reloads: counter(
                 "tollgate_tls_reloads",
                 "TLS certificate reloads, by outcome (failed: the previous pair stays in use)",
+            ),
+            config_reloads: counter(
+                "tollgate_config_reloads",
+                "Schema reloads (SIGHUP), by outcome (failed: the previous set stays in use)",
             ),
             events_by_segment: counter(
                 "tollgate_events_by_segment",

@@ -54,6 +54,8 @@ pub struct TestCollector {
     pub admin: SocketAddr,
     pub data: PathBuf,
     pub client: reqwest::Client,
+    /// Reloads the collector's schemas, as SIGHUP does.
+    pub reloader: tollgate_collector::Reloader,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
     _dir: Option<TempDir>,
@@ -83,6 +85,7 @@ impl TestCollector {
         let mut config = test_config(data);
         tweak(&mut config);
         let collector = Collector::build_with(config, overrides).expect("collector builds");
+        let reloader = collector.reloader();
         let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = public.local_addr().unwrap();
@@ -96,6 +99,7 @@ impl TestCollector {
             admin: admin_addr,
             data: data.to_owned(),
             client: reqwest::Client::new(),
+            reloader,
             shutdown: Some(tx),
             task: Some(task),
             _dir: None,
