@@ -55,6 +55,16 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The API its events are logged under (`api` in the record).
+    pub fn api(self) -> crate::Api {
+        match self {
+            Protocol::Native => crate::Api::Native,
+            Protocol::Segment(_) => crate::Api::Segment,
+            Protocol::PostHog => crate::Api::PostHog,
+            Protocol::Snowplow | Protocol::SnowplowPixel => crate::Api::Snowplow,
+        }
+    }
+
     /// The protocol of a request path (without its query).
     pub fn of_path(path: &str) -> Option<Protocol> {
         use crate::segment::CallType;

@@ -6,9 +6,8 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
-use tollgate_event::wire::{OUTCOMES_HEADER, REQUEST_ID_HEADER, SOURCE_HEADER};
+use tollgate_event::wire::{OUTCOMES_HEADER, Protocol, REQUEST_ID_HEADER, SOURCE_HEADER};
 
-use super::route::Route;
 use crate::error::json_bytes_response;
 use crate::ingest::{IngestOutcome, Status};
 
@@ -35,15 +34,15 @@ const PIXEL: &[u8] = &[
 ];
 
 impl Shape {
-    pub(super) fn of(route: Route, query: Option<&str>) -> Shape {
-        match route {
-            Route::Segment(_) => Shape::Segment,
-            Route::PostHog => Shape::PostHog {
+    pub(super) fn of(protocol: Protocol, query: Option<&str>) -> Shape {
+        match protocol {
+            Protocol::Native => Shape::Native,
+            Protocol::Segment(_) => Shape::Segment,
+            Protocol::PostHog => Shape::PostHog {
                 beacon: super::unwrap::param(query, "beacon").is_some_and(|b| b == "1"),
             },
-            Route::Snowplow => Shape::Snowplow,
-            Route::SnowplowPixel => Shape::Pixel,
-            Route::Native | Route::Healthz | Route::Readyz | Route::Metrics => Shape::Native,
+            Protocol::Snowplow => Shape::Snowplow,
+            Protocol::SnowplowPixel => Shape::Pixel,
         }
     }
 

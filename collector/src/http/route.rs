@@ -1,7 +1,6 @@
 //! Which handler a request path reaches on which listener, and the route's metric label.
 
 use http::Method;
-use tollgate_event::Api;
 use tollgate_event::segment::CallType;
 use tollgate_event::wire::Protocol;
 
@@ -12,38 +11,35 @@ pub(super) enum Route {
     Healthz,
     Readyz,
     Metrics,
-    Native,
-    Segment(Option<CallType>),
-    /// PostHog's capture routes (`/batch`, `/e`, `/i/v0/e`, `/capture`, `/track`,
-    /// `/engage`, with or without a trailing slash).
-    PostHog,
-    /// Snowplow's `POST /com.snowplowanalytics.snowplow/tp2`.
-    Snowplow,
-    /// Snowplow's `GET /i` pixel (also under `/com.snowplowanalytics.snowplow/`).
-    SnowplowPixel,
+    /// An ingest route, of the protocol its path speaks.
+    Ingest(Protocol),
 }
 
 impl Route {
     /// The `route` label of request metrics and spans.
     pub(super) fn label(route: Option<Route>) -> &'static str {
+        let Some(route) = route else {
+            return "unknown";
+        };
         match route {
-            Some(Route::Healthz) => "healthz",
-            Some(Route::Readyz) => "readyz",
-            Some(Route::Metrics) => "metrics",
-            Some(Route::Native) => "native",
-            Some(Route::Segment(None)) => "segment_batch",
-            Some(Route::Segment(Some(call))) => match call {
-                CallType::Track => "segment_track",
-                CallType::Identify => "segment_identify",
-                CallType::Page => "segment_page",
-                CallType::Screen => "segment_screen",
-                CallType::Group => "segment_group",
-                CallType::Alias => "segment_alias",
+            Route::Healthz => "healthz",
+            Route::Readyz => "readyz",
+            Route::Metrics => "metrics",
+            Route::Ingest(protocol) => match protocol {
+                Protocol::Native => "native",
+                Protocol::Segment(None) => "segment_batch",
+                Protocol::Segment(Some(call)) => match call {
+                    CallType::Track => "segment_track",
+                    CallType::Identify => "segment_identify",
+                    CallType::Page => "segment_page",
+                    CallType::Screen => "segment_screen",
+                    CallType::Group => "segment_group",
+                    CallType::Alias => "segment_alias",
+                },
+                Protocol::PostHog => "posthog",
+                Protocol::Snowplow => "snowplow",
+                Protocol::SnowplowPixel => "snowplow_pixel",
             },
-            Some(Route::PostHog) => "posthog",
-            Some(Route::Snowplow) => "snowplow",
-            Some(Route::SnowplowPixel) => "snowplow_pixel",
-            None => "unknown",
         }
     }
 
@@ -52,36 +48,23 @@ impl Route {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" if listener == Listener::Admin => Route::Metrics,
-            _ if listener == Listener::Public => match Protocol::of_path(path)? {
-                Protocol::Native => Route::Native,
-                Protocol::Segment(call) => Route::Segment(call),
-                Protocol::PostHog => Route::PostHog,
-                Protocol::Snowplow => Route::Snowplow,
-                Protocol::SnowplowPixel => Route::SnowplowPixel,
-            },
+            _ if listener == Listener::Public => Route::Ingest(Protocol::of_path(path)?),
             _ => return None,
         };
         Some(route)
-    }
-
-    /// The API an ingest route speaks (`Native` for the others, which never ingest).
-    pub(super) fn api(self) -> Api {
-        match self {
-            Route::Segment(_) => Api::Segment,
-            Route::PostHog => Api::PostHog,
-            Route::Snowplow | Route::SnowplowPixel => Api::Snowplow,
-            Route::Native | Route::Healthz | Route::Readyz | Route::Metrics => Api::Native,
-        }
     }
 
     /// The methods the route answers, as the `Allow` header names them (GET routes
     /// answer HEAD too).
     pub(super) fn allow(self) -> &'static str {
         match self {
-            Route::Healthz | Route::Readyz | Route::Metrics | Route::SnowplowPixel => "GET, HEAD",
-            Route::Native | Route::Segment(_) | Route::Snowplow => "POST",
+            Route::Healthz
+            | Route::Readyz
+            | Route::Metrics
+            | Route::Ingest(Protocol::SnowplowPixel) => "GET, HEAD",
             // posthog-js falls back to GET with the events in the `data` parameter.
-            Route::PostHog => "GET, POST",
+            Route::Ingest(Protocol::PostHog) => "GET, POST",
+            Route::Ingest(Protocol::Native | Protocol::Segment(_) | Protocol::Snowplow) => "POST",
         }
     }
 
@@ -100,15 +83,15 @@ mod tests {
     fn routes_by_listener() {
         assert_eq!(
             Route::find("/v1/events", Listener::Public),
-            Some(Route::Native)
+            Some(Route::Ingest(Protocol::Native))
         );
         assert_eq!(
             Route::find("/v1/track", Listener::Public),
-            Some(Route::Segment(Some(CallType::Track)))
+            Some(Route::Ingest(Protocol::Segment(Some(CallType::Track))))
         );
         assert_eq!(
             Route::find("/v1/batch", Listener::Public),
-            Some(Route::Segment(None))
+            Some(Route::Ingest(Protocol::Segment(None)))
         );
         assert_eq!(Route::find("/metrics", Listener::Public), None);
         assert_eq!(
@@ -122,30 +105,31 @@ mod tests {
         ] {
             assert_eq!(
                 Route::find(path, Listener::Public),
-                Some(Route::PostHog),
+                Some(Route::Ingest(Protocol::PostHog)),
                 "{path}"
             );
         }
         assert_eq!(Route::find("/batch", Listener::Admin), None);
         assert_eq!(
             Route::find("/com.snowplowanalytics.snowplow/tp2", Listener::Public),
-            Some(Route::Snowplow)
+            Some(Route::Ingest(Protocol::Snowplow))
         );
         assert_eq!(
             Route::find("/i", Listener::Public),
-            Some(Route::SnowplowPixel)
+            Some(Route::Ingest(Protocol::SnowplowPixel))
         );
     }
 
     #[test]
     fn get_routes_answer_head() {
         assert!(Route::Healthz.allows(&Method::HEAD));
-        assert!(!Route::Native.allows(&Method::GET));
-        assert!(!Route::Native.allows(&Method::HEAD));
-        assert!(Route::Native.allows(&Method::POST));
-        assert!(Route::PostHog.allows(&Method::GET));
-        assert!(Route::PostHog.allows(&Method::POST));
-        assert!(!Route::Snowplow.allows(&Method::GET));
-        assert!(Route::SnowplowPixel.allows(&Method::HEAD));
+        let ingest = |protocol| Route::Ingest(protocol);
+        assert!(!ingest(Protocol::Native).allows(&Method::GET));
+        assert!(!ingest(Protocol::Native).allows(&Method::HEAD));
+        assert!(ingest(Protocol::Native).allows(&Method::POST));
+        assert!(ingest(Protocol::PostHog).allows(&Method::GET));
+        assert!(ingest(Protocol::PostHog).allows(&Method::POST));
+        assert!(!ingest(Protocol::Snowplow).allows(&Method::GET));
+        assert!(ingest(Protocol::SnowplowPixel).allows(&Method::HEAD));
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tokio_util::task::TaskTracker;
 use tollgate_event::Api;
-use tollgate_event::wire::{EXPLAIN_HEADER, SENT_AT_HEADER, SHADOW_HEADER};
+use tollgate_event::wire::{EXPLAIN_HEADER, Protocol, SENT_AT_HEADER, SHADOW_HEADER};
 use tracing::Instrument;
 
 use super::body::{self, BodyLimits, Encoding, Framing};
@@ -84,13 +84,7 @@ impl App {
             Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Some(Route::Readyz) => Ok(self.readiness().await),
             Some(Route::Metrics) => Ok(self.metrics_page()),
-            Some(
-                ingest @ (Route::Native
-                | Route::Segment(_)
-                | Route::PostHog
-                | Route::Snowplow
-                | Route::SnowplowPixel),
-            ) => {
+            Some(Route::Ingest(protocol)) => {
                 // One span per ingest request (exported as a trace when OTLP is on):
                 // route, source, outcome counts, status; never event content.
                 // (Named `telemetry::tracing_setup::REQUEST_SPAN`.)
@@ -107,7 +101,7 @@ impl App {
                     error.code = tracing::field::Empty,
                 );
                 let result = self
-                    .ingest(req, ingest, span.clone())
+                    .ingest(req, protocol, span.clone())
                     .instrument(span.clone())
                     .await;
                 match &result {
@@ -243,10 +237,10 @@ impl App {
     async fn ingest(
         self: &Arc<Self>,
         req: Request<Incoming>,
-        route: Route,
+        protocol: Protocol,
         span: tracing::Span,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
-        let api = route.api();
+        let api = protocol.api();
         let (parts, incoming) = req.into_parts();
         let head = self.head(&parts, api)?;
         // The body's bytes are reserved before it is read: past the budget the client
@@ -275,7 +269,7 @@ impl App {
                 let _reservation = app
                     .memory
                     .reserve(Some(reservation), 2 * bytes.len() as u64)?;
-                let decoded = app.decode(&head, route, &bytes)?;
+                let decoded = app.decode(&head, protocol, &bytes)?;
                 let source = app.body_source(&head, api, &decoded)?;
                 span.record("tollgate.source", source.id.as_str());
                 app.check_rate(&source.id, |l| {
@@ -311,7 +305,7 @@ impl App {
                 span.record("tollgate.events.duplicate", counts.duplicate);
                 span.record("tollgate.events.rejected", counts.rejected);
                 span.record("tollgate.events.retry", counts.retry);
-                let shape = answer::Shape::of(route, head.query.as_deref());
+                let shape = answer::Shape::of(protocol, head.query.as_deref());
                 let status = shape.status(&outcome);
                 let body = shape.body(&outcome);
                 if let (Some(key), StatusCode::OK, true) = (&answer_key, status, shape.is_json()) {
@@ -332,19 +326,19 @@ impl App {
     }
 
     /// The request's events, decoded as its API and framing say.
-    fn decode(&self, head: &Head, route: Route, bytes: &[u8]) -> Result<Decoded, ApiError> {
+    fn decode(&self, head: &Head, protocol: Protocol, bytes: &[u8]) -> Result<Decoded, ApiError> {
         let limits = DecodeLimits {
             max_event_bytes: self.max_event_bytes,
             max_events: self.max_events,
             platforms: &self.platforms,
         };
-        match (route, head.framing) {
-            (Route::Native, Framing::Ndjson) => {
+        match (protocol, head.framing) {
+            (Protocol::Native, Framing::Ndjson) => {
                 decode::native_ndjson(bytes, head.sent_at.as_deref(), &limits)
             }
-            (Route::Native, _) => decode::native_json(bytes, &limits),
-            (Route::Segment(call), _) => decode::segment(bytes, call, head.received_at, &limits),
-            (Route::PostHog, _) => {
+            (Protocol::Native, _) => decode::native_json(bytes, &limits),
+            (Protocol::Segment(call), _) => decode::segment(bytes, call, head.received_at, &limits),
+            (Protocol::PostHog, _) => {
                 // posthog-js sends its send time as `_`, in milliseconds.
                 let sent_at = unwrap::param(head.query.as_deref(), "_")
                     .and_then(|ms| ms.parse().ok())
@@ -355,12 +349,11 @@ impl App {
                 };
                 decode::posthog(bytes, request, &limits)
             }
-            (Route::Snowplow, _) => decode::snowplow_post(bytes, head.snowplow(), &limits),
-            (Route::SnowplowPixel, _) => Ok(decode::snowplow_get(
+            (Protocol::Snowplow, _) => decode::snowplow_post(bytes, head.snowplow(), &limits),
+            (Protocol::SnowplowPixel, _) => Ok(decode::snowplow_get(
                 head.query.as_deref().unwrap_or_default(),
                 head.snowplow(),
             )),
-            (Route::Healthz | Route::Readyz | Route::Metrics, _) => Err(ApiError::NotFound),
         }
     }
 

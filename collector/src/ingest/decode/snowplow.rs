@@ -66,7 +66,11 @@ pub fn snowplow_post(
             match serde_json::from_str::<Value>(raw.get()) {
                 Ok(mut value) => {
                     if let Value::Object(fields) = &mut value {
-                        decoded.app_ids.insert(app_id(fields).map(str::to_owned));
+                        // One allocation per distinct app id, not per event.
+                        let app = app_id(fields);
+                        if !decoded.app_ids.iter().any(|seen| seen.as_deref() == app) {
+                            decoded.app_ids.insert(app.map(str::to_owned));
+                        }
                         if request.anonymous {
                             anonymize(fields);
                         }
