@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tollgate_benches::{DiscardLog, native_batch, posthog_batch, segment_batch, snowplow_batch};
+use tollgate_collector::Rules;
 use tollgate_collector::config::FailurePolicy;
 use tollgate_collector::dedupe::MemoryStore;
 use tollgate_collector::ingest::{DecodeLimits, Pipeline, RequestInfo, Source, decode};
@@ -206,6 +207,7 @@ fn bench_stages(c: &mut Criterion) {
                     api: Api::Native,
                     request_id: "0193b2c4-5d6e-7f80-9a1b-2c3d4e5f6a7b".into(),
                     collector_version: "0.1.0".into(),
+                    schema_set: Some("0123456789ab".into()),
                 };
                 record.write_json(&mut out);
                 out.push(b'\n');
@@ -235,9 +237,13 @@ fn bench_stages(c: &mut Criterion) {
 fn bench_pipeline(c: &mut Criterion) {
     let platforms = Platforms::default();
     let metrics = Arc::new(Metrics::new());
-    let schemas = SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap();
+    let rules = |privacy| Rules {
+        schemas: SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
+        privacy,
+        sources: Default::default(),
+        rate_limits: None,
+    };
     let pipeline = Pipeline {
-        schemas: arc_swap::ArcSwap::from_pointee(schemas),
         // The collector's default bound (a larger table spends the run faulting in
         // its pages, which a collector does once).
         store: Arc::new(MemoryStore::new(
@@ -251,7 +257,6 @@ fn bench_pipeline(c: &mut Criterion) {
         allowed_lateness: Duration::from_secs(86400),
         future_tolerance: Duration::from_secs(300),
         region: "default".into(),
-        privacy: None,
         metrics,
         labels: Some(SegmentLabels::new(platforms.clone(), 20)),
     };
@@ -263,7 +268,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(BATCH as u64));
     // Fresh event ids every time, so every event is claimed and serialised.
-    let run = |pipeline: &Pipeline, body: Vec<u8>| {
+    let run = |rules: &Rules, body: Vec<u8>| {
         let decoded = decode::native_json(&body, &limits(&platforms)).unwrap();
         let request = RequestInfo {
             received_at: time::OffsetDateTime::now_utc(),
@@ -272,27 +277,17 @@ fn bench_pipeline(c: &mut Criterion) {
             shadow: false,
         };
         let outcome = runtime
-            .block_on(pipeline.process(&source, Api::Native, decoded, request))
+            .block_on(pipeline.process(rules, &source, Api::Native, decoded, request))
             .unwrap();
         assert_eq!(outcome.answer.accepted, BATCH);
         outcome
     };
     let body = || native_batch(counter.fetch_add(1, Ordering::Relaxed), BATCH);
+    let plain = rules(None);
     group.bench_function("native_20", |b| {
-        b.iter_batched(body, |body| run(&pipeline, body), BatchSize::SmallInput)
+        b.iter_batched(body, |body| run(&plain, body), BatchSize::SmallInput)
     });
-    let uk = Pipeline {
-        schemas: arc_swap::ArcSwap::from_pointee(
-            SchemaRegistry::load(&tollgate_benches::schemas_dir()).unwrap(),
-        ),
-        store: pipeline.store.clone(),
-        log: Arc::new(DiscardLog),
-        privacy: Some(shipped_privacy()),
-        metrics: pipeline.metrics.clone(),
-        labels: Some(SegmentLabels::new(platforms.clone(), 20)),
-        region: "default".into(),
-        ..pipeline
-    };
+    let uk = rules(Some(shipped_privacy()));
     group.bench_function("native_20_uk", |b| {
         b.iter_batched(body, |body| run(&uk, body), BatchSize::SmallInput)
     });

@@ -31,6 +31,7 @@ pub mod http;
 pub mod ingest;
 pub mod privacy;
 pub mod ratelimit;
+pub mod rules;
 pub mod schema;
 pub mod sink;
 pub mod telemetry;
@@ -48,9 +49,10 @@ use crate::dedupe::IdempotencyStore;
 use crate::http::body::BodyLimits;
 use crate::http::{App, Listener, ServeOptions};
 use crate::ingest::Pipeline;
-use crate::schema::SchemaRegistry;
 use crate::sink::{EventLog, FileLog, KafkaLog};
 use crate::telemetry::Metrics;
+
+pub use crate::rules::{Reloaded, Reloader, Rules};
 
 /// A collector that failed to start.
 #[derive(Debug, thiserror::Error)]
@@ -101,44 +103,25 @@ pub struct Collector {
     config: Config,
     /// The public listener's certificate, when it speaks TLS.
     tls: Option<Arc<tollgate_edge::CertStore>>,
-}
-
-/// Reloads what can change without a restart: the schemas (on SIGHUP).
-#[derive(Clone)]
-pub struct Reloader {
-    app: Arc<App>,
-    config: Config,
-}
-
-impl Reloader {
-    /// Reads and compiles the schema folder again and swaps the whole set in at once:
-    /// requests in flight finish on the set they started with, new ones see the new
-    /// set. A folder that fails to load keeps the previous set. Counted in
-    /// `tollgate_config_reloads_total{outcome}`.
-    ///
-    /// # Errors
-    /// Every problem of the folder; nothing was swapped then.
-    pub fn reload(&self) -> Result<usize, BuildError> {
-        let loaded = load_schemas(&self.config);
-        let outcome = if loaded.is_ok() { "reloaded" } else { "failed" };
-        self.app
-            .metrics
-            .config_reloads
-            .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
-        let schemas = loaded?;
-        let count = schemas.len();
-        self.app.pipeline.schemas.store(Arc::new(schemas));
-        Ok(count)
-    }
+    reloader: Reloader,
 }
 
 impl Collector {
-    /// What reloads this collector's schemas; `run` reloads on SIGHUP with it too.
+    /// What reloads this collector's rules; `run` reloads on SIGHUP with it too.
     pub fn reloader(&self) -> Reloader {
-        Reloader {
-            app: self.app.clone(),
-            config: self.config.clone(),
-        }
+        self.reloader.clone()
+    }
+
+    /// Where reloads read the configuration from (by default: the one this collector
+    /// was built with, its files read again).
+    #[must_use]
+    pub fn reload_reading(
+        mut self,
+        load: impl Fn() -> Result<Config, ConfigError> + Send + Sync + 'static,
+        file: Option<std::path::PathBuf>,
+    ) -> Collector {
+        self.reloader = self.reloader.reading(load, file);
+        self
     }
 
     /// Validates the configuration, compiles the schemas and opens the log.
@@ -163,8 +146,8 @@ impl Collector {
                 key: t.key_file.clone(),
             })?;
         }
-        let schemas = load_schemas(config)?;
-        let privacy_policies = match privacy_file(config)? {
+        let schemas = rules::load_schemas(config)?;
+        let privacy_policies = match rules::privacy_file(config)? {
             None => None,
             Some(file) => {
                 let policies = privacy::config::PrivacyConfig::load(file)
@@ -201,7 +184,6 @@ impl Collector {
             })?),
             None => None,
         };
-        let schemas = load_schemas(&config)?;
         let metrics = overrides
             .metrics
             .unwrap_or_else(|| Arc::new(Metrics::new()));
@@ -214,20 +196,22 @@ impl Collector {
             Some(store) => store,
             None => dedupe::open(idem, metrics.clone())?,
         };
-        let sources = http::auth::Sources::new(&config.sources);
-        let mut privacy = load_privacy(&config)?;
-        if let Some(privacy) = &mut privacy {
-            privacy.count_pii_on(metrics.privacy_pii.clone());
-        }
+        let limit_clock = overrides
+            .limit_clock
+            .unwrap_or_else(ratelimit::LimitClock::monotonic);
+        let rules = Arc::new(arc_swap::ArcSwap::from_pointee(Rules::load(
+            &config,
+            &metrics,
+            limit_clock.clone(),
+            None,
+        )?));
         let pipeline = Arc::new(Pipeline {
-            schemas: arc_swap::ArcSwap::from_pointee(schemas),
             store,
             log,
             policy: idem.on_store_error,
             allowed_lateness: config.time.allowed_lateness,
             future_tolerance: config.time.future_tolerance,
             region: config.default_region.clone(),
-            privacy,
             metrics: metrics.clone(),
             labels: config.telemetry.data_quality.then(|| {
                 telemetry::quality::SegmentLabels::new(
@@ -236,22 +220,10 @@ impl Collector {
                 )
             }),
         });
-        let rate_limits = ratelimit::RateLimits::new(
-            config
-                .sources
-                .iter()
-                .map(|s| (s.id.as_str(), &s.rate_limit)),
-            config.server.trusted_proxies.clone(),
-            config.server.max_tracked_ips.get(),
-            overrides
-                .limit_clock
-                .unwrap_or_else(ratelimit::LimitClock::monotonic),
-        );
         let limits = &config.limits;
         let app = Arc::new(App {
-            rate_limits: rate_limits.any().then(|| Arc::new(rate_limits)),
+            rules: rules.clone(),
             pipeline,
-            sources,
             clock: overrides.clock.unwrap_or_else(Clock::system),
             metrics,
             platforms: tollgate_event::Platforms::new(config.platforms.iter().cloned()),
@@ -269,7 +241,13 @@ impl Collector {
             shadow_proxies: config.server.shadow_proxies.clone(),
             tasks: TaskTracker::new(),
         });
-        Ok(Collector { app, config, tls })
+        let reloader = Reloader::new(rules, app.metrics.clone(), limit_clock, config.clone());
+        Ok(Collector {
+            app,
+            config,
+            tls,
+            reloader,
+        })
     }
 
     /// The configuration this collector was built from.
@@ -322,6 +300,10 @@ impl Collector {
             );
         }
         reload_on_sighup(self.reloader(), token.child_token());
+        let watch = self.config.reload.watch_interval;
+        if !watch.is_zero() {
+            self.reloader().watch(watch, token.child_token());
+        }
         let mut servers = vec![tokio::spawn(http::serve(
             public,
             self.app.clone(),
@@ -377,47 +359,13 @@ fn open_log(config: &Config, metrics: &Arc<Metrics>) -> Result<Arc<dyn EventLog>
     })
 }
 
-/// The privacy file to load: `None` for `"none"`, and for the default path when it does
-/// not exist (said at start-up); any other path must exist.
-fn privacy_file(config: &Config) -> Result<Option<&std::path::Path>, BuildError> {
-    let file = &config.privacy.file;
-    if file.as_os_str() == "none" {
-        return Ok(None);
-    }
-    if !file.exists() {
-        if *file == config::PrivacySettings::default().file {
-            return Ok(None);
-        }
-        return Err(BuildError::Privacy(vec![format!(
-            "{}: no such file (set privacy.file = \"none\" to run without policies)",
-            file.display()
-        )]));
-    }
-    Ok(Some(file))
-}
-
-fn load_privacy(config: &Config) -> Result<Option<privacy::Privacy>, BuildError> {
-    let Some(file) = privacy_file(config)? else {
-        if config.privacy.file.as_os_str() == "none" {
-            tracing::warn!("privacy policies disabled (privacy.file = \"none\")");
-        } else {
-            tracing::warn!(file = %config.privacy.file.display(), "privacy policy file not found; running without privacy policies");
-        }
-        return Ok(None);
-    };
-    let privacy = privacy::load(file, &config.log.data_dir, config.privacy.hmac_key.as_ref())
-        .map_err(BuildError::Privacy)?;
-    tracing::info!(file = %file.display(), key = privacy.key_id(), "privacy policies loaded");
-    Ok(Some(privacy))
-}
-
-/// Reloads the schemas on every SIGHUP until `stop`.
+/// Reloads the rules on every SIGHUP until `stop`.
 fn reload_on_sighup(reloader: Reloader, stop: CancellationToken) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP: schemas reload only on restart");
+            tracing::warn!("cannot listen for SIGHUP: rules reload only on restart");
             return;
         };
         loop {
@@ -426,26 +374,12 @@ fn reload_on_sighup(reloader: Reloader, stop: CancellationToken) {
                 _ = hangups.recv() => {}
             }
             let reloader = reloader.clone();
-            match tokio::task::spawn_blocking(move || reloader.reload()).await {
-                Ok(Ok(count)) => tracing::info!(schemas = count, "schemas reloaded"),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "schema reload failed; the previous schemas stay in use")
-                }
-                Err(e) => tracing::error!(error = %e, "schema reload task failed"),
-            }
+            rules::log_reload(
+                "SIGHUP",
+                tokio::task::spawn_blocking(move || reloader.reload()).await,
+            );
         }
     });
     #[cfg(not(unix))]
     let _ = (reloader, stop);
-}
-
-fn load_schemas(config: &Config) -> Result<SchemaRegistry, BuildError> {
-    let dir = &config.schemas.dir;
-    if !dir.exists() && *dir == config::SchemasConfig::default().dir {
-        tracing::warn!(dir = %dir.display(), "schema folder not found; running with no registered schemas");
-        return Ok(SchemaRegistry::default());
-    }
-    let schemas = SchemaRegistry::load(dir).map_err(BuildError::Schemas)?;
-    tracing::info!(dir = %dir.display(), schemas = schemas.len(), "schemas loaded");
-    Ok(schemas)
 }

@@ -146,6 +146,81 @@ enum SchemaCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Turn a candidate schema (`<event>/v<N>.candidate.json`) into a live version:
+    /// checked as `schema check` does, then renamed to `v<N>.json`. Collectors take it
+    /// on their next reload (SIGHUP, or reload.watch_interval). Exit 0 promoted, 1
+    /// refused by the check, 2 usage errors (no such candidate).
+    Promote {
+        /// The event name.
+        event: String,
+        /// The candidate's version: `v3` or `3`.
+        #[arg(value_parser = parse_version)]
+        version: u32,
+        /// The schema folder [default: the configuration's schemas.dir].
+        #[arg(long)]
+        schemas: Option<PathBuf>,
+    },
+}
+
+fn parse_version(text: &str) -> Result<u32, String> {
+    text.strip_prefix('v')
+        .unwrap_or(text)
+        .parse::<u32>()
+        .ok()
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| format!("{text:?} is not a version (v1, v2, …)"))
+}
+
+/// The schema folder a `schema` command works on: `--schemas`, else the
+/// configuration's.
+fn schema_dir(
+    config: Option<&std::path::Path>,
+    schemas: Option<PathBuf>,
+) -> Result<PathBuf, ExitCode> {
+    match schemas {
+        Some(dir) => Ok(dir),
+        None => match Config::load(config) {
+            Ok(config) => Ok(config.schemas.dir),
+            Err(e) => {
+                eprintln!("tollgate-collector: {e:#}");
+                Err(ExitCode::from(2))
+            }
+        },
+    }
+}
+
+/// `schema promote`: 0 promoted, 1 refused by the check, 2 usage errors.
+fn schema_promote(
+    config: Option<&std::path::Path>,
+    schemas: Option<PathBuf>,
+    event: &str,
+    version: u32,
+) -> ExitCode {
+    use tollgate_collector::schema::promote::{PromoteError, promote};
+    let dir = match schema_dir(config, schemas) {
+        Ok(dir) => dir,
+        Err(code) => return code,
+    };
+    match promote(&dir, event, version) {
+        Ok(done) => {
+            for f in &done.findings {
+                println!("{}: {} ({})", f.event, f.message, f.rule);
+            }
+            println!(
+                "promoted {} -> {}; collectors take it on their next reload (SIGHUP, or reload.watch_interval)",
+                done.from.display(),
+                done.to.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate-collector: schema promote: {e}");
+            match e {
+                PromoteError::Check { .. } => ExitCode::FAILURE,
+                PromoteError::Usage(_) | PromoteError::Rename { .. } => ExitCode::from(2),
+            }
+        }
+    }
 }
 
 /// `schema check`, with its own exit codes: 0 clean, 1 violations, 2 usage errors.
@@ -155,15 +230,9 @@ fn schema_check(
     against: Option<PathBuf>,
     json: bool,
 ) -> ExitCode {
-    let dir = match schemas {
-        Some(dir) => dir,
-        None => match Config::load(config) {
-            Ok(config) => config.schemas.dir,
-            Err(e) => {
-                eprintln!("tollgate-collector: {e:#}");
-                return ExitCode::from(2);
-            }
-        },
+    let dir = match schema_dir(config, schemas) {
+        Ok(dir) => dir,
+        Err(code) => return code,
     };
     match tollgate_collector::schema::check::check(&dir, against.as_deref()) {
         Err(e) => {
@@ -203,6 +272,14 @@ fn main() -> ExitCode {
             *json,
         );
     }
+    if let Some(Command::Schema(SchemaCommand::Promote {
+        event,
+        version,
+        schemas,
+    })) = &args.command
+    {
+        return schema_promote(args.config.as_deref(), schemas.clone(), event, *version);
+    }
     // One TLS crypto provider for the whole process (rediss://, and TLS listeners).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     match run(args) {
@@ -214,7 +291,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<()> {
+/// The configuration: the file (or the embedded default), the environment, then the
+/// flags. A reload reads it again the same way.
+fn configure(args: &Args) -> Result<Config, tollgate_collector::config::ConfigError> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.server.listen = listen;
@@ -225,15 +304,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.expose_dev_source {
         config.server.expose_dev_source = true;
     }
-    if let Some(dir) = args.data_dir {
+    if let Some(dir) = args.data_dir.clone() {
         config.log.data_dir = dir;
     }
-    if let Some(url) = args.redis {
+    if let Some(url) = args.redis.clone() {
         config.idempotency.backend = tollgate_collector::config::IdempotencyBackend::Redis;
         config.idempotency.redis.url = url;
         config.idempotency.redis.cluster_nodes.clear();
     }
-    if let (Some(cert_file), Some(key_file)) = (args.tls_cert, args.tls_key) {
+    if let (Some(cert_file), Some(key_file)) = (args.tls_cert.clone(), args.tls_key.clone()) {
         let reload_interval = config
             .server
             .tls
@@ -245,22 +324,29 @@ fn run(args: Args) -> anyhow::Result<()> {
             reload_interval,
         });
     }
-    if let Some(brokers) = args.kafka {
+    if let Some(brokers) = args.kafka.clone() {
         config.log.sink = tollgate_collector::config::SinkKind::Kafka;
         config.log.kafka.brokers = brokers;
     }
-    if let Some(topic) = args.kafka_topic {
+    if let Some(topic) = args.kafka_topic.clone() {
         config.log.kafka.topic = topic;
     }
-    if let Some(topic) = args.kafka_quarantine_topic {
+    if let Some(topic) = args.kafka_quarantine_topic.clone() {
         config.log.kafka.quarantine_topic = topic;
     }
+    Ok(config)
+}
+
+fn run(mut args: Args) -> anyhow::Result<()> {
+    let config = configure(&args)?;
+    let command = args.command.take();
+    let args = std::sync::Arc::new(args);
     let tracing = tollgate_collector::telemetry::tracing_setup::install(
         matches!(args.log_format, LogFormat::Json),
         std::io::stderr().is_terminal(),
         &config.telemetry,
     )?;
-    match args.command {
+    match command {
         Some(Command::CheckConfig) => return check_config(&config),
         Some(Command::Audit {
             log,
@@ -312,7 +398,8 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     let served = runtime.block_on(async move {
-        let collector = Collector::build(config)?;
+        let file = args.config.clone();
+        let collector = Collector::build(config)?.reload_reading(move || configure(&args), file);
         let server = &collector.config().server;
         let public = tokio::net::TcpListener::bind(server.listen)
             .await

@@ -76,6 +76,8 @@ type Keyed = RateLimiter<IpAddr, DashMapStateStore<IpAddr>, LimitClock, NoOpMidd
 
 /// One source's limiters; `None` where the source has no such limit.
 struct SourceLimits {
+    /// What they were built from: a reload keeps the limiters of an unchanged source.
+    config: RateLimitConfig,
     requests: Option<Direct>,
     events: Option<Direct>,
     per_ip: Option<Keyed>,
@@ -83,7 +85,7 @@ struct SourceLimits {
 
 /// Every source's limits and how to find the client's IP.
 pub struct RateLimits {
-    sources: HashMap<String, SourceLimits>,
+    sources: HashMap<String, Arc<SourceLimits>>,
     trusted: Vec<IpNet>,
     max_tracked_ips: usize,
     clock: LimitClock,
@@ -167,12 +169,13 @@ impl RateLimits {
                 let direct =
                     |q: Option<Quota>| q.map(|q| RateLimiter::direct_with_clock(q, clock.clone()));
                 let limits = SourceLimits {
+                    config: c.clone(),
                     requests: direct(quota(c.requests_per_second, c.request_burst)),
                     events: direct(quota(c.events_per_second, c.event_burst)),
                     per_ip: quota(c.ip_requests_per_second, c.ip_request_burst)
                         .map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
                 };
-                (id.to_owned(), limits)
+                (id.to_owned(), Arc::new(limits))
             })
             .collect();
         RateLimits {
@@ -182,6 +185,21 @@ impl RateLimits {
             clock,
             last_prune: AtomicU64::new(0),
         }
+    }
+
+    /// Takes over `previous`'s limiters of every source whose limits are unchanged, so
+    /// that a reload neither refills their budgets nor forgets the clients they track.
+    /// A source whose limits changed starts from a full budget.
+    #[must_use]
+    pub fn keeping_state_of(mut self, previous: &RateLimits) -> RateLimits {
+        for (id, limits) in &mut self.sources {
+            if let Some(old) = previous.sources.get(id)
+                && old.config == limits.config
+            {
+                *limits = old.clone();
+            }
+        }
+        self
     }
 
     /// Whether any source has a limit (else the checks are skipped entirely).

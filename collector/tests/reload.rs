@@ -1,6 +1,7 @@
-//! Schema reloads (what SIGHUP does) under load: every request is answered, none with a
-//! 5xx, and each request's events are all validated against one schema set, the old or
-//! the new, never a mix; a reload that fails keeps the set in force.
+//! Reloads (what SIGHUP does): schemas under load — every request is answered, none
+//! with a 5xx, each request's events are all validated against one schema set, the old
+//! or the new, never a mix, and each record names that set; write keys, privacy
+//! policies and rate limits; a reload that fails keeps the rules in force.
 
 mod support;
 
@@ -99,6 +100,8 @@ async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
     let reloads = {
         let (c, schemas, answered) = (c.clone(), schemas.clone(), answered.clone());
         tokio::spawn(async move {
+            // The id of each set: [A, B].
+            let mut ids = [String::new(), String::new()];
             for i in 0..20 {
                 // A few requests answered under each set before the next reload.
                 let before = answered.load(Ordering::SeqCst);
@@ -109,12 +112,16 @@ async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
                 let reloader = c.reloader.clone();
                 let reloaded = tokio::task::spawn_blocking(move || reloader.reload())
                     .await
+                    .unwrap()
                     .unwrap();
-                assert_eq!(reloaded.unwrap(), 1);
+                assert_eq!(reloaded.schemas, 1);
+                ids[(i + 1) % 2] = reloaded.schema_set;
             }
+            ids
         })
     };
-    reloads.await.unwrap();
+    let ids = reloads.await.unwrap();
+    assert_ne!(ids[0], ids[1]);
     reloading.store(false, Ordering::SeqCst);
     let mut totals = [0u32; 2];
     for client in clients {
@@ -130,6 +137,17 @@ async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
             .await
             .contains("tollgate_config_reloads_total{outcome=\"reloaded\"} 20"),
     );
+    // Each record names the set that accepted it: A takes only `a`, B only `b`.
+    let records = c.events();
+    assert_eq!(records.len() as u32, totals[0] + totals[1]);
+    for record in records {
+        let set = if record["properties"].get("a").is_some() {
+            &ids[0]
+        } else {
+            &ids[1]
+        };
+        assert_eq!(record["schema_set"], set.as_str(), "{record}");
+    }
 }
 
 #[tokio::test]
@@ -161,5 +179,156 @@ async fn a_reload_that_fails_keeps_the_schemas_in_force() {
         c.metrics()
             .await
             .contains("tollgate_config_reloads_total{outcome=\"failed\"} 1")
+    );
+}
+
+fn reload_config(c: &TestCollector, tweak: impl FnOnce(&mut tollgate_collector::config::Config)) {
+    let mut config = test_config(&c.data);
+    tweak(&mut config);
+    c.reloader.reload_from(config).unwrap();
+}
+
+#[tokio::test]
+async fn reloaded_write_keys_take_effect_for_the_next_request() {
+    let c = TestCollector::start().await;
+    let body = json!({"events": [event("keys-00000001")]});
+    assert_eq!(c.post("/v1/events", "wk_rotated", &body).await.0, 401);
+    // The strict source's key is rotated: the new key in, the old one out.
+    reload_config(&c, |config| {
+        config.sources[1].write_keys = vec!["wk_rotated".into()];
+    });
+    let (status, answer) = c.post("/v1/events", "wk_rotated", &body).await;
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    let (status, answer) = c.post("/v1/events", STRICT_KEY, &body).await;
+    assert_eq!(status, 401);
+    assert_eq!(answer["error"]["code"], "unknown_write_key");
+    assert_eq!(c.events()[0]["source"], "strict_app");
+}
+
+#[tokio::test]
+async fn a_reloaded_privacy_file_applies_to_the_next_event() {
+    let c = TestCollector::start().await;
+    let send = |id: &'static str| {
+        let mut e = event(id);
+        e["user_id"] = json!("user-42");
+        e["context"]["country"] = json!("GB");
+        json!({"events": [e]})
+    };
+    assert_eq!(c.post_events(&send("privacy-0000001")).await.0, 200);
+    reload_config(&c, |config| {
+        with_policy(config, "127.0.0.1/32");
+    });
+    assert_eq!(c.post_events(&send("privacy-0000002")).await.0, 200);
+    let records = c.events();
+    assert_eq!(records.len(), 2);
+    // Before: no policy, the id as sent. After: the UK policy's pseudonym.
+    assert_eq!(records[0]["user_id"], "user-42");
+    assert!(records[0]["privacy_policy"].is_null());
+    assert_ne!(records[1]["user_id"], "user-42");
+    assert_eq!(records[1]["privacy_policy"], "uk_gdpr@1", "{}", records[1]);
+    // A privacy file with a problem is refused whole; the UK policy stays.
+    let broken = c.data.join("broken-privacy.toml");
+    std::fs::write(&broken, "default_region = ").unwrap();
+    let mut config = test_config(&c.data);
+    config.privacy.file = broken;
+    assert!(c.reloader.reload_from(config).is_err());
+    assert_eq!(c.post_events(&send("privacy-0000003")).await.0, 200);
+    assert_eq!(c.events()[2]["privacy_policy"], "uk_gdpr@1");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_budget_of_unchanged_rate_limits() {
+    let (clock, _hand) = tollgate_collector::ratelimit::LimitClock::manual();
+    let limited = |config: &mut tollgate_collector::config::Config, burst: u32| {
+        let limit = &mut config.sources[1].rate_limit;
+        limit.requests_per_second = std::num::NonZeroU32::new(1);
+        limit.request_burst = std::num::NonZeroU32::new(burst);
+    };
+    let c = TestCollector::start_with(
+        |config| limited(config, 1),
+        tollgate_collector::Overrides {
+            limit_clock: Some(clock),
+            ..Default::default()
+        },
+    )
+    .await;
+    let body = json!({"events": [event("limit-00000001")]});
+    assert_eq!(c.post("/v1/events", STRICT_KEY, &body).await.0, 200);
+    assert_eq!(c.post("/v1/events", STRICT_KEY, &body).await.0, 429);
+    // The same limits again: the spent budget stays spent (a reload is no way around
+    // a limit).
+    reload_config(&c, |config| limited(config, 1));
+    assert_eq!(c.post("/v1/events", STRICT_KEY, &body).await.0, 429);
+    // New limits start from their full budget.
+    reload_config(&c, |config| limited(config, 3));
+    assert_eq!(c.post("/v1/events", STRICT_KEY, &body).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_reload_names_the_sections_that_need_a_restart_and_applies_the_rest() {
+    let c = TestCollector::start().await;
+    let mut config = test_config(&c.data);
+    config.server.request_timeout = std::time::Duration::from_secs(3);
+    config.time.allowed_lateness = std::time::Duration::from_secs(60);
+    config.sources[1].write_keys.push("wk_added".into());
+    let reloaded = c.reloader.reload_from(config.clone()).unwrap();
+    assert_eq!(reloaded.need_restart, ["server", "time"]);
+    let body = json!({"events": [event("restart-0000001")]});
+    assert_eq!(c.post("/v1/events", "wk_added", &body).await.0, 200);
+    // Still not applied, so still named.
+    let again = c.reloader.reload_from(config).unwrap();
+    assert_eq!(again.need_restart, ["server", "time"]);
+}
+
+#[tokio::test]
+async fn an_invalid_configuration_is_refused_whole() {
+    let c = TestCollector::start().await;
+    let mut config = test_config(&c.data);
+    config.sources[1].write_keys = vec!["wk_new".into()];
+    config.sources.push(config.sources[1].clone());
+    let error = c.reloader.reload_from(config).unwrap_err().to_string();
+    assert!(error.contains("declared twice"), "{error}");
+    let body = json!({"events": [event("invalid-0000001")]});
+    assert_eq!(c.post("/v1/events", STRICT_KEY, &body).await.0, 200);
+    assert_eq!(c.post("/v1/events", "wk_new", &body).await.0, 401);
+}
+
+#[tokio::test]
+async fn with_a_watch_interval_a_changed_schema_file_is_reloaded_without_a_signal() {
+    let root = tempfile::tempdir().unwrap();
+    let schemas = root.path().join("schemas");
+    std::fs::create_dir_all(schemas.join("reload_probe")).unwrap();
+    install(&schemas, &requiring("a"));
+    let dir = schemas.clone();
+    let c = TestCollector::start_with(
+        move |config| {
+            config.schemas.dir = dir;
+            config.reload.watch_interval = std::time::Duration::from_millis(20);
+        },
+        tollgate_collector::Overrides::default(),
+    )
+    .await;
+    let accepted = |answer: &Value| answer["results"][0]["status"] == "accepted";
+    let body = |n: u32| json!({"events": [probe(&format!("watch-{n:08}"), "b")]});
+    assert!(!accepted(
+        &c.post("/v1/events", STRICT_KEY, &body(0)).await.1
+    ));
+    install(&schemas, &requiring("b"));
+    // Polls for up to 10 s: the watcher looks every 20 ms and reloads once the file
+    // held still for one more look.
+    let mut n = 1;
+    while !accepted(&c.post("/v1/events", STRICT_KEY, &body(n)).await.1) {
+        assert!(n < 500, "the changed schema was never reloaded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        n += 1;
+    }
+    assert!(
+        c.metrics()
+            .await
+            .contains("tollgate_config_reloads_total{outcome=\"reloaded\"} 1")
     );
 }

@@ -179,3 +179,42 @@ fn lint_failures_and_usage_errors_have_their_exit_codes() {
     let out = check(&["--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_candidate_is_checked_as_the_version_it_would_become_and_may_go_freely() {
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = schema(json!({"item_id": {"type": "string"}}), &["item_id"]);
+    write(dir.path(), "item_view", 1, &v1);
+    let event = dir.path().join("item_view");
+    // The candidate requires a new property: breaking, undeclared.
+    let candidate = schema(
+        json!({"item_id": {"type": "string"}, "rank": {"type": "integer"}}),
+        &["item_id", "rank"],
+    );
+    std::fs::write(event.join("v2.candidate.json"), candidate.to_string()).unwrap();
+    let folder = dir.path().to_str().unwrap();
+    let out = check(&["--schemas", folder]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("error: item_view v2 property `rank`"),
+        "{}",
+        text(&out)
+    );
+    // A live v2 beside the candidate v2 is one version twice.
+    write(dir.path(), "item_view", 2, &v1);
+    let out = check(&["--schemas", folder]);
+    assert!(text(&out).contains("also"), "{}", text(&out));
+
+    // Against a previous state that had the candidate, deleting it is fine: nothing
+    // was logged under it.
+    let after = tempfile::tempdir().unwrap();
+    write(after.path(), "item_view", 1, &v1);
+    std::fs::remove_file(event.join("v2.json")).unwrap();
+    let out = check(&[
+        "--schemas",
+        after.path().to_str().unwrap(),
+        "--against",
+        folder,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -31,6 +31,7 @@ pub const SERVER_FIELDS: &[&str] = &[
     "pseudonyms_previous",
     "dedupe",
     "collector_version",
+    "schema_set",
     "request_id",
     "api",
 ];
@@ -505,9 +506,10 @@ mod tests {
         let mut v = valid();
         v["timestamp_server"] = json!("1999-01-01T00:00:00Z");
         v["dedupe"] = json!("checked");
+        v["schema_set"] = json!("forged");
         let text = serde_json::to_vec(&v).unwrap();
         let (_, ignored) = parse_event_text(&text, &Platforms::default()).unwrap();
-        assert_eq!(ignored, 2);
+        assert_eq!(ignored, 3);
     }
 
     /// Sets `field` to `value` (removes it for `None`) and returns the parse error.

@@ -164,6 +164,12 @@ pub struct Record<'a> {
     /// Server-generated id of the HTTP request, shared by all events of one batch.
     pub request_id: Cow<'a, str>,
     pub collector_version: Cow<'a, str>,
+    /// The id of the set of schemas that validated the event (12 hex digits of a
+    /// digest of the schemas: the same on every replica with the same files, and
+    /// changed by every reload that changed a schema). Absent in records logged before
+    /// it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_set: Option<Cow<'a, str>>,
 }
 
 /// The server's fields of a [`Record`], in its order: what follows the event's own.
@@ -188,6 +194,8 @@ struct ServerFields<'r> {
     api: Api,
     request_id: &'r str,
     collector_version: &'r str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schema_set: Option<&'r str>,
 }
 
 impl Record<'_> {
@@ -215,6 +223,7 @@ impl Record<'_> {
             api,
             request_id,
             collector_version,
+            schema_set,
         } = self;
         serde_json::to_writer(&mut *out, event.as_ref()).expect("events serialize");
         debug_assert_eq!(out.last(), Some(&b'}'));
@@ -236,6 +245,7 @@ impl Record<'_> {
             api: *api,
             request_id,
             collector_version,
+            schema_set: schema_set.as_deref(),
         };
         serde_json::to_writer(&mut *out, &tail).expect("records serialize");
         // An event object always has fields, so the event's `}` became a `,`.
@@ -378,6 +388,7 @@ mod tests {
                 api: Api::Native,
                 request_id: "r-1".into(),
                 collector_version: "0.1.0".into(),
+                schema_set: Some("0123456789ab".into()),
             };
             let mut written = b"[before]".to_vec();
             record.write_json(&mut written);

@@ -31,6 +31,7 @@ pub use crate::dedupe::config::{
 pub use crate::http::config::{LimitsConfig, ServerConfig, TlsConfig};
 pub use crate::ingest::config::TimeConfig;
 pub use crate::privacy::settings::PrivacySettings;
+pub use crate::rules::ReloadConfig;
 pub use crate::schema::config::SchemasConfig;
 pub use crate::sink::config::{Compression, KafkaConfig, LogConfig, SinkKind};
 pub use crate::telemetry::config::TelemetryConfig;
@@ -61,6 +62,7 @@ pub struct Config {
     pub default_region: String,
     /// Who may send events. A config file must declare at least one source.
     pub sources: Vec<SourceConfig>,
+    pub reload: ReloadConfig,
 }
 
 impl Default for Config {
@@ -79,6 +81,7 @@ impl Default for Config {
                 .to_vec(),
             default_region: "default".into(),
             sources: Vec::new(),
+            reload: ReloadConfig::default(),
         }
     }
 }

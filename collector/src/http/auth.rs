@@ -13,6 +13,7 @@ use super::App;
 use crate::config::SourceConfig;
 use crate::error::ApiError;
 use crate::ingest::Source;
+use crate::rules::Rules;
 
 /// The configured sources, by write key and by Snowplow app id.
 #[derive(Debug, Default)]
@@ -97,23 +98,17 @@ pub(super) fn write_key(headers: &HeaderMap) -> Option<String> {
 }
 
 impl App {
-    /// The source a write key belongs to.
-    ///
-    /// # Errors
-    /// `unknown_write_key`.
-    pub(super) fn source(&self, key: &str) -> Result<Arc<Source>, ApiError> {
-        self.sources.by_key(key)
-    }
-
-    /// Runs one rate-limit check of `source`, counting a refusal by source and limit.
+    /// Runs one rate-limit check of `source` under `rules`, counting a refusal by
+    /// source and limit.
     pub(super) fn check_rate(
         &self,
+        rules: &Rules,
         source: &str,
         check: impl FnOnce(
             &crate::ratelimit::RateLimits,
         ) -> Result<(), (ApiError, crate::ratelimit::Refusal)>,
     ) -> Result<(), ApiError> {
-        let Some(limits) = &self.rate_limits else {
+        let Some(limits) = &rules.rate_limits else {
             return Ok(());
         };
         check(limits).map_err(|(error, refusal)| {

@@ -13,8 +13,9 @@
 //! - a request timeout covering the body upload and the processing.
 
 mod answer;
-pub(crate) mod auth;
+pub mod auth;
 pub mod body;
+mod candidates;
 pub mod config;
 mod replay;
 mod route;

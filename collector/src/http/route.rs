@@ -11,6 +11,8 @@ pub(super) enum Route {
     Healthz,
     Readyz,
     Metrics,
+    /// `/schemas/candidates`: what candidate schemas would do (admin only).
+    Candidates,
     /// An ingest route, of the protocol its path speaks.
     Ingest(Protocol),
 }
@@ -25,6 +27,7 @@ impl Route {
             Route::Healthz => "healthz",
             Route::Readyz => "readyz",
             Route::Metrics => "metrics",
+            Route::Candidates => "schema_candidates",
             Route::Ingest(protocol) => match protocol {
                 Protocol::Native => "native",
                 Protocol::Segment(None) => "segment_batch",
@@ -48,6 +51,7 @@ impl Route {
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             "/metrics" if listener == Listener::Admin => Route::Metrics,
+            "/schemas/candidates" if listener == Listener::Admin => Route::Candidates,
             _ if listener == Listener::Public => Route::Ingest(Protocol::of_path(path)?),
             _ => return None,
         };
@@ -61,6 +65,7 @@ impl Route {
             Route::Healthz
             | Route::Readyz
             | Route::Metrics
+            | Route::Candidates
             | Route::Ingest(Protocol::SnowplowPixel) => "GET, HEAD",
             // posthog-js falls back to GET with the events in the `data` parameter.
             Route::Ingest(Protocol::PostHog) => "GET, POST",
@@ -99,6 +104,11 @@ mod tests {
             Some(Route::Metrics)
         );
         assert_eq!(Route::find("/v1/events", Listener::Admin), None);
+        assert_eq!(
+            Route::find("/schemas/candidates", Listener::Admin),
+            Some(Route::Candidates)
+        );
+        assert_eq!(Route::find("/schemas/candidates", Listener::Public), None);
         assert_eq!(Route::find("/v1/nope", Listener::Public), None);
         for path in [
             "/batch", "/batch/", "/e/", "/i/v0/e/", "/capture", "/track/", "/engage",

@@ -28,17 +28,17 @@ use super::{Listener, answer, auth, unwrap};
 use crate::clock::Clock;
 use crate::error::{ApiError, json_response};
 use crate::ingest::{DecodeLimits, Decoded, Pipeline, RequestInfo, Source, decode};
+use crate::rules::Rules;
 use crate::telemetry::Metrics;
 
 /// Shared state of the HTTP handlers.
 pub struct App {
     pub pipeline: Arc<Pipeline>,
-    /// Sources by write key and by Snowplow app id.
-    pub sources: auth::Sources,
+    /// Schemas, privacy, sources and rate limits: each request loads them once, and a
+    /// reload swaps them whole.
+    pub rules: Arc<arc_swap::ArcSwap<Rules>>,
     pub clock: Clock,
     pub metrics: Arc<Metrics>,
-    /// Per-source and per-client-IP limits; `None` when no source has any.
-    pub rate_limits: Option<Arc<crate::ratelimit::RateLimits>>,
     pub platforms: tollgate_event::Platforms,
     pub body_limits: BodyLimits,
     /// Bytes all requests in flight may hold (`limits.max_in_flight_bytes`).
@@ -84,6 +84,15 @@ impl App {
             Some(Route::Healthz) => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
             Some(Route::Readyz) => Ok(self.readiness().await),
             Some(Route::Metrics) => Ok(self.metrics_page()),
+            Some(Route::Candidates) => {
+                let rules = self.rules.load();
+                Ok(super::candidates::page(
+                    rules.schemas.id(),
+                    &rules.schemas.candidate_reports(),
+                    req.headers(),
+                    req.uri().query(),
+                ))
+            }
             Some(Route::Ingest(protocol)) => {
                 // One span per ingest request (exported as a trace when OTLP is on):
                 // route, source, outcome counts, status; never event content.
@@ -176,19 +185,20 @@ impl App {
     fn head(&self, parts: &Parts, api: Api) -> Result<Head, ApiError> {
         let query = parts.uri.query().map(str::to_owned);
         let received_at = self.clock.now();
+        let rules = self.rules.load_full();
         let source = auth::write_key(&parts.headers)
-            .map(|k| self.source(&k))
+            .map(|k| rules.sources.by_key(&k))
             .transpose()?;
         if source.is_none() && api == Api::Native {
             return Err(ApiError::MissingWriteKey);
         }
         let peer = parts.extensions.get::<super::PeerAddr>().map(|p| p.0);
         // The client's IP is only needed by per-IP limits.
-        let client_ip = self.rate_limits.as_ref().map(|limits| {
+        let client_ip = rules.rate_limits.as_ref().map(|limits| {
             limits.client_ip(peer.unwrap_or(IpAddr::from([0, 0, 0, 0])), &parts.headers)
         });
         if let (Some(source), Some(ip)) = (&source, client_ip) {
-            self.check_rate(&source.id, |l| l.check_request(&source.id, ip))?;
+            self.check_rate(&rules, &source.id, |l| l.check_request(&source.id, ip))?;
         }
         let framing = body::framing(&parts.headers)?;
         match framing {
@@ -206,7 +216,7 @@ impl App {
         }
         let encoding = body::encoding(&parts.headers)?;
         let request_key = request_key(&parts.headers)?;
-        let edge_country = self.pipeline.privacy.as_ref().and_then(|privacy| {
+        let edge_country = rules.privacy.as_ref().and_then(|privacy| {
             let header = privacy
                 .region_header
                 .as_ref()
@@ -216,6 +226,7 @@ impl App {
         });
         Ok(Head {
             received_at,
+            rules,
             source,
             client_ip,
             framing,
@@ -272,7 +283,7 @@ impl App {
                 let decoded = app.decode(&head, protocol, &bytes)?;
                 let source = app.body_source(&head, api, &decoded)?;
                 span.record("tollgate.source", source.id.as_str());
-                app.check_rate(&source.id, |l| {
+                app.check_rate(&head.rules, &source.id, |l| {
                     l.check_events(&source.id, decoded.items.len())
                 })?;
                 let answer_key = head
@@ -289,6 +300,7 @@ impl App {
                 let outcome = app
                     .pipeline
                     .process(
+                        &head.rules,
                         &source,
                         api,
                         decoded,
@@ -366,21 +378,22 @@ impl App {
         api: Api,
         decoded: &Decoded,
     ) -> Result<Arc<Source>, ApiError> {
+        let sources = &head.rules.sources;
         let found = match (&head.source, &decoded.body_write_key) {
             // A PostHog key in the body must name the header's source, if both are sent.
             (Some(header), Some(key)) if api == Api::PostHog => {
-                if self.source(key)?.id != header.id {
+                if sources.by_key(key)?.id != header.id {
                     return Err(ApiError::MixedWriteKeys);
                 }
                 return Ok(header.clone());
             }
             (Some(source), _) => return Ok(source.clone()),
-            (None, Some(key)) => self.source(key)?,
-            (None, None) if api == Api::Snowplow => self.sources.by_apps(&decoded.app_ids)?,
+            (None, Some(key)) => sources.by_key(key)?,
+            (None, None) if api == Api::Snowplow => sources.by_apps(&decoded.app_ids)?,
             (None, None) => return Err(ApiError::MissingWriteKey),
         };
         if let Some(ip) = head.client_ip {
-            self.check_rate(&found.id, |l| l.check_request(&found.id, ip))?;
+            self.check_rate(&head.rules, &found.id, |l| l.check_request(&found.id, ip))?;
         }
         Ok(found)
     }
@@ -390,6 +403,8 @@ impl App {
 struct Head {
     /// Every event's `timestamp_server`.
     received_at: OffsetDateTime,
+    /// The rules the whole request is judged by, loaded once.
+    rules: Arc<Rules>,
     /// The source of the `Authorization` header's write key.
     source: Option<Arc<Source>>,
     /// The client's IP, when per-IP limits need it.

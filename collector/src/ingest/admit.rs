@@ -3,19 +3,30 @@
 //! quarantine will keep of rejected events passes the same policy.
 
 use opentelemetry::KeyValue;
+use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use tollgate_event::{Api, Dedupe, ErrorCode, Event, EventError, Timing};
 
 use super::slot::Slot;
 use super::{Decoded, Item, Pipeline, Raw, Source};
-use crate::privacy::Verdict;
-use crate::schema::{SchemaRegistry, UnknownEvents};
+use crate::privacy::{Privacy, Verdict};
+use crate::rules::Rules;
+use crate::schema::UnknownEvents;
+use crate::schema::candidate::{Candidate, Verdicts};
+
+/// What admission found of a valid event before its privacy policy.
+struct Admitted {
+    sent_at: Option<OffsetDateTime>,
+    timing: Timing,
+    /// Whether the client gave the event's id (so it is claimed).
+    client_id: bool,
+}
 
 impl Pipeline {
     /// One slot per decoded item, in request order.
     pub(super) fn admit(
         &self,
-        schemas: &SchemaRegistry,
+        rules: &Rules,
         source: &Source,
         api: Api,
         decoded: Decoded,
@@ -27,6 +38,8 @@ impl Pipeline {
         } else {
             UnknownEvents::Reject
         };
+        let schemas = &rules.schemas;
+        let privacy = rules.privacy.as_ref();
         let mut ignored_fields = 0;
         let mut slots: Vec<Slot> = decoded
             .items
@@ -59,9 +72,17 @@ impl Pipeline {
                             )
                             .map(|version| event.schema_version = version)
                     };
+                    if let Some(candidate) = schemas.candidate(&event.event_name) {
+                        self.try_candidate(candidate, &mut event.properties, &validated);
+                    }
                     match validated.and_then(|()| self.timing(api, &event, sent_at, received_at)) {
                         Ok(timing) => {
-                            self.apply_privacy(event, sent_at, timing, client_id, edge_country)
+                            let admitted = Admitted {
+                                sent_at,
+                                timing,
+                                client_id,
+                            };
+                            self.apply_privacy(privacy, event, admitted, edge_country)
                         }
                         Err(error) => Slot::Rejected {
                             raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
@@ -71,13 +92,70 @@ impl Pipeline {
                 }
             })
             .collect();
-        self.scrub_rejected(&mut slots, edge_country);
+        if let Some(privacy) = privacy {
+            scrub_rejected(privacy, &mut slots, edge_country);
+        }
         if ignored_fields > 0 {
             self.metrics
                 .client_server_fields
                 .add(ignored_fields as u64, &[]);
         }
         slots
+    }
+
+    /// Checks an event's properties against its event's candidate schema too, and
+    /// counts both verdicts; decides nothing. Events the live schemas did not judge
+    /// (rejected earlier for another reason) are not counted.
+    fn try_candidate(
+        &self,
+        candidate: &Candidate,
+        properties: &mut Map<String, Value>,
+        live: &Result<(), EventError>,
+    ) {
+        let live_accepted = match live {
+            Ok(()) => true,
+            Err(e)
+                if matches!(
+                    e.code,
+                    ErrorCode::SchemaViolation
+                        | ErrorCode::UnknownSchemaVersion
+                        | ErrorCode::UnknownEvent
+                ) =>
+            {
+                false
+            }
+            Err(_) => return,
+        };
+        let value = Value::Object(std::mem::take(properties));
+        let verdicts = candidate.observe(&value, live_accepted);
+        let event = KeyValue::new("event", candidate.event.clone());
+        let version = KeyValue::new("version", i64::from(candidate.version));
+        self.metrics.candidate_events.add(
+            1,
+            &[
+                event.clone(),
+                version.clone(),
+                KeyValue::new("verdicts", verdicts.label()),
+            ],
+        );
+        if verdicts == Verdicts::WouldReject {
+            let mut errors = candidate.errors(&value);
+            candidate.count_errors(&mut errors);
+            for (field, keyword) in errors {
+                self.metrics.candidate_errors.add(
+                    1,
+                    &[
+                        event.clone(),
+                        version.clone(),
+                        KeyValue::new("field", field),
+                        KeyValue::new("keyword", keyword),
+                    ],
+                );
+            }
+        }
+        if let Value::Object(map) = value {
+            *properties = map;
+        }
     }
 
     /// The server-side timing of a valid event.
@@ -113,13 +191,17 @@ impl Pipeline {
     /// dropped (consent), or rejected to the quarantine.
     fn apply_privacy(
         &self,
+        privacy: Option<&Privacy>,
         mut event: Event,
-        sent_at: Option<OffsetDateTime>,
-        timing: Timing,
-        client_id: bool,
+        admitted: Admitted,
         edge_country: Option<&str>,
     ) -> Slot {
-        let (policy, previous) = match &self.privacy {
+        let Admitted {
+            sent_at,
+            timing,
+            client_id,
+        } = admitted;
+        let (policy, previous) = match privacy {
             None => (None, None),
             Some(privacy) => {
                 let policy = privacy.policy_for(edge_country, &event.context).clone();
@@ -167,27 +249,24 @@ impl Pipeline {
             previous,
         }
     }
+}
 
-    /// What the quarantine keeps passes the same policy: no raw PII it names reaches
-    /// any file.
-    fn scrub_rejected(&self, slots: &mut [Slot], edge_country: Option<&str>) {
-        let Some(privacy) = &self.privacy else {
-            return;
-        };
-        for slot in slots {
-            if let Slot::Rejected {
-                raw: Raw::Object(raw),
-                ..
-            } = slot
-            {
-                let empty = serde_json::Map::new();
-                let context = raw
-                    .get("context")
-                    .and_then(|c| c.as_object())
-                    .unwrap_or(&empty);
-                let policy = privacy.policy_for(edge_country, context).clone();
-                privacy.apply_raw(&policy, raw);
-            }
+/// What the quarantine keeps passes the same policy: no raw PII it names reaches any
+/// file.
+fn scrub_rejected(privacy: &Privacy, slots: &mut [Slot], edge_country: Option<&str>) {
+    for slot in slots {
+        if let Slot::Rejected {
+            raw: Raw::Object(raw),
+            ..
+        } = slot
+        {
+            let empty = serde_json::Map::new();
+            let context = raw
+                .get("context")
+                .and_then(|c| c.as_object())
+                .unwrap_or(&empty);
+            let policy = privacy.policy_for(edge_country, context).clone();
+            privacy.apply_raw(&policy, raw);
         }
     }
 }

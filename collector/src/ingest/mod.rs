@@ -36,8 +36,8 @@ pub use decode::{DecodeLimits, Decoded, Item, Raw};
 use crate::config::FailurePolicy;
 use crate::dedupe::IdempotencyStore;
 use crate::error::ApiError;
-use crate::privacy::{Policy, Privacy};
-use crate::schema::SchemaRegistry;
+use crate::privacy::Policy;
+use crate::rules::Rules;
 use crate::sink::EventLog;
 use crate::telemetry::Metrics;
 use crate::telemetry::quality::SegmentLabels;
@@ -96,24 +96,20 @@ pub struct RequestInfo<'a> {
 
 /// Everything the pipeline needs, shared by all requests.
 pub struct Pipeline {
-    /// The schemas in force; a reload swaps the whole set, and each request validates
-    /// all its events against the one set it loaded first.
-    pub schemas: arc_swap::ArcSwap<SchemaRegistry>,
     pub store: Arc<dyn IdempotencyStore>,
     pub log: Arc<dyn EventLog>,
     pub policy: FailurePolicy,
     pub allowed_lateness: Duration,
     pub future_tolerance: Duration,
     pub region: String,
-    /// Regional privacy policies; `None` runs without any.
-    pub privacy: Option<Privacy>,
     pub metrics: Arc<Metrics>,
     /// Bounded labels of the data-quality metrics; `None` turns them off.
     pub labels: Option<SegmentLabels>,
 }
 
 impl Pipeline {
-    /// Processes one request's events; see the module docs for the stages.
+    /// Processes one request's events under `rules` (its schemas and privacy
+    /// policies); see the module docs for the stages.
     ///
     /// # Errors
     /// `idempotency_unavailable` (store down under `fail_closed`), `log_queue_full`,
@@ -121,14 +117,14 @@ impl Pipeline {
     /// claims it took were released.
     pub async fn process(
         &self,
+        rules: &Rules,
         source: &Source,
         api: Api,
         decoded: Decoded,
         request: RequestInfo<'_>,
     ) -> Result<IngestOutcome, ApiError> {
-        let schemas = self.schemas.load_full();
         let mut slots = self.admit(
-            &schemas,
+            rules,
             source,
             api,
             decoded,
@@ -137,11 +133,17 @@ impl Pipeline {
         );
         claim::mark_repeats(&mut slots);
         let claimed = self.claim(&mut slots, source, request.request_id).await?;
-        let mut batch =
-            self.serialize(&slots, source, api, request.received_at, request.request_id);
+        let mut batch = self.serialize(
+            rules,
+            &slots,
+            source,
+            api,
+            request.received_at,
+            request.request_id,
+        );
         batch.shadow = request.shadow;
         self.write(batch, &slots, claimed, request.request_id)
             .await?;
-        Ok(self.outcome(&schemas, slots, source, api))
+        Ok(self.outcome(&rules.schemas, slots, source, api))
     }
 }

@@ -11,6 +11,8 @@ use super::claim::split_delivered;
 use super::slot::Slot;
 use super::{COLLECTOR_VERSION, Pipeline, Raw, Source};
 use crate::error::ApiError;
+use crate::privacy::Privacy;
+use crate::rules::Rules;
 use crate::sink::{AppendBatch, BatchMeta, LogError, PartitionKey, RecordMeta};
 
 impl Pipeline {
@@ -53,6 +55,7 @@ impl Pipeline {
     /// Serialises accepted records and quarantine records as NDJSON.
     pub(super) fn serialize(
         &self,
+        rules: &Rules,
         slots: &[Slot],
         source: &Source,
         api: Api,
@@ -60,6 +63,7 @@ impl Pipeline {
         request_id: &str,
     ) -> AppendBatch {
         let mut batch = AppendBatch::default();
+        let privacy = rules.privacy.as_ref();
         let key_field = self.log.record_meta();
         let mut meta = key_field.map(|_| BatchMeta {
             source: source.id.clone(),
@@ -87,12 +91,13 @@ impl Pipeline {
                         source: Cow::Borrowed(&source.id),
                         region: Cow::Borrowed(policy.as_ref().map_or(&self.region, |p| &p.region)),
                         privacy_policy: policy.as_ref().map(|p| Cow::Borrowed(p.id.as_str())),
-                        privacy_key: self.privacy.as_ref().map(|p| Cow::Borrowed(p.key_id())),
+                        privacy_key: privacy.map(|p| Cow::Borrowed(p.key_id())),
                         pseudonyms_previous: previous.clone(),
                         dedupe: *dedupe,
                         api,
                         request_id: Cow::Borrowed(request_id),
                         collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                        schema_set: Some(Cow::Borrowed(rules.schemas.id())),
                     };
                     record.write_json(&mut batch.events);
                     batch.events.push(b'\n');
@@ -112,7 +117,7 @@ impl Pipeline {
                     let event = match raw {
                         Raw::Object(value) => value,
                         Raw::Opaque { bytes, sha256 } => {
-                            opaque = self.opaque_view(*bytes, sha256);
+                            opaque = opaque_view(privacy, *bytes, sha256);
                             &opaque
                         }
                     };
@@ -146,20 +151,20 @@ impl Pipeline {
         batch.meta = meta;
         batch
     }
+}
 
-    /// What the quarantine keeps of bytes the privacy policy could not see into: their
-    /// length and a digest, keyed with the pseudonym key when there is one (so that
-    /// nobody without the key can test guesses of the content against it).
-    fn opaque_view(&self, bytes: usize, sha256: &[u8; 32]) -> serde_json::Value {
-        let unparsed = match &self.privacy {
-            Some(privacy) => {
-                let (digest, key) = privacy.keyed_digest(sha256);
-                serde_json::json!({"bytes": bytes, "hmac_sha256": digest, "privacy_key": key})
-            }
-            None => serde_json::json!({"bytes": bytes, "sha256": crate::privacy::hex(sha256)}),
-        };
-        serde_json::json!({ "unparsed": unparsed })
-    }
+/// What the quarantine keeps of bytes the privacy policy could not see into: their
+/// length and a digest, keyed with the pseudonym key when there is one (so that
+/// nobody without the key can test guesses of the content against it).
+fn opaque_view(privacy: Option<&Privacy>, bytes: usize, sha256: &[u8; 32]) -> serde_json::Value {
+    let unparsed = match privacy {
+        Some(privacy) => {
+            let (digest, key) = privacy.keyed_digest(sha256);
+            serde_json::json!({"bytes": bytes, "hmac_sha256": digest, "privacy_key": key})
+        }
+        None => serde_json::json!({"bytes": bytes, "sha256": crate::privacy::hex(sha256)}),
+    };
+    serde_json::json!({ "unparsed": unparsed })
 }
 
 /// The value of the field that keys an event's record in a partitioned log.

@@ -10,7 +10,8 @@
 //! declared in the new version (`"x-tollgate-breaking": "why"`), so that consumers of
 //! the log are warned on purpose; a version edited in place may only change compatibly
 //! (records already logged under it must still validate), and a version may not be
-//! deleted.
+//! deleted. A candidate (`v<N>.candidate.json`) is checked as the version it would
+//! become; in the previous state it is skipped (nothing was logged under it).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -103,7 +104,7 @@ type Folder = BTreeMap<String, BTreeMap<u32, Value>>;
 /// When a folder cannot be read at all (a usage error, exit 2).
 pub fn check(dir: &Path, against: Option<&Path>) -> Result<Report, String> {
     let mut report = Report::default();
-    let current = read(dir, &mut report)?;
+    let current = read(dir, &mut report, Candidates::AsTheirVersion)?;
     for (event, versions) in &current {
         for (version, schema) in versions {
             lint(event, *version, schema, &mut report.findings);
@@ -130,7 +131,9 @@ pub fn check(dir: &Path, against: Option<&Path>) -> Result<Report, String> {
     }
     if let Some(previous) = against {
         let mut ignored = Report::default();
-        let previous = read(previous, &mut ignored)?;
+        // A candidate decided nothing: no record was logged under it, so it may change
+        // or go freely.
+        let previous = read(previous, &mut ignored, Candidates::Skipped)?;
         for (event, versions) in &previous {
             for (version, before) in versions {
                 let Some(now) = current.get(event).and_then(|v| v.get(version)) else {
@@ -164,8 +167,16 @@ pub fn check(dir: &Path, against: Option<&Path>) -> Result<Report, String> {
     Ok(report)
 }
 
+/// How [`read`] takes candidate schemas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Candidates {
+    /// As the version they would become: checked like it, before promotion.
+    AsTheirVersion,
+    Skipped,
+}
+
 /// Reads every schema file of `dir`; unreadable or non-JSON files are violations.
-fn read(dir: &Path, report: &mut Report) -> Result<Folder, String> {
+fn read(dir: &Path, report: &mut Report, candidates: Candidates) -> Result<Folder, String> {
     let (files, problems) = super::files(dir).map_err(|p| p.join("; "))?;
     let mut folder = Folder::new();
     for problem in problems {
@@ -178,7 +189,16 @@ fn read(dir: &Path, report: &mut Report) -> Result<Folder, String> {
             level: Level::Violation,
         });
     }
-    for (event, version, path) in files {
+    for super::SchemaFile {
+        event,
+        version,
+        candidate,
+        path,
+    } in files
+    {
+        if candidate && candidates == Candidates::Skipped {
+            continue;
+        }
         report.schemas += 1;
         let parsed = std::fs::read_to_string(&path)
             .map_err(|e| e.to_string())

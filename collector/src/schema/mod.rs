@@ -3,29 +3,48 @@
 //! Enters: an event's name, schema version and properties. Leaves: `Ok` or the first
 //! violation with a JSON pointer. Schemas are read from `<dir>/<event_name>/v<N>.json`
 //! and compiled once at start-up; several versions of one event are live at once so
-//! old app versions keep logging while new ones roll out.
+//! old app versions keep logging while new ones roll out. A `v<N>.candidate.json` is
+//! the next version on trial: validated beside the live ones, deciding nothing
+//! ([`candidate`]).
 
+pub mod candidate;
+pub mod check;
 pub mod config;
+pub mod promote;
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::{Map, Value};
-pub mod check;
-
 use tollgate_event::event::is_snake_case;
+use tollgate_event::{ErrorCode, EventError};
+
+use candidate::Candidate;
 
 /// An event name a schema may be registered under: snake_case, or a PostHog event's
 /// own `$` name (`$pageview`), which is logged as it is.
 fn is_schema_name(name: &str) -> bool {
     is_snake_case(name.strip_prefix('$').unwrap_or(name))
 }
-use tollgate_event::{ErrorCode, EventError};
 
 /// Compiled validators by event name and version.
-#[derive(Default)]
 pub struct SchemaRegistry {
     events: HashMap<String, EventSchemas>,
+    /// At most one candidate per event, newer than its live versions.
+    candidates: HashMap<String, Candidate>,
+    /// What identifies this set of schemas; see [`SchemaRegistry::id`].
+    id: String,
+}
+
+impl Default for SchemaRegistry {
+    /// No schemas at all.
+    fn default() -> Self {
+        SchemaRegistry {
+            events: HashMap::new(),
+            candidates: HashMap::new(),
+            id: set_id(Vec::new()),
+        }
+    }
 }
 
 /// The entries of `dir`, without hidden ones (`.git`, a ConfigMap's `..data`).
@@ -44,21 +63,33 @@ fn file_name(path: &Path) -> String {
         .into_owned()
 }
 
-/// `v<N>.json` with N >= 1.
-fn version_of(file_name: &str) -> Option<u32> {
-    file_name
-        .strip_prefix('v')
-        .and_then(|rest| rest.strip_suffix(".json"))
-        .and_then(|n| n.parse::<u32>().ok())
-        .filter(|v| *v >= 1)
+/// `v<N>.json` (live) or `v<N>.candidate.json` (a candidate), N >= 1: the version and
+/// whether it is a candidate.
+fn version_of(file_name: &str) -> Option<(u32, bool)> {
+    let stem = file_name.strip_prefix('v')?.strip_suffix(".json")?;
+    let (number, candidate) = match stem.strip_suffix(".candidate") {
+        Some(number) => (number, true),
+        None => (stem, false),
+    };
+    let version = number.parse::<u32>().ok().filter(|v| *v >= 1)?;
+    Some((version, candidate))
 }
 
-/// A schema file: (event, version, path).
-pub type SchemaFile = (String, u32, std::path::PathBuf);
+/// A schema file found in the schema folder.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SchemaFile {
+    pub event: String,
+    pub version: u32,
+    /// `v<N>.candidate.json`: validated beside the live versions without deciding
+    /// anything, until promoted.
+    pub candidate: bool,
+    pub path: std::path::PathBuf,
+}
 
-/// The schema files under `dir` as (event, version, path), and the problems with the
-/// names found there: `<event>/v<N>.json`, or flat `<event>.v<N>.json` files (the
-/// layout of a mounted Kubernetes ConfigMap, whose hidden `..data` entries are skipped).
+/// The schema files under `dir`, and the problems with the names found there:
+/// `<event>/v<N>.json`, or flat `<event>.v<N>.json` files (the layout of a mounted
+/// Kubernetes ConfigMap, whose hidden `..data` entries are skipped); candidates are
+/// `v<N>.candidate.json` (`<event>.v<N>.candidate.json`).
 ///
 /// # Errors
 /// When `dir` itself cannot be read.
@@ -80,33 +111,59 @@ pub fn files(dir: &Path) -> Result<(Vec<SchemaFile>, Vec<String>), Vec<String>> 
                 ));
                 continue;
             }
-            let files = match list(&entry) {
+            let mut files = match list(&entry) {
                 Ok(files) => files,
                 Err(e) => {
                     problems.push(format!("{}: {e}", entry.display()));
                     continue;
                 }
             };
-            for file in files {
-                match version_of(&file_name(&file)) {
-                    Some(version) => found.push((name.clone(), version, file)),
+            files.sort();
+            for path in files {
+                match version_of(&file_name(&path)) {
+                    Some((version, candidate)) => found.push(SchemaFile {
+                        event: name.clone(),
+                        version,
+                        candidate,
+                        path,
+                    }),
                     None => problems.push(format!(
-                        "{}: schema files must be named v<N>.json with N >= 1",
-                        file.display()
+                        "{}: schema files must be named v<N>.json (or v<N>.candidate.json) with N >= 1",
+                        path.display()
                     )),
                 }
             }
-        } else if let Some((event, version)) = name
+        } else if let Some((event, (version, candidate))) = name
             .strip_suffix(".json")
-            .and_then(|stem| stem.rsplit_once(".v"))
+            .and_then(|stem| {
+                let stem = stem.strip_suffix(".candidate").unwrap_or(stem);
+                stem.rsplit_once(".v")
+            })
             .filter(|(event, _)| is_schema_name(event))
-            .and_then(|(event, v)| version_of(&format!("v{v}.json")).map(|v| (event, v)))
+            .and_then(|(event, _)| version_of(&name[event.len() + 1..]).map(|found| (event, found)))
         {
-            found.push((event.to_owned(), version, entry));
+            found.push(SchemaFile {
+                event: event.to_owned(),
+                version,
+                candidate,
+                path: entry,
+            });
         } else {
             problems.push(format!(
                 "{}: expected an <event>/ folder or an <event>.v<N>.json file",
                 entry.display()
+            ));
+        }
+    }
+    let mut seen = std::collections::HashMap::new();
+    for file in &found {
+        if let Some(other) = seen.insert((file.event.as_str(), file.version), &file.path) {
+            problems.push(format!(
+                "{}: version {} of `{}` is also {} (a version is live or a candidate, in one file)",
+                file.path.display(),
+                file.version,
+                file.event,
+                other.display()
             ));
         }
     }
@@ -140,9 +197,28 @@ impl SchemaRegistry {
         let (found, mut problems) = files(dir)?;
         let mut required: HashMap<String, (u32, Vec<String>)> = HashMap::new();
         let mut events: HashMap<String, EventSchemas> = HashMap::new();
-        for (event, version, file) in found {
+        let mut texts = Vec::new();
+        let mut candidates: HashMap<String, Candidate> = HashMap::new();
+        for SchemaFile {
+            event,
+            version,
+            candidate,
+            path: file,
+        } in found
+        {
             match compile(&file) {
-                Ok((validator, ids)) => {
+                Ok((schema, validator, _)) if candidate => {
+                    let new = Candidate::new(event.clone(), version, file, &schema, validator);
+                    if let Some(other) = candidates.insert(event.clone(), new) {
+                        problems.push(format!(
+                            "{}: `{event}` has another candidate, {} (one at a time)",
+                            other.path.display(),
+                            candidates[&event].path.display()
+                        ));
+                    }
+                }
+                Ok((schema, validator, ids)) => {
+                    texts.push((event.clone(), version, schema.to_string()));
                     let newest = required.entry(event.clone()).or_default();
                     if version >= newest.0 {
                         *newest = (version, ids);
@@ -164,19 +240,59 @@ impl SchemaRegistry {
                 schemas.required_ids = ids;
             }
         }
-        for (event, schemas) in &mut events {
+        for schemas in events.values_mut() {
             schemas.versions.sort_by_key(|(v, _)| *v);
-            if let Some(w) = schemas.versions.windows(2).find(|w| w[0].0 == w[1].0) {
+        }
+        for (event, candidate) in &candidates {
+            let newest = events
+                .get(event)
+                .and_then(|e| e.versions.last())
+                .map_or(0, |(v, _)| *v);
+            if candidate.version <= newest {
                 problems.push(format!(
-                    "{event}: version {} is defined twice (folder and flat file?)",
-                    w[0].0
+                    "{}: a candidate must be newer than the live versions (`{event}` has v{newest})",
+                    candidate.path.display()
                 ));
             }
         }
         if problems.is_empty() {
-            Ok(SchemaRegistry { events })
+            Ok(SchemaRegistry {
+                events,
+                candidates,
+                id: set_id(texts),
+            })
         } else {
             Err(problems)
+        }
+    }
+
+    /// What identifies this set: 12 hex digits of a digest of every (event, version,
+    /// schema), so that the same schemas have the same id on every replica and after
+    /// every restart, whatever the folder layout or the whitespace. Each record names
+    /// the set that validated it (`schema_set`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The candidate schema of `event_name`, if it has one.
+    pub fn candidate(&self, event_name: &str) -> Option<&Candidate> {
+        self.candidates.get(event_name)
+    }
+
+    /// Every candidate's counts, by event name.
+    pub fn candidate_reports(&self) -> Vec<candidate::CandidateReport> {
+        let mut reports: Vec<_> = self.candidates.values().map(Candidate::report).collect();
+        reports.sort_by(|a, b| a.event.cmp(&b.event));
+        reports
+    }
+
+    /// Takes over the counts of `previous`'s candidates that are unchanged (a reload
+    /// that did not touch a candidate keeps what it saw).
+    pub fn keep_candidate_counts_of(&mut self, previous: &SchemaRegistry) {
+        for (event, candidate) in &mut self.candidates {
+            if let Some(old) = previous.candidates.get(event) {
+                candidate.keep_counts_of(old);
+            }
         }
     }
 
@@ -312,8 +428,20 @@ impl SchemaRegistry {
     }
 }
 
-/// The compiled schema and its required `*_id` properties.
-fn compile(file: &Path) -> Result<(jsonschema::Validator, Vec<String>), String> {
+/// The id of a set of schemas given as (event, version, compact JSON).
+fn set_id(mut schemas: Vec<(String, u32, String)>) -> String {
+    use sha2::Digest;
+    schemas.sort();
+    let mut digest = sha2::Sha256::new();
+    for (event, version, schema) in &schemas {
+        digest.update(format!("{event}\n{version}\n{}\n", schema.len()));
+        digest.update(schema);
+    }
+    crate::privacy::hex(&digest.finalize()[..6])
+}
+
+/// The schema, compiled, and its required `*_id` properties.
+fn compile(file: &Path) -> Result<(Value, jsonschema::Validator, Vec<String>), String> {
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
     let schema: Value = serde_json::from_str(&text).map_err(|e| format!("not JSON: {e}"))?;
     if !schema.is_object() {
@@ -330,7 +458,7 @@ fn compile(file: &Path) -> Result<(jsonschema::Validator, Vec<String>), String> 
         .collect();
     let validator =
         jsonschema::validator_for(&schema).map_err(|e| format!("invalid JSON Schema: {e}"))?;
-    Ok((validator, ids))
+    Ok((schema, validator, ids))
 }
 
 #[cfg(test)]
@@ -369,7 +497,9 @@ mod tests {
         std::fs::write(dir.path().join("README.md"), "notes").unwrap();
         let problems = SchemaRegistry::load(dir.path()).err().unwrap();
         assert!(
-            problems.iter().any(|p| p.contains("defined twice")),
+            problems
+                .iter()
+                .any(|p| p.contains("version 1 of `item_view` is also")),
             "{problems:?}"
         );
         assert!(
@@ -392,5 +522,73 @@ mod tests {
             std::fs::write(dir.path().join(bad).join("v1.json"), SCHEMA).unwrap();
             assert!(SchemaRegistry::load(dir.path()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn candidates_load_in_both_layouts_apart_from_the_live_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("item_view")).unwrap();
+        std::fs::write(dir.path().join("item_view/v1.json"), SCHEMA).unwrap();
+        let live = SchemaRegistry::load(dir.path()).unwrap();
+        std::fs::write(dir.path().join("item_view/v2.candidate.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("order_completed.v1.candidate.json"), SCHEMA).unwrap();
+        let registry = SchemaRegistry::load(dir.path()).unwrap();
+        assert_eq!(registry.len(), 1);
+        assert_eq!(registry.candidate("item_view").map(|c| c.version), Some(2));
+        // A candidate of an event with no live version yet.
+        assert!(registry.candidate("order_completed").is_some());
+        assert!(!registry.contains("order_completed"));
+        // Candidates decide nothing, so they are not part of the set's id.
+        assert_eq!(registry.id(), live.id());
+        let error = registry
+            .validate(
+                "item_view",
+                2,
+                &serde_json::json!({}),
+                UnknownEvents::Reject,
+            )
+            .unwrap_err();
+        assert_eq!(error.code, tollgate_event::ErrorCode::UnknownSchemaVersion);
+    }
+
+    #[test]
+    fn a_candidate_must_be_newer_than_the_live_versions_and_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("item_view")).unwrap();
+        std::fs::write(dir.path().join("item_view/v2.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("item_view/v1.candidate.json"), SCHEMA).unwrap();
+        let problems = SchemaRegistry::load(dir.path()).err().unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains("newer than")),
+            "{problems:?}"
+        );
+        std::fs::remove_file(dir.path().join("item_view/v1.candidate.json")).unwrap();
+        std::fs::write(dir.path().join("item_view/v3.candidate.json"), SCHEMA).unwrap();
+        std::fs::write(dir.path().join("item_view/v4.candidate.json"), SCHEMA).unwrap();
+        let problems = SchemaRegistry::load(dir.path()).err().unwrap();
+        assert!(
+            problems.iter().any(|p| p.contains("another candidate")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_set_id_follows_the_schemas_not_the_layout_or_the_whitespace() {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::create_dir(folder.path().join("item_view")).unwrap();
+        std::fs::write(folder.path().join("item_view/v1.json"), SCHEMA).unwrap();
+        let flat = tempfile::tempdir().unwrap();
+        let spaced = SCHEMA.replace(", ", ",\n    ");
+        std::fs::write(flat.path().join("item_view.v1.json"), spaced).unwrap();
+        let a = SchemaRegistry::load(folder.path()).unwrap();
+        let b = SchemaRegistry::load(flat.path()).unwrap();
+        assert_eq!(a.id(), b.id());
+        assert_eq!(a.id().len(), 12);
+        std::fs::write(
+            flat.path().join("item_view.v1.json"),
+            r#"{"type": "object"}"#,
+        )
+        .unwrap();
+        assert_ne!(SchemaRegistry::load(flat.path()).unwrap().id(), a.id());
     }
 }

@@ -74,7 +74,13 @@ pub struct Metrics {
     pub rate_limited: Counter<u64>,
     /// TLS certificate reloads, by outcome (reloaded, failed: the previous pair stays).
     pub tls_reloads: Counter<u64>,
+    /// Reloads of the rules (SIGHUP, changed files), by outcome.
     pub config_reloads: Counter<u64>,
+    /// Events checked against a candidate schema, by event, version and verdicts
+    /// (both_accept, would_reject, both_reject, would_accept).
+    pub candidate_events: Counter<u64>,
+    /// Would-reject events of a candidate schema, by event, version, field and keyword.
+    pub candidate_errors: Counter<u64>,
     /// Events by outcome (accepted, rejected) × event_name × platform × app_version,
     /// with bounded labels (see [`quality`]).
     pub events_by_segment: Counter<u64>,
@@ -221,7 +227,15 @@ impl Metrics {
             ),
             config_reloads: counter(
                 "tollgate_config_reloads",
-                "Schema reloads (SIGHUP), by outcome (failed: the previous set stays in use)",
+                "Reloads of schemas, privacy file and sources, by outcome (failed: the rules in force stay)",
+            ),
+            candidate_events: counter(
+                "tollgate_schema_candidate_events",
+                "Events checked against a candidate schema, by event, version and the live and candidate verdicts",
+            ),
+            candidate_errors: counter(
+                "tollgate_schema_candidate_errors",
+                "Events a candidate schema would reject, by event, version, field and keyword",
             ),
             events_by_segment: counter(
                 "tollgate_events_by_segment",
