@@ -208,6 +208,8 @@ fn bench_stages(c: &mut Criterion) {
                     request_id: "0193b2c4-5d6e-7f80-9a1b-2c3d4e5f6a7b".into(),
                     collector_version: "0.1.0".into(),
                     schema_set: Some("0123456789ab".into()),
+                    replayed_at: None,
+                    replay_of: None,
                 };
                 record.write_json(&mut out);
                 out.push(b'\n');
@@ -275,6 +277,7 @@ fn bench_pipeline(c: &mut Criterion) {
             request_id: "bench-request",
             edge_country: None,
             shadow: false,
+            replay: None,
         };
         let outcome = runtime
             .block_on(pipeline.process(rules, &source, Api::Native, decoded, request))

@@ -31,6 +31,7 @@ pub mod http;
 pub mod ingest;
 pub mod privacy;
 pub mod ratelimit;
+pub mod replay;
 pub mod rules;
 pub mod schema;
 pub mod sink;
@@ -253,6 +254,12 @@ impl Collector {
     /// The configuration this collector was built from.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Flushes and closes the log (for tools that build a collector without serving:
+    /// `replay`).
+    pub async fn close(&self) {
+        self.app.pipeline.log.close().await;
     }
 
     /// The metrics of this collector (for tests and embedding).

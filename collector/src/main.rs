@@ -107,6 +107,40 @@ enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Replay quarantined events through today's pipeline (schemas, privacy, the
+    /// idempotency store and the log of this configuration and these flags): what is
+    /// valid now is logged once, with its original timestamp_server, `replayed_at` and
+    /// `replay_of`; the rest stays quarantined, counted by reason. With the file log it
+    /// takes the data directory's lock: stop that collector first. Exactly once over
+    /// reruns and interruptions (a ledger in --state-dir, and the idempotency claims).
+    Replay {
+        /// The quarantine to read [default: <data_dir>/quarantine, or the quarantine
+        /// topic with the Kafka log].
+        #[arg(long)]
+        quarantine: Option<PathBuf>,
+        /// Only records quarantined at or after this time (RFC 3339).
+        #[arg(long, value_parser = tollgate_audit::parse_time)]
+        since: Option<i64>,
+        /// Only records quarantined before this time (RFC 3339).
+        #[arg(long, value_parser = tollgate_audit::parse_time)]
+        until: Option<i64>,
+        /// Only events of this name.
+        #[arg(long)]
+        event: Option<String>,
+        /// Only events rejected with this error code (e.g. schema_violation).
+        #[arg(long)]
+        code: Option<String>,
+        /// Report what would be accepted, per event and error code; claim, write and
+        /// lock nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Where the replay ledger is kept [default: <data_dir>/replay].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print an event as it would be logged under the privacy policy: a dry run for
     /// reviewing a policy change. Nothing is written.
     PrivacyCheck {
@@ -393,6 +427,69 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             return privacy_check(&config, &event, region.as_deref());
         }
         Some(Command::Schema(_)) => unreachable!("schema commands run before the configuration"),
+        Some(Command::Replay {
+            quarantine,
+            since,
+            until,
+            event,
+            code,
+            dry_run,
+            state_dir,
+            json,
+        }) => {
+            let at = |micros: i64| {
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+                    .expect("parse_time gives representable times")
+            };
+            let data_dir = config.log.data_dir.clone();
+            let input = match (quarantine, &config.log.sink) {
+                (Some(dir), _) => tollgate_collector::replay::QuarantineInput::Dir(dir),
+                (None, tollgate_collector::config::SinkKind::Kafka) => {
+                    let kafka = &config.log.kafka;
+                    tollgate_collector::replay::QuarantineInput::Kafka(tollgate_log::TopicSource {
+                        brokers: kafka.brokers.clone(),
+                        topic: kafka.topic.clone(),
+                        quarantine_topic: Some(kafka.quarantine_topic.clone()),
+                        idle: std::time::Duration::from_secs(3),
+                    })
+                }
+                (None, _) => {
+                    tollgate_collector::replay::QuarantineInput::Dir(data_dir.join("quarantine"))
+                }
+            };
+            let options = tollgate_collector::replay::ReplayOptions {
+                input,
+                events_dir: data_dir.join("events"),
+                since: since.map(at),
+                until: until.map(at),
+                event,
+                code,
+                dry_run,
+                state_dir: state_dir.unwrap_or_else(|| data_dir.join("replay")),
+                batch: config.limits.max_events_per_batch.get(),
+                stop_after_appends: None,
+            };
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            let report = runtime.block_on(async {
+                let overrides = tollgate_collector::Overrides {
+                    log: dry_run.then(|| {
+                        std::sync::Arc::new(tollgate_collector::replay::NoLog)
+                            as std::sync::Arc<dyn tollgate_collector::sink::EventLog>
+                    }),
+                    ..Default::default()
+                };
+                let collector = Collector::build_with(config, overrides)?;
+                let report = collector.replay(&options).await;
+                collector.close().await;
+                anyhow::Ok(report?)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.human());
+            }
+            return Ok(());
+        }
         None => {}
     }
 

@@ -394,3 +394,89 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
         .unwrap();
     assert_eq!(valid.status, tollgate_audit::Status::Pass, "3 of 4 valid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reads_the_quarantine_topic_beside_a_live_collector_and_recovers_from_the_events_topic()
+ {
+    use tollgate_collector::replay::{QuarantineInput, ReplayOptions};
+    let broker = broker_with_topics();
+    let redis = RedisServer::start();
+    let root = tempfile::tempdir().unwrap();
+    let schemas = root.path().join("schemas");
+    let install = |minimum: bool| {
+        let mut price = json!({"type": "number"});
+        if minimum {
+            price["minimum"] = json!(0);
+        }
+        let schema =
+            json!({"type": "object", "properties": {"price": price}, "required": ["price"]});
+        std::fs::create_dir_all(schemas.join("order_probe")).unwrap();
+        std::fs::write(schemas.join("order_probe/v1.json"), schema.to_string()).unwrap();
+    };
+    install(true);
+    let tweak = |config: &mut Config| {
+        use_kafka(config, &broker);
+        config.schemas.dir = schemas.clone();
+        config.idempotency.backend = tollgate_collector::config::IdempotencyBackend::Redis;
+        config.idempotency.redis.url = redis.url();
+    };
+    let c = TestCollector::start_with(tweak, Overrides::default()).await;
+    for n in 0..2 {
+        let mut e = event(&format!("kreplay-{n:07}"));
+        e["event_name"] = json!("order_probe");
+        e["properties"] = json!({"price": -1});
+        let (_, answer) = c
+            .post("/v1/events", support::STRICT_KEY, &json!({"events": [e]}))
+            .await;
+        assert_eq!(answer["rejected"], 1, "{answer}");
+    }
+    install(false);
+    // The live collector keeps serving; the replay needs no lock with Kafka.
+    let state = tempfile::tempdir().unwrap();
+    let mut config = support::test_config(state.path());
+    tweak(&mut config);
+    let options = ReplayOptions {
+        input: QuarantineInput::Kafka(TopicSource {
+            brokers: broker.address(),
+            topic: EVENTS.into(),
+            quarantine_topic: Some(QUARANTINE.into()),
+            idle: IDLE,
+        }),
+        events_dir: state.path().join("events"),
+        since: None,
+        until: None,
+        event: None,
+        code: None,
+        dry_run: false,
+        state_dir: state.path().join("replay"),
+        batch: 100,
+        stop_after_appends: Some(1),
+    };
+    let replay = |options: ReplayOptions| {
+        let config = config.clone();
+        async move {
+            let collector =
+                tollgate_collector::Collector::build_with(config, Overrides::default()).unwrap();
+            let report = collector.replay(&options).await.unwrap();
+            collector.close().await;
+            report
+        }
+    };
+    // Interrupted after its first append; the next run finds that record in the events
+    // topic and replays only the other.
+    replay(options.clone()).await;
+    let rest = replay(ReplayOptions {
+        stop_after_appends: None,
+        ..options
+    })
+    .await;
+    assert_eq!((rest.recovered, rest.totals.accepted), (1, 1), "{rest:?}");
+    let records = read_topic(&broker, EVENTS).await;
+    let mut replayed: Vec<&str> = records
+        .iter()
+        .filter(|r| r.record["replay_of"].is_string())
+        .map(|r| r.record["event_id"].as_str().unwrap())
+        .collect();
+    replayed.sort_unstable();
+    assert_eq!(replayed, ["kreplay-0000000", "kreplay-0000001"]);
+}

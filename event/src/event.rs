@@ -32,6 +32,8 @@ pub const SERVER_FIELDS: &[&str] = &[
     "dedupe",
     "collector_version",
     "schema_set",
+    "replayed_at",
+    "replay_of",
     "request_id",
     "api",
 ];

@@ -170,6 +170,17 @@ pub struct Record<'a> {
     /// it existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schema_set: Option<Cow<'a, str>>,
+    /// A record logged by `tollgate-collector replay` from the quarantine: when, and
+    /// the quarantine record it came from (`<request_id>/<index>`). Its
+    /// `timestamp_server` is the original one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::timefmt::option"
+    )]
+    pub replayed_at: Option<OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay_of: Option<Cow<'a, str>>,
 }
 
 /// The server's fields of a [`Record`], in its order: what follows the event's own.
@@ -196,6 +207,13 @@ struct ServerFields<'r> {
     collector_version: &'r str,
     #[serde(skip_serializing_if = "Option::is_none")]
     schema_set: Option<&'r str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::timefmt::option"
+    )]
+    replayed_at: Option<OffsetDateTime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replay_of: Option<&'r str>,
 }
 
 impl Record<'_> {
@@ -224,6 +242,8 @@ impl Record<'_> {
             request_id,
             collector_version,
             schema_set,
+            replayed_at,
+            replay_of,
         } = self;
         serde_json::to_writer(&mut *out, event.as_ref()).expect("events serialize");
         debug_assert_eq!(out.last(), Some(&b'}'));
@@ -246,6 +266,8 @@ impl Record<'_> {
             request_id,
             collector_version,
             schema_set: schema_set.as_deref(),
+            replayed_at: *replayed_at,
+            replay_of: replay_of.as_deref(),
         };
         serde_json::to_writer(&mut *out, &tail).expect("records serialize");
         // An event object always has fields, so the event's `}` became a `,`.
@@ -264,9 +286,34 @@ pub struct QuarantineRecord<'a> {
     /// Position of the event in its request.
     pub index: usize,
     pub error: EventError,
-    /// The event as received (raw JSON text when it was not valid JSON).
+    /// The event as received (raw JSON text when it was not valid JSON), after the
+    /// privacy policy's drops, pseudonyms and scrubs.
     pub event: Cow<'a, Value>,
     pub collector_version: Cow<'a, str>,
+    /// The privacy policy applied to `event` (`id@version`; `null`: none was), its
+    /// region, and the id of the key its pseudonyms were made with: what a replay needs to log it as
+    /// it would have been, without pseudonymizing twice. Absent in records written
+    /// before they existed (`None`), which is not the same as `Some(None)`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub privacy_policy: Option<Option<Cow<'a, str>>>,
+    /// The region whose policy that was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<Cow<'a, str>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy_key: Option<Cow<'a, str>>,
+}
+
+/// A field that is present, as `Some` of its value (`null` included).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 #[cfg(test)]
@@ -389,6 +436,8 @@ mod tests {
                 request_id: "r-1".into(),
                 collector_version: "0.1.0".into(),
                 schema_set: Some("0123456789ab".into()),
+                replayed_at: None,
+                replay_of: None,
             };
             let mut written = b"[before]".to_vec();
             record.write_json(&mut written);

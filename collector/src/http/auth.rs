@@ -22,6 +22,7 @@ pub struct Sources {
     by_app: HashMap<String, Arc<Source>>,
     /// The source with `app_ids = ["*"]`, for app ids no other source names.
     any_app: Option<Arc<Source>>,
+    by_id: HashMap<String, Arc<Source>>,
 }
 
 impl Sources {
@@ -29,6 +30,7 @@ impl Sources {
         let mut sources = Sources::default();
         for config in configs {
             let source = Arc::new(Source::new(config.id.clone(), config.allow_unknown_events));
+            sources.by_id.insert(config.id.clone(), source.clone());
             for key in &config.write_keys {
                 sources.by_key.insert(key.clone(), source.clone());
             }
@@ -41,6 +43,11 @@ impl Sources {
             }
         }
         sources
+    }
+
+    /// The source of this id (a replay finds the source of a quarantine record so).
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Source>> {
+        self.by_id.get(id)
     }
 
     /// The source a write key belongs to.

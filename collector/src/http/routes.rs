@@ -309,6 +309,7 @@ impl App {
                             request_id: &request_id,
                             edge_country: head.edge_country.as_deref(),
                             shadow: head.shadow,
+                            replay: None,
                         },
                     )
                     .await?;

@@ -8,11 +8,19 @@ use time::OffsetDateTime;
 use tollgate_event::{Api, Dedupe, ErrorCode, Event, EventError, Timing};
 
 use super::slot::Slot;
-use super::{Decoded, Item, Pipeline, Raw, Source};
+use super::{Decoded, Item, Pipeline, Raw, ReplayItem, RequestInfo, Source};
 use crate::privacy::{Privacy, Verdict};
 use crate::rules::Rules;
 use crate::schema::UnknownEvents;
 use crate::schema::candidate::{Candidate, Verdicts};
+
+/// Where an event's privacy policy comes from.
+enum Judged<'a> {
+    /// A new event: the policy of its region, applied now.
+    Now { edge_country: Option<&'a str> },
+    /// A replayed one: the policy its quarantine copy passed.
+    Before(&'a ReplayItem),
+}
 
 /// What admission found of a valid event before its privacy policy.
 struct Admitted {
@@ -30,9 +38,14 @@ impl Pipeline {
         source: &Source,
         api: Api,
         decoded: Decoded,
-        received_at: OffsetDateTime,
-        edge_country: Option<&str>,
+        request: RequestInfo<'_>,
     ) -> Vec<Slot> {
+        let RequestInfo {
+            received_at,
+            edge_country,
+            replay,
+            ..
+        } = request;
         let unknown = if source.allow_unknown_events {
             UnknownEvents::Allow
         } else {
@@ -44,8 +57,13 @@ impl Pipeline {
         let mut slots: Vec<Slot> = decoded
             .items
             .into_iter()
-            .map(|item| match item {
-                Item::Invalid { error, raw } => Slot::Rejected { error, raw },
+            .enumerate()
+            .map(|(index, item)| match item {
+                Item::Invalid { error, raw } => Slot::Rejected {
+                    error,
+                    raw,
+                    policy: None,
+                },
                 Item::Event {
                     mut event,
                     sent_at,
@@ -82,17 +100,24 @@ impl Pipeline {
                                 timing,
                                 client_id,
                             };
-                            self.apply_privacy(privacy, event, admitted, edge_country)
+                            let judged = match replay {
+                                Some(replay) => Judged::Before(&replay.items[index]),
+                                None => Judged::Now { edge_country },
+                            };
+                            self.apply_privacy(privacy, event, admitted, judged)
                         }
                         Err(error) => Slot::Rejected {
                             raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
                             error,
+                            policy: None,
                         },
                     }
                 }
             })
             .collect();
-        if let Some(privacy) = privacy {
+        if let Some(privacy) = privacy
+            && replay.is_none()
+        {
             scrub_rejected(privacy, &mut slots, edge_country);
         }
         if ignored_fields > 0 {
@@ -194,18 +219,32 @@ impl Pipeline {
         privacy: Option<&Privacy>,
         mut event: Event,
         admitted: Admitted,
-        edge_country: Option<&str>,
+        judged: Judged<'_>,
     ) -> Slot {
         let Admitted {
             sent_at,
             timing,
             client_id,
         } = admitted;
-        let (policy, previous) = match privacy {
-            None => (None, None),
-            Some(privacy) => {
+        let applied = match (privacy, judged) {
+            (None, _) | (_, Judged::Before(ReplayItem { policy: None, .. })) => None,
+            (Some(privacy), Judged::Now { edge_country }) => {
                 let policy = privacy.policy_for(edge_country, &event.context).clone();
-                match privacy.apply(&policy, &mut event) {
+                let verdict = privacy.apply(&policy, &mut event);
+                Some((policy, verdict))
+            }
+            (
+                Some(privacy),
+                Judged::Before(ReplayItem {
+                    policy: Some(policy),
+                    ..
+                }),
+            ) => Some((policy.clone(), privacy.judge_replayed(policy, &mut event))),
+        };
+        let (policy, previous) = match applied {
+            None => (None, None),
+            Some((policy, verdict)) => {
+                match verdict {
                     Verdict::Keep { previous } => (Some(policy), previous),
                     Verdict::Drop { reason } => {
                         self.metrics
@@ -229,6 +268,7 @@ impl Pipeline {
                         return Slot::Rejected {
                             raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
                             error,
+                            policy: None,
                         };
                     }
                 }
@@ -257,6 +297,7 @@ fn scrub_rejected(privacy: &Privacy, slots: &mut [Slot], edge_country: Option<&s
     for slot in slots {
         if let Slot::Rejected {
             raw: Raw::Object(raw),
+            policy: applied,
             ..
         } = slot
         {
@@ -267,6 +308,7 @@ fn scrub_rejected(privacy: &Privacy, slots: &mut [Slot], edge_country: Option<&s
                 .unwrap_or(&empty);
             let policy = privacy.policy_for(edge_country, context).clone();
             privacy.apply_raw(&policy, raw);
+            *applied = Some(policy);
         }
     }
 }

@@ -121,7 +121,7 @@ impl Pipeline {
                     arrivals[timing.arrival as usize] += 1;
                     (result(Some(event.event_id), Status::Accepted, None), policy)
                 }
-                Slot::Rejected { error, raw } => {
+                Slot::Rejected { error, raw, .. } => {
                     let id = raw.text("event_id").map(str::to_owned);
                     (result(id, Status::Rejected, Some(error)), None)
                 }

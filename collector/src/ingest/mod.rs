@@ -92,6 +92,32 @@ pub struct RequestInfo<'a> {
     /// A copy from a shadow proxy (`X-Tollgate-Shadow: 1`): logged to the shadow stream
     /// where the log has one.
     pub shadow: bool,
+    /// Quarantined events replayed (`tollgate-collector replay`), not a client's.
+    pub replay: Option<&'a Replay>,
+}
+
+/// Quarantined events on their second pass: the pipeline judges them as new events,
+/// except that their privacy policy was applied already (only consent and the
+/// `event_id` check are judged again, so nothing is pseudonymized twice), records
+/// carry `replayed_at` and `replay_of`, and what is still invalid adds nothing to the
+/// quarantine.
+#[derive(Debug)]
+pub struct Replay {
+    pub at: OffsetDateTime,
+    /// One per decoded item, in order.
+    pub items: Vec<ReplayItem>,
+}
+
+/// What the quarantine record says of one replayed event.
+#[derive(Debug, Clone)]
+pub struct ReplayItem {
+    /// `<request_id>/<index>` of the quarantine record.
+    pub of: String,
+    /// The policy its quarantine copy passed (today's policy of that id and region),
+    /// or `None` when it passed none.
+    pub policy: Option<Arc<Policy>>,
+    /// The key its pseudonyms were made with.
+    pub key: Option<String>,
 }
 
 /// Everything the pipeline needs, shared by all requests.
@@ -123,27 +149,35 @@ impl Pipeline {
         decoded: Decoded,
         request: RequestInfo<'_>,
     ) -> Result<IngestOutcome, ApiError> {
-        let mut slots = self.admit(
-            rules,
-            source,
-            api,
-            decoded,
-            request.received_at,
-            request.edge_country,
-        );
+        let mut slots = self.admit(rules, source, api, decoded, request);
         claim::mark_repeats(&mut slots);
         let claimed = self.claim(&mut slots, source, request.request_id).await?;
-        let mut batch = self.serialize(
-            rules,
-            &slots,
-            source,
-            api,
-            request.received_at,
-            request.request_id,
-        );
+        let mut batch = self.serialize(rules, &slots, source, api, request);
         batch.shadow = request.shadow;
         self.write(batch, &slots, claimed, request.request_id)
             .await?;
         Ok(self.outcome(&rules.schemas, slots, source, api))
+    }
+
+    /// What admission says of each event — accepted, or the error it would be
+    /// rejected or dropped with — with nothing claimed, written or counted as
+    /// outcomes (a dry run).
+    pub fn judge(
+        &self,
+        rules: &Rules,
+        source: &Source,
+        api: Api,
+        decoded: Decoded,
+        request: RequestInfo<'_>,
+    ) -> Vec<Result<(), tollgate_event::EventError>> {
+        self.admit(rules, source, api, decoded, request)
+            .into_iter()
+            .map(|slot| match slot {
+                slot::Slot::Rejected { error, .. } | slot::Slot::Dropped { error, .. } => {
+                    Err(error)
+                }
+                _ => Ok(()),
+            })
+            .collect()
     }
 }

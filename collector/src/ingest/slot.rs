@@ -31,6 +31,9 @@ pub(super) enum Slot {
     Rejected {
         error: EventError,
         raw: Raw,
+        /// The policy `raw` passed before the quarantine (none for bytes it could not
+        /// see into).
+        policy: Option<Arc<Policy>>,
     },
     /// Removed by the privacy policy: answered, counted, never written.
     Dropped {

@@ -4,12 +4,11 @@
 
 use std::borrow::Cow;
 
-use time::OffsetDateTime;
 use tollgate_event::{Api, Event, QuarantineRecord, Record};
 
 use super::claim::split_delivered;
 use super::slot::Slot;
-use super::{COLLECTOR_VERSION, Pipeline, Raw, Source};
+use super::{COLLECTOR_VERSION, Pipeline, Raw, RequestInfo, Source};
 use crate::error::ApiError;
 use crate::privacy::Privacy;
 use crate::rules::Rules;
@@ -59,9 +58,15 @@ impl Pipeline {
         slots: &[Slot],
         source: &Source,
         api: Api,
-        received_at: OffsetDateTime,
-        request_id: &str,
+        request: RequestInfo<'_>,
     ) -> AppendBatch {
+        let RequestInfo {
+            received_at,
+            request_id,
+            replay,
+            ..
+        } = request;
+        let replayed = |index: usize| replay.map(|r| &r.items[index]);
         let mut batch = AppendBatch::default();
         let privacy = rules.privacy.as_ref();
         let key_field = self.log.record_meta();
@@ -91,13 +96,18 @@ impl Pipeline {
                         source: Cow::Borrowed(&source.id),
                         region: Cow::Borrowed(policy.as_ref().map_or(&self.region, |p| &p.region)),
                         privacy_policy: policy.as_ref().map(|p| Cow::Borrowed(p.id.as_str())),
-                        privacy_key: privacy.map(|p| Cow::Borrowed(p.key_id())),
+                        privacy_key: match replayed(index) {
+                            Some(item) => item.key.as_deref().map(Cow::Borrowed),
+                            None => privacy.map(|p| Cow::Borrowed(p.key_id())),
+                        },
                         pseudonyms_previous: previous.clone(),
                         dedupe: *dedupe,
                         api,
                         request_id: Cow::Borrowed(request_id),
                         collector_version: Cow::Borrowed(COLLECTOR_VERSION),
                         schema_set: Some(Cow::Borrowed(rules.schemas.id())),
+                        replayed_at: replay.map(|r| r.at),
+                        replay_of: replayed(index).map(|item| Cow::Borrowed(item.of.as_str())),
                     };
                     record.write_json(&mut batch.events);
                     batch.events.push(b'\n');
@@ -112,7 +122,9 @@ impl Pipeline {
                         });
                     }
                 }
-                Slot::Rejected { error, raw } => {
+                // A replay leaves the quarantine record as it is: nothing is added.
+                Slot::Rejected { .. } if replay.is_some() => {}
+                Slot::Rejected { error, raw, policy } => {
                     let opaque;
                     let event = match raw {
                         Raw::Object(value) => value,
@@ -130,6 +142,12 @@ impl Pipeline {
                         error: error.clone(),
                         event: Cow::Borrowed(event),
                         collector_version: Cow::Borrowed(COLLECTOR_VERSION),
+                        privacy_policy: Some(policy.as_ref().map(|p| Cow::Borrowed(p.id.as_str()))),
+                        region: policy.as_ref().map(|p| Cow::Borrowed(p.region.as_str())),
+                        privacy_key: policy
+                            .as_ref()
+                            .and(privacy)
+                            .map(|p| Cow::Borrowed(p.key_id())),
                     };
                     serde_json::to_writer(&mut batch.quarantine, &record)
                         .expect("records serialize into a Vec");

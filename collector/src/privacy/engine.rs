@@ -224,31 +224,8 @@ impl Privacy {
 
     /// Applies `policy` to a valid event.
     pub fn apply(&self, policy: &Policy, event: &mut Event) -> Verdict {
-        if policy.pii != PiiMode::Off && detect::contains_pii(&event.event_id, Scope::Identifier) {
-            return Verdict::Reject(tollgate_event::EventError::new(
-                tollgate_event::ErrorCode::InvalidValue,
-                "/event_id",
-                format!(
-                    "`event_id` looks like it holds personal data, which policy {} does not let the log keep; use a random id (UUID)",
-                    policy.id
-                ),
-            ));
-        }
-        if !self.consented(policy, event) {
-            match policy.on_denied {
-                OnDenied::Drop => {
-                    return Verdict::Drop {
-                        reason: "consent_denied",
-                    };
-                }
-                OnDenied::Strip => {
-                    event.user_id = None;
-                    event.device_id = None;
-                    event.session_id = None;
-                    event.context.remove("ip");
-                    event.context.remove("user_agent");
-                }
-            }
+        if let Some(verdict) = self.gate(policy, event) {
+            return verdict;
         }
         for path in &policy.drop {
             match path.root {
@@ -314,6 +291,59 @@ impl Privacy {
         Verdict::Keep {
             previous: (!previous.is_empty()).then_some(previous),
         }
+    }
+
+    /// What a policy judges of an event before transforming it: an `event_id` that
+    /// looks like personal data is rejected, and an event without the consent the
+    /// policy requires is dropped or stripped (`on_denied`). `None`: go on.
+    fn gate(&self, policy: &Policy, event: &mut Event) -> Option<Verdict> {
+        if policy.pii != PiiMode::Off && detect::contains_pii(&event.event_id, Scope::Identifier) {
+            return Some(Verdict::Reject(tollgate_event::EventError::new(
+                tollgate_event::ErrorCode::InvalidValue,
+                "/event_id",
+                format!(
+                    "`event_id` looks like it holds personal data, which policy {} does not let the log keep; use a random id (UUID)",
+                    policy.id
+                ),
+            )));
+        }
+        if !self.consented(policy, event) {
+            match policy.on_denied {
+                OnDenied::Drop => {
+                    return Some(Verdict::Drop {
+                        reason: "consent_denied",
+                    });
+                }
+                OnDenied::Strip => {
+                    event.user_id = None;
+                    event.device_id = None;
+                    event.session_id = None;
+                    event.context.remove("ip");
+                    event.context.remove("user_agent");
+                }
+            }
+        }
+        None
+    }
+
+    /// Judges a replayed quarantined event, which passed [`apply_raw`](Self::apply_raw)
+    /// under `policy` before it was quarantined: only what `apply_raw` does not do —
+    /// the `event_id` check and consent — so that nothing is pseudonymized twice and a
+    /// replay is no way around consent. No pseudonyms under previous keys are made
+    /// (the values they would be made from are gone).
+    pub fn judge_replayed(&self, policy: &Policy, event: &mut Event) -> Verdict {
+        self.gate(policy, event)
+            .unwrap_or(Verdict::Keep { previous: None })
+    }
+
+    /// The policy of `region` if its id is `id` (`name@version`): what a quarantined
+    /// event passed, if it is still in force.
+    pub fn policy_of(&self, region: &str, id: &str) -> Option<&Arc<Policy>> {
+        self.by_region
+            .iter()
+            .map(|(_, policy)| policy)
+            .chain(std::iter::once(&self.default))
+            .find(|policy| policy.region == region && policy.id == id)
     }
 
     /// Applies the drops, pseudonyms, IP and user-agent rules, and the free-text scrub,
