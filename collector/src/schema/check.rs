@@ -6,9 +6,11 @@
 //! bound, making a required property optional, opening `additionalProperties`.
 //! Breaking: removing a property, adding a required one, making an optional property
 //! required, narrowing or changing a type, narrowing an enum, tightening a bound or a
-//! pattern, closing `additionalProperties`. A breaking step between versions must be
-//! declared in the new version (`"x-tollgate-breaking": "why"`), so that consumers of
-//! the log are warned on purpose; a version edited in place may only change compatibly
+//! pattern, closing `additionalProperties` — at every level: nested objects and array
+//! items are compared by path (`address.city`, `items[].sku`), local `$ref`s as what
+//! they point to. A breaking step between versions must be declared in the new
+//! version (`"x-tollgate-breaking": "why"`), so that consumers of the log are warned on
+//! purpose; a version edited in place may only change compatibly
 //! (records already logged under it must still validate), and a version may not be
 //! deleted. A candidate (`v<N>.candidate.json`) is checked as the version it would
 //! become; in the previous state it is skipped (nothing was logged under it).
@@ -334,16 +336,63 @@ fn compare(old: &Value, new: &Value) -> Vec<Change> {
                 message,
             });
         };
+    let roots = Roots { old, new };
+    compare_object(&roots, None, old, new, 0, &mut change);
+    changes
+}
+
+/// The two documents being compared, against which local `$ref`s resolve.
+struct Roots<'a> {
+    old: &'a Value,
+    new: &'a Value,
+}
+
+/// How deep nested objects and array items are compared (a `$ref` cycle stops here).
+const MAX_DEPTH: usize = 16;
+
+/// Where change callbacks go: (property path, rule, breaking, message).
+type OnChange<'c> = dyn FnMut(Option<&str>, &'static str, bool, String) + 'c;
+
+/// `schema`, or what its local `$ref` (`#/$defs/price`) points to in `root`.
+fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
+    for _ in 0..MAX_DEPTH {
+        let Some(target) = schema
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| root.pointer(pointer))
+        else {
+            break;
+        };
+        schema = target;
+    }
+    schema
+}
+
+/// Compares two object schemas: `additionalProperties`, then each property, by path
+/// (`at`: `None` for the event's properties, `address.city`, `items[].sku` below).
+fn compare_object(
+    roots: &Roots<'_>,
+    at: Option<&str>,
+    old: &Value,
+    new: &Value,
+    depth: usize,
+    change: &mut OnChange<'_>,
+) {
+    let path = |name: &str| match at {
+        Some(at) => format!("{at}.{name}"),
+        None => name.to_owned(),
+    };
     let closed = |s: &Value| s.get("additionalProperties") == Some(&Value::Bool(false));
     match (closed(old), closed(new)) {
         (false, true) => change(
-            None,
+            at,
             "closed",
             true,
             "`additionalProperties` became false: events with other properties are refused".into(),
         ),
         (true, false) => change(
-            None,
+            at,
             "opened",
             false,
             "`additionalProperties` no longer false".into(),
@@ -358,9 +407,10 @@ fn compare(old: &Value, new: &Value) -> Vec<Change> {
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     for (name, before) in &old_properties {
+        let name_at = path(name);
         let Some(after) = new_properties.get(name) else {
             change(
-                Some(name),
+                Some(&name_at),
                 "property_removed",
                 true,
                 "removed (or renamed)".into(),
@@ -372,20 +422,20 @@ fn compare(old: &Value, new: &Value) -> Vec<Change> {
             new_required.contains(name.as_str()),
         ) {
             (false, true) => change(
-                Some(name),
+                Some(&name_at),
                 "made_required",
                 true,
                 "optional before, required now".into(),
             ),
             (true, false) => change(
-                Some(name),
+                Some(&name_at),
                 "made_optional",
                 false,
                 "required before, optional now".into(),
             ),
             _ => {}
         }
-        compare_property(name, before, after, &mut change);
+        compare_property(roots, &name_at, before, after, depth, change);
     }
     for name in new_properties
         .keys()
@@ -393,30 +443,31 @@ fn compare(old: &Value, new: &Value) -> Vec<Change> {
     {
         if new_required.contains(name.as_str()) {
             change(
-                Some(name),
+                Some(&path(name)),
                 "required_added",
                 true,
                 "added as required: events of older clients lack it".into(),
             );
         } else {
             change(
-                Some(name),
+                Some(&path(name)),
                 "optional_added",
                 false,
                 "added as optional".into(),
             );
         }
     }
-    changes
 }
 
-/// The keywords of one property: type, enum, bounds, pattern.
 fn compare_property(
+    roots: &Roots<'_>,
     name: &str,
     old: &Value,
     new: &Value,
-    change: &mut impl FnMut(Option<&str>, &'static str, bool, String),
+    depth: usize,
+    change: &mut OnChange<'_>,
 ) {
+    let (old, new) = (resolve(roots.old, old), resolve(roots.new, new));
     let types = |s: &Value| -> Option<BTreeSet<String>> {
         match s.get("type")? {
             Value::String(t) => Some(BTreeSet::from([t.clone()])),
@@ -538,6 +589,25 @@ fn compare_property(
             "`pattern` removed".into(),
         ),
         _ => {}
+    } // Nested: an object's own properties, an array's items, to any depth.
+    if depth >= MAX_DEPTH {
+        return;
+    }
+    if old.get("properties").is_some() || new.get("properties").is_some() {
+        compare_object(roots, Some(name), old, new, depth + 1, change);
+    }
+    if let (Some(before), Some(after)) = (old.get("items"), new.get("items"))
+        && before.is_object()
+        && after.is_object()
+    {
+        compare_property(
+            roots,
+            &format!("{name}[]"),
+            before,
+            after,
+            depth + 1,
+            change,
+        );
     }
 }
 
@@ -687,5 +757,77 @@ mod tests {
         assert!(none.is_empty(), "{none:?}");
         lint("x", 1, &json!({"type": 12}), &mut none);
         assert_eq!(none[0].rule, "invalid_schema");
+    }
+
+    /// (property path, rule, breaking) of each change.
+    fn paths(old: &Value, new: &Value) -> Vec<(String, &'static str, bool)> {
+        compare(old, new)
+            .into_iter()
+            .map(|c| (c.property.unwrap_or_default(), c.rule, c.breaking))
+            .collect()
+    }
+
+    #[test]
+    fn nested_objects_array_items_and_local_refs_are_compared_by_path() {
+        let base = json!({
+            "type": "object",
+            "$defs": {"money": {"type": "number", "minimum": 0}},
+            "properties": {
+                "address": {"type": "object", "properties": {"city": {"type": "string"}}},
+                "items": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {"sku": {"type": "string"}, "price": {"$ref": "#/$defs/money"}},
+                    "required": ["sku"]
+                }}
+            }
+        });
+        let with = |f: &dyn Fn(&mut Value)| {
+            let mut s = base.clone();
+            f(&mut s);
+            s
+        };
+        assert_eq!(paths(&base, &base), []);
+        assert_eq!(
+            paths(
+                &base,
+                &with(&|s| s["properties"]["items"]["items"]["required"] = json!(["sku", "price"]))
+            ),
+            [("items[].price".into(), "made_required", true)]
+        );
+        assert_eq!(
+            paths(
+                &base,
+                &with(
+                    &|s| s["properties"]["address"]["properties"]["city"]["type"] =
+                        json!("integer")
+                )
+            ),
+            [("address.city".into(), "type_changed", true)]
+        );
+        assert_eq!(
+            paths(
+                &base,
+                &with(&|s| s["properties"]["address"]["properties"]["zip"] =
+                    json!({"type": "string"}))
+            ),
+            [("address.zip".into(), "optional_added", false)]
+        );
+        // The definition a $ref points to changes: every property using it changes.
+        assert_eq!(
+            paths(&base, &with(&|s| s["$defs"]["money"]["minimum"] = json!(1))),
+            [("items[].price".into(), "range_narrowed", true)]
+        );
+        assert_eq!(
+            paths(
+                &base,
+                &with(&|s| s["properties"]["address"]["additionalProperties"] = json!(false))
+            ),
+            [("address".into(), "closed", true)]
+        );
+        // A $ref cycle ends.
+        let cyclic = json!({"type": "object", "$defs": {"node": {"type": "object",
+            "properties": {"child": {"$ref": "#/$defs/node"}}}},
+            "properties": {"tree": {"$ref": "#/$defs/node"}}});
+        assert_eq!(paths(&cyclic, &cyclic), []);
     }
 }
