@@ -8,7 +8,8 @@
 //! - `pipeline`: decode + schema validation + server timing + idempotency claim/commit
 //!   (memory store) + record serialisation, with a log that discards (the disk is
 //!   measured by the HTTP load test instead); `native_20_uk` with the shipped privacy
-//!   policy applied to every event, as in `scripts/bench-http.sh`.
+//!   policy applied to every event, as in `scripts/bench-http.sh`;
+//!   `native_20_candidate` with every event also checked against a candidate schema.
 //!
 //! Reported per event (`Throughput::Elements`). Run: `cargo bench -p tollgate-benches`.
 
@@ -294,7 +295,50 @@ fn bench_pipeline(c: &mut Criterion) {
     group.bench_function("native_20_uk", |b| {
         b.iter_batched(body, |body| run(&uk, body), BatchSize::SmallInput)
     });
+    // Every event also checked against a candidate (its newest version again, so it
+    // passes): the cost of trying a schema on live traffic.
+    let candidates = with_candidates();
+    let tried = Rules {
+        schemas: SchemaRegistry::load(candidates.path()).unwrap(),
+        ..rules(None)
+    };
+    group.bench_function("native_20_candidate", |b| {
+        b.iter_batched(body, |body| run(&tried, body), BatchSize::SmallInput)
+    });
     group.finish();
+}
+
+/// The shipped schemas, each event with a candidate: a copy of its newest version.
+fn with_candidates() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(tollgate_benches::schemas_dir()).unwrap() {
+        let folder = entry.unwrap().path();
+        if !folder.is_dir() {
+            continue;
+        }
+        let target = dir.path().join(folder.file_name().unwrap());
+        std::fs::create_dir(&target).unwrap();
+        let mut newest = (0u32, std::path::PathBuf::new());
+        for file in std::fs::read_dir(&folder).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, target.join(file.file_name().unwrap())).unwrap();
+            let version = file
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.strip_prefix('v'))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if version > newest.0 {
+                newest = (version, file);
+            }
+        }
+        std::fs::copy(
+            &newest.1,
+            target.join(format!("v{}.candidate.json", newest.0 + 1)),
+        )
+        .unwrap();
+    }
+    dir
 }
 
 fn bench_privacy(c: &mut Criterion) {

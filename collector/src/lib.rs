@@ -206,6 +206,16 @@ impl Collector {
             limit_clock.clone(),
             None,
         )?));
+        {
+            let rules = rules.clone();
+            metrics.count_candidates_with(move |sink| {
+                for candidate in rules.load().schemas.candidates() {
+                    for (verdicts, n) in candidate.counts() {
+                        sink(&candidate.event, candidate.version, verdicts.label(), n);
+                    }
+                }
+            });
+        }
         let pipeline = Arc::new(Pipeline {
             store,
             log,

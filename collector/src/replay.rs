@@ -2,8 +2,8 @@
 //! logged at most once.
 //!
 //! The quarantine is read in order (segment files, or the quarantine topic); the
-//! records a filter selects are grouped by their original request (same source, API
-//! and `timestamp_server`, which they keep) and passed to the pipeline as a
+//! records a filter selects are grouped by source and API, up to `--batch` per append
+//! (each keeps its own `timestamp_server`), and passed to the pipeline as a
 //! [`Replay`]: today's schemas judge them, their privacy policy is not applied twice
 //! (only consent and the `event_id` check are judged again), and what is now valid is
 //! claimed in the idempotency store under its event id, appended to the events log
@@ -24,10 +24,9 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use time::OffsetDateTime;
+use tollgate_event::Api;
 use tollgate_event::wire::Status;
-use tollgate_event::{Api, QuarantineRecord};
 
 use crate::Collector;
 use crate::ingest::{DecodeLimits, Decoded, Item, Replay, ReplayItem, RequestInfo, decode};
@@ -279,15 +278,64 @@ impl Ledger {
 struct Selected {
     id: String,
     event_name: String,
-    raw: Value,
+    /// The event's JSON text as quarantined.
+    raw: Box<serde_json::value::RawValue>,
     item: ReplayItem,
 }
 
-/// Records of one original request, replayed together.
+/// A quarantine record as replay reads it: the event stays JSON text (it is decoded
+/// once, by the pipeline's own decoder), so nothing is parsed into a tree and written
+/// back.
+#[derive(Deserialize)]
+struct Quarantined<'a> {
+    #[serde(with = "tollgate_event::timefmt")]
+    timestamp_server: OffsetDateTime,
+    #[serde(borrow)]
+    source: std::borrow::Cow<'a, str>,
+    api: Api,
+    #[serde(borrow)]
+    request_id: std::borrow::Cow<'a, str>,
+    index: usize,
+    error: QuarantinedError<'a>,
+    #[serde(borrow)]
+    event: &'a serde_json::value::RawValue,
+    #[serde(default, deserialize_with = "present", borrow)]
+    privacy_policy: Option<Option<std::borrow::Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    region: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    privacy_key: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct QuarantinedError<'a> {
+    #[serde(borrow)]
+    code: std::borrow::Cow<'a, str>,
+}
+
+/// What replay needs to know inside a quarantined event.
+#[derive(Deserialize)]
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    event_name: Option<std::borrow::Cow<'a, str>>,
+    /// Bytes that were not JSON, kept only as a length and a digest.
+    #[serde(default)]
+    unparsed: Option<serde::de::IgnoredAny>,
+}
+
+/// A field that is present, as `Some` of its value (`null` included).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
+}
+
+/// Consecutive records of one source and API, replayed together.
 struct Group {
     source: String,
     api: Api,
-    received_at: OffsetDateTime,
     records: Vec<Selected>,
 }
 
@@ -307,14 +355,27 @@ impl Collector {
         if !options.dry_run {
             self.recover(&mut ledger, options, &mut report).await?;
         }
-        let groups = select(options, &rules, &ledger, &mut report)?;
+        // The quarantine is read on a blocking thread, a group at a time, while the
+        // groups before are replayed: memory stays bounded by a few groups.
+        let (tx, mut groups) = tokio::sync::mpsc::channel::<Group>(2);
+        let reader = {
+            let (options, rules, done) = (options.clone(), rules.clone(), ledger.done.clone());
+            tokio::task::spawn_blocking(move || {
+                let mut read = ReplayReport::default();
+                select(&options, &rules, &done, &mut read, |group| {
+                    // A replay that stopped early no longer listens.
+                    let _ = tx.blocking_send(group);
+                })
+                .map(|()| read)
+            })
+        };
         let limits = DecodeLimits {
             max_event_bytes: self.app.max_event_bytes,
             max_events: usize::MAX,
             platforms: &self.app.platforms,
         };
         let mut appends = 0;
-        for group in groups {
+        while let Some(group) = groups.recv().await {
             let Some(source) = rules.sources.by_id(&group.source).cloned() else {
                 *report
                     .not_replayable
@@ -323,10 +384,14 @@ impl Collector {
                 continue;
             };
             for chunk in group.records.chunks(options.batch.max(1)) {
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "events": chunk.iter().map(|s| &s.raw).collect::<Vec<_>>()
-                }))
-                .expect("JSON serializes");
+                let mut body = br#"{"events":["#.to_vec();
+                for (i, selected) in chunk.iter().enumerate() {
+                    if i > 0 {
+                        body.push(b',');
+                    }
+                    body.extend_from_slice(selected.raw.get().as_bytes());
+                }
+                body.extend_from_slice(b"]}");
                 let decoded = match decode::native_json(&body, &limits) {
                     Ok(decoded) => versioned_as(group.api, decoded),
                     Err(e) => {
@@ -343,7 +408,8 @@ impl Collector {
                     items: chunk.iter().map(|s| s.item.clone()).collect(),
                 };
                 let request = RequestInfo {
-                    received_at: group.received_at,
+                    // Each item's own time is in its `ReplayItem`.
+                    received_at: chunk[0].item.received_at,
                     request_id: &batch,
                     edge_country: None,
                     shadow: false,
@@ -397,6 +463,15 @@ impl Collector {
                     report.count(&selected.event_name, status, code.as_deref());
                 }
             }
+        }
+        let read = reader
+            .await
+            .map_err(|e| ReplayError::Read(e.to_string()))??;
+        report.scanned = read.scanned;
+        report.selected = read.selected;
+        report.already_replayed = read.already_replayed;
+        for (reason, n) in read.not_replayable {
+            *report.not_replayable.entry(reason).or_default() += n;
         }
         Ok(report)
     }
@@ -499,47 +574,48 @@ fn versioned_as(api: Api, mut decoded: Decoded) -> Decoded {
     decoded
 }
 
-/// Reads the quarantine and keeps what the filters select and can be replayed, by
-/// original request.
+/// Reads the quarantine and hands `emit` what the filters select and can be replayed,
+/// in groups of one source and API of at most `options.batch` records.
 fn select(
     options: &ReplayOptions,
     rules: &Rules,
-    ledger: &Ledger,
+    done: &HashSet<String>,
     report: &mut ReplayReport,
-) -> Result<Vec<Group>, ReplayError> {
-    let mut groups: Vec<Group> = Vec::new();
+    mut emit: impl FnMut(Group),
+) -> Result<(), ReplayError> {
+    let mut group: Option<Group> = None;
     let skip = |reason: &str, report: &mut ReplayReport| {
         *report.not_replayable.entry(reason.to_owned()).or_default() += 1;
     };
     let mut take = |line: &str| {
         report.scanned += 1;
-        let Ok(record) = serde_json::from_str::<QuarantineRecord<'static>>(line) else {
+        let Ok(record) = serde_json::from_str::<Quarantined<'_>>(line) else {
             skip("unreadable_record", report);
             return;
         };
-        let event_name = record
-            .event
-            .get("event_name")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
+        // Not an object (raw text that was not JSON), or `{"unparsed": …}`.
+        let Ok(peek) = serde_json::from_str::<Peek<'_>>(record.event.get()) else {
+            skip("not_json", report);
+            return;
+        };
+        let event_name = peek.event_name.as_deref().unwrap_or("");
         if options.since.is_some_and(|t| record.timestamp_server < t)
             || options.until.is_some_and(|t| record.timestamp_server >= t)
-            || options.event.as_ref().is_some_and(|e| *e != event_name)
+            || options.event.as_ref().is_some_and(|e| e != event_name)
             || options
                 .code
                 .as_ref()
-                .is_some_and(|c| c != record.error.code.as_str())
+                .is_some_and(|c| *c != record.error.code)
         {
             return;
         }
         report.selected += 1;
         let id = format!("{}/{}", record.request_id, record.index);
-        if ledger.done.contains(&id) {
+        if done.contains(&id) {
             report.already_replayed += 1;
             return;
         }
-        if !record.event.is_object() || record.event.get("unparsed").is_some() {
+        if peek.unparsed.is_some() {
             skip("not_json", report);
             return;
         }
@@ -559,29 +635,32 @@ fn select(
         };
         let item = ReplayItem {
             of: id.clone(),
+            received_at: record.timestamp_server,
             policy,
             key: record.privacy_key.as_deref().map(str::to_owned),
         };
         let selected = Selected {
             id,
-            event_name,
-            raw: record.event.into_owned(),
+            event_name: event_name.to_owned(),
+            raw: record.event.to_owned(),
             item,
         };
-        match groups.last_mut() {
-            Some(g)
-                if g.source == record.source
-                    && g.api == record.api
-                    && g.received_at == record.timestamp_server =>
-            {
-                g.records.push(selected)
-            }
-            _ => groups.push(Group {
-                source: record.source.into_owned(),
-                api: record.api,
-                received_at: record.timestamp_server,
-                records: vec![selected],
-            }),
+        let same = group
+            .as_ref()
+            .is_some_and(|g| g.source == record.source && g.api == record.api);
+        if !same && let Some(full) = group.take() {
+            emit(full);
+        }
+        let g = group.get_or_insert_with(|| Group {
+            source: record.source.into_owned(),
+            api: record.api,
+            records: Vec::new(),
+        });
+        g.records.push(selected);
+        if g.records.len() >= options.batch.max(1)
+            && let Some(full) = group.take()
+        {
+            emit(full);
         }
     };
     match &options.input {
@@ -597,7 +676,10 @@ fn select(
                 .map_err(|e| ReplayError::Read(e.to_string()))?;
         }
     }
-    Ok(groups)
+    if let Some(last) = group {
+        emit(last);
+    }
+    Ok(())
 }
 
 /// A log for dry runs: they append nothing, so they take no lock.

@@ -449,7 +449,8 @@ async fn replay_reads_the_quarantine_topic_beside_a_live_collector_and_recovers_
         code: None,
         dry_run: false,
         state_dir: state.path().join("replay"),
-        batch: 100,
+        // One event per append, so that the first run stops after one of the two.
+        batch: 1,
         stop_after_appends: Some(1),
     };
     let replay = |options: ReplayOptions| {

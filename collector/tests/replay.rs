@@ -210,10 +210,15 @@ async fn a_replay_interrupted_after_an_append_logs_nothing_twice_and_loses_nothi
     install(&s.schemas, false);
     // The first group is appended and its claims committed; then the run stops before
     // its ledger says so, as a crash would.
+    // Two events per append: three appends.
+    let options = ReplayOptions {
+        batch: 2,
+        ..s.options()
+    };
     let first = s
         .replay(&ReplayOptions {
             stop_after_appends: Some(1),
-            ..s.options()
+            ..options.clone()
         })
         .await;
     assert_eq!(first.totals.accepted, 0, "nothing was recorded as done");
@@ -233,7 +238,7 @@ async fn a_replay_interrupted_after_an_append_logs_nothing_twice_and_loses_nothi
                 .contains("OK")
         );
     }
-    let rest = s.replay(&s.options()).await;
+    let rest = s.replay(&options).await;
     assert_eq!((rest.recovered, rest.released), (2, 0), "{rest:?}");
     assert_eq!(
         (rest.totals.accepted, rest.totals.retry),

@@ -93,6 +93,8 @@ impl Pipeline {
                     if let Some(candidate) = schemas.candidate(&event.event_name) {
                         self.try_candidate(candidate, &mut event.properties, &validated);
                     }
+                    // A replayed event keeps the time its own request arrived.
+                    let received_at = replay.map_or(received_at, |r| r.items[index].received_at);
                     match validated.and_then(|()| self.timing(api, &event, sent_at, received_at)) {
                         Ok(timing) => {
                             let admitted = Admitted {
@@ -152,18 +154,11 @@ impl Pipeline {
             Err(_) => return,
         };
         let value = Value::Object(std::mem::take(properties));
+        // Counted by the candidate itself; /metrics reads those counts when scraped.
         let verdicts = candidate.observe(&value, live_accepted);
-        let event = KeyValue::new("event", candidate.event.clone());
-        let version = KeyValue::new("version", i64::from(candidate.version));
-        self.metrics.candidate_events.add(
-            1,
-            &[
-                event.clone(),
-                version.clone(),
-                KeyValue::new("verdicts", verdicts.label()),
-            ],
-        );
         if verdicts == Verdicts::WouldReject {
+            let event = KeyValue::new("event", candidate.event.clone());
+            let version = KeyValue::new("version", i64::from(candidate.version));
             let mut errors = candidate.errors(&value);
             candidate.count_errors(&mut errors);
             for (field, keyword) in errors {

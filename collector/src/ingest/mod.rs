@@ -113,6 +113,8 @@ pub struct Replay {
 pub struct ReplayItem {
     /// `<request_id>/<index>` of the quarantine record.
     pub of: String,
+    /// When its original request arrived: its `timestamp_server`, kept.
+    pub received_at: OffsetDateTime,
     /// The policy its quarantine copy passed (today's policy of that id and region),
     /// or `None` when it passed none.
     pub policy: Option<Arc<Policy>>,

@@ -87,7 +87,7 @@ impl Pipeline {
                 } => {
                     let record = Record {
                         event: Cow::Borrowed(event),
-                        timestamp_server: received_at,
+                        timestamp_server: replayed(index).map_or(received_at, |i| i.received_at),
                         sent_at: *sent_at,
                         clock_skew_ms: timing.clock_skew_ms,
                         timestamp_derived: timing.timestamp_derived,

@@ -195,6 +195,18 @@ impl Candidate {
         }
     }
 
+    /// The four verdict counts so far.
+    pub fn counts(&self) -> [(Verdicts, u64); 4] {
+        let s = &self.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            (Verdicts::BothAccept, load(&s.both_accept)),
+            (Verdicts::WouldReject, load(&s.would_reject)),
+            (Verdicts::BothReject, load(&s.both_reject)),
+            (Verdicts::WouldAccept, load(&s.would_accept)),
+        ]
+    }
+
     pub fn report(&self) -> CandidateReport {
         let s = &self.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);

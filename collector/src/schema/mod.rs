@@ -279,6 +279,11 @@ impl SchemaRegistry {
         self.candidates.get(event_name)
     }
 
+    /// The candidates loaded.
+    pub fn candidates(&self) -> impl Iterator<Item = &Candidate> {
+        self.candidates.values()
+    }
+
     /// Every candidate's counts, by event name.
     pub fn candidate_reports(&self) -> Vec<candidate::CandidateReport> {
         let mut reports: Vec<_> = self.candidates.values().map(Candidate::report).collect();

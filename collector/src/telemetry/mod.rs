@@ -77,8 +77,10 @@ pub struct Metrics {
     /// Reloads of the rules (SIGHUP, changed files), by outcome.
     pub config_reloads: Counter<u64>,
     /// Events checked against a candidate schema, by event, version and verdicts
-    /// (both_accept, would_reject, both_reject, would_accept).
-    pub candidate_events: Counter<u64>,
+    /// (both_accept, would_reject, both_reject, would_accept): read from the
+    /// candidates' own counts at each scrape (no per-event cost).
+    _candidate_events: opentelemetry::metrics::ObservableCounter<u64>,
+    candidate_counts: CandidateCounts,
     /// Would-reject events of a candidate schema, by event, version, field and keyword.
     pub candidate_errors: Counter<u64>,
     /// Events by outcome (accepted, rejected) × event_name × platform × app_version,
@@ -103,6 +105,13 @@ pub struct Metrics {
     pub shadow_untrusted: Counter<u64>,
 }
 
+/// Takes one candidate count: (event, version, verdicts, count).
+pub type CandidateSink<'a> = dyn FnMut(&str, u32, &'static str, u64) + 'a;
+
+/// Reads the candidates' counts for the scrape.
+type CandidateCounts =
+    std::sync::Arc<std::sync::OnceLock<Box<dyn Fn(&mut CandidateSink<'_>) + Send + Sync>>>;
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = prometheus::Registry::new();
@@ -114,6 +123,7 @@ impl Metrics {
             .expect("a fresh registry accepts the exporter");
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("tollgate");
+        let candidate_counts = CandidateCounts::default();
         let counter = |name: &'static str, help: &'static str| {
             meter.u64_counter(name).with_description(help).build()
         };
@@ -229,10 +239,30 @@ impl Metrics {
                 "tollgate_config_reloads",
                 "Reloads of schemas, privacy file and sources, by outcome (failed: the rules in force stay)",
             ),
-            candidate_events: counter(
-                "tollgate_schema_candidate_events",
-                "Events checked against a candidate schema, by event, version and the live and candidate verdicts",
-            ),
+            _candidate_events: {
+                let counts = candidate_counts.clone();
+                meter
+                    .u64_observable_counter("tollgate_schema_candidate_events")
+                    .with_description(
+                        "Events checked against a candidate schema, by event, version and the live and candidate verdicts",
+                    )
+                    .with_callback(move |observer| {
+                        if let Some(read) = counts.get() {
+                            read(&mut |event, version, verdicts, n| {
+                                observer.observe(
+                                    n,
+                                    &[
+                                        KeyValue::new("event", event.to_owned()),
+                                        KeyValue::new("version", i64::from(version)),
+                                        KeyValue::new("verdicts", verdicts),
+                                    ],
+                                );
+                            });
+                        }
+                    })
+                    .build()
+            },
+            candidate_counts,
             candidate_errors: counter(
                 "tollgate_schema_candidate_errors",
                 "Events a candidate schema would reject, by event, version, field and keyword",
@@ -285,6 +315,15 @@ impl Metrics {
             registry,
             _provider: provider,
         }
+    }
+
+    /// Where `tollgate_schema_candidate_events_total` reads its counts: called at each
+    /// scrape with a callback taking (event, version, verdicts, count). Set once.
+    pub fn count_candidates_with(
+        &self,
+        read: impl Fn(&mut CandidateSink<'_>) + Send + Sync + 'static,
+    ) {
+        let _ = self.candidate_counts.set(Box::new(read));
     }
 
     /// Counts a connection's events on `listener` (the edge calls this).
