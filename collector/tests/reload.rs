@@ -40,20 +40,31 @@ fn probe(id: &str, property: &str) -> Value {
     e
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
+/// A collector on a schema folder of its own holding set A (`reload_probe` takes only
+/// `a`); returns the folder's owner, the folder and the collector.
+async fn on_set_a(
+    tweak: impl FnOnce(&mut tollgate_collector::config::Config) + Send + 'static,
+) -> (tempfile::TempDir, std::path::PathBuf, TestCollector) {
     let root = tempfile::tempdir().unwrap();
     let schemas = root.path().join("schemas");
     std::fs::create_dir_all(schemas.join("reload_probe")).unwrap();
     install(&schemas, &requiring("a"));
     let dir = schemas.clone();
-    let c = Arc::new(
-        TestCollector::start_with(
-            move |config| config.schemas.dir = dir,
-            tollgate_collector::Overrides::default(),
-        )
-        .await,
-    );
+    let c = TestCollector::start_with(
+        move |config| {
+            config.schemas.dir = dir;
+            tweak(config);
+        },
+        tollgate_collector::Overrides::default(),
+    )
+    .await;
+    (root, schemas, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
+    let (_root, schemas, c) = on_set_a(|_| {}).await;
+    let c = Arc::new(c);
 
     // Four clients, each sending batches with one event only set A takes and one only
     // set B takes: exactly one of the two must be accepted, whichever set is in force.
@@ -152,16 +163,7 @@ async fn requests_during_twenty_reloads_each_see_one_whole_schema_set() {
 
 #[tokio::test]
 async fn a_reload_that_fails_keeps_the_schemas_in_force() {
-    let root = tempfile::tempdir().unwrap();
-    let schemas = root.path().join("schemas");
-    std::fs::create_dir_all(schemas.join("reload_probe")).unwrap();
-    install(&schemas, &requiring("a"));
-    let dir = schemas.clone();
-    let c = TestCollector::start_with(
-        move |config| config.schemas.dir = dir,
-        tollgate_collector::Overrides::default(),
-    )
-    .await;
+    let (_root, schemas, c) = on_set_a(|_| {}).await;
     install(&schemas, "{ not json");
     let error = c.reloader.reload().unwrap_err().to_string();
     assert!(error.contains("reload_probe"), "{error}");
@@ -299,18 +301,9 @@ async fn an_invalid_configuration_is_refused_whole() {
 
 #[tokio::test]
 async fn with_a_watch_interval_a_changed_schema_file_is_reloaded_without_a_signal() {
-    let root = tempfile::tempdir().unwrap();
-    let schemas = root.path().join("schemas");
-    std::fs::create_dir_all(schemas.join("reload_probe")).unwrap();
-    install(&schemas, &requiring("a"));
-    let dir = schemas.clone();
-    let c = TestCollector::start_with(
-        move |config| {
-            config.schemas.dir = dir;
-            config.reload.watch_interval = std::time::Duration::from_millis(20);
-        },
-        tollgate_collector::Overrides::default(),
-    )
+    let (_root, schemas, c) = on_set_a(|config| {
+        config.reload.watch_interval = std::time::Duration::from_millis(20);
+    })
     .await;
     let accepted = |answer: &Value| answer["results"][0]["status"] == "accepted";
     let body = |n: u32| json!({"events": [probe(&format!("watch-{n:08}"), "b")]});
