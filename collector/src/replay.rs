@@ -28,9 +28,9 @@ use time::OffsetDateTime;
 use tollgate_event::Api;
 use tollgate_event::wire::Status;
 
-use crate::Collector;
 use crate::ingest::{DecodeLimits, Decoded, Item, Replay, ReplayItem, RequestInfo, decode};
 use crate::rules::Rules;
+use crate::{Collector, ingest};
 
 /// Where the quarantine is read from.
 #[derive(Debug, Clone)]
@@ -182,6 +182,10 @@ pub enum ReplayError {
         "appending to the log failed ({0}); nothing of that group was acknowledged, run the replay again"
     )]
     Pipeline(String),
+    #[error(
+        "the idempotency store failed while settling an interrupted run ({0}); run the replay again"
+    )]
+    Store(String),
 }
 
 /// A line of the ledger.
@@ -542,9 +546,11 @@ impl Collector {
                     if is_logged { &mut commit } else { &mut release }.push(key);
                 }
             }
-            // Best effort: an expired claim needs neither.
-            let _ = store.commit(&commit, &batch).await;
-            let _ = store.release(&release, &batch).await;
+            // Settled in the store before the ledger says so: if the store fails, the
+            // intent stays open and the next run settles it again.
+            let store_error = |e: crate::dedupe::StoreError| ReplayError::Store(e.to_string());
+            store.commit(&commit, &batch).await.map_err(store_error)?;
+            store.release(&release, &batch).await.map_err(store_error)?;
             ledger.write(&Entry::Done { batch, logged })?;
         }
         Ok(())
@@ -557,7 +563,7 @@ fn claim_keys(source: &str, decoded: &Decoded) -> Vec<Option<String>> {
         .items
         .iter()
         .map(|item| match item {
-            Item::Event { event, .. } => Some(format!("{source}:{}", event.event_id)),
+            Item::Event { event, .. } => Some(ingest::claim_key(source, &event.event_id)),
             Item::Invalid { .. } => None,
         })
         .collect()

@@ -85,6 +85,11 @@ async fn contract(store: &dyn IdempotencyStore) {
         store.claim(&mixed, "r6").await.unwrap(),
         [ClaimOutcome::Duplicate, ClaimOutcome::Claimed]
     );
+    // Nothing to do is no error (a replay settling an interrupted run may have no
+    // claim to commit or none to release).
+    assert_eq!(store.claim(&[], "r7").await.unwrap(), []);
+    store.commit(&[], "r7").await.unwrap();
+    store.release(&[], "r7").await.unwrap();
     assert!(store.ready().await);
 }
 

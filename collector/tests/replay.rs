@@ -97,6 +97,10 @@ impl Setup {
 
     /// Runs a replay the way the command does: its own collector on the data dir.
     async fn replay(&self, options: &ReplayOptions) -> ReplayReport {
+        self.try_replay(options).await.unwrap()
+    }
+
+    async fn try_replay(&self, options: &ReplayOptions) -> Result<ReplayReport, String> {
         let overrides = if options.dry_run {
             Overrides {
                 log: Some(std::sync::Arc::new(tollgate_collector::replay::NoLog)),
@@ -105,8 +109,9 @@ impl Setup {
         } else {
             Overrides::default()
         };
-        let collector = Collector::build_with(self.config(), overrides).unwrap();
-        let report = collector.replay(options).await.unwrap();
+        let collector =
+            Collector::build_with(self.config(), overrides).map_err(|e| e.to_string())?;
+        let report = collector.replay(options).await.map_err(|e| e.to_string());
         collector.close().await;
         report
     }
@@ -194,7 +199,7 @@ async fn a_fixed_schema_lets_replay_log_the_quarantined_events_once() {
 
 #[tokio::test]
 async fn a_replay_interrupted_after_an_append_logs_nothing_twice_and_loses_nothing() {
-    let s = Setup::new(true);
+    let mut s = Setup::new(true);
     let mut c = s.collector().await;
     for request in 0..3 {
         let body = json!({"events": [
@@ -226,8 +231,19 @@ async fn a_replay_interrupted_after_an_append_logs_nothing_twice_and_loses_nothi
     // The crash came before the claims were committed, too: they still hold the
     // batch's token (without the recovery, their events would be `retry` now and
     // logged a second time once the claims expire).
-    let ledger = std::fs::read_to_string(s.data.join("replay/replay.ndjson")).unwrap();
+    let ledger_path = s.data.join("replay/replay.ndjson");
+    let ledger = std::fs::read_to_string(&ledger_path).unwrap();
     let intent: Value = serde_json::from_str(ledger.lines().next().unwrap()).unwrap();
+    // With the store down, the interrupted run cannot be settled: the replay says so
+    // and leaves the intent open for the next run.
+    s.redis.as_mut().unwrap().kill();
+    let error = s.try_replay(&options).await.unwrap_err();
+    assert!(
+        error.contains("run the replay again") || error.contains("redis"),
+        "{error}"
+    );
+    assert_eq!(std::fs::read_to_string(&ledger_path).unwrap(), ledger);
+    s.redis.as_mut().unwrap().restart();
     let redis = s.redis.as_ref().unwrap();
     for key in intent["keys"].as_array().unwrap() {
         let key = format!("tollgate:{}", key.as_str().unwrap());

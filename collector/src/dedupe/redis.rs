@@ -185,6 +185,10 @@ impl RedisStore {
         operation: &'static str,
         commands: Vec<Cmd>,
     ) -> Result<Vec<Value>, StoreError> {
+        // Nothing to send is no round trip (an empty pipeline is an error to Redis).
+        if commands.is_empty() {
+            return Ok(Vec::new());
+        }
         let count = commands.len();
         let work = async {
             match &self.connection {

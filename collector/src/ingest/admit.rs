@@ -153,29 +153,27 @@ impl Pipeline {
             }
             Err(_) => return,
         };
-        let value = Value::Object(std::mem::take(properties));
-        // Counted by the candidate itself; /metrics reads those counts when scraped.
-        let verdicts = candidate.observe(&value, live_accepted);
-        if verdicts == Verdicts::WouldReject {
-            let event = KeyValue::new("event", candidate.event.clone());
-            let version = KeyValue::new("version", i64::from(candidate.version));
-            let mut errors = candidate.errors(&value);
-            candidate.count_errors(&mut errors);
-            for (field, keyword) in errors {
-                self.metrics.candidate_errors.add(
-                    1,
-                    &[
-                        event.clone(),
-                        version.clone(),
-                        KeyValue::new("field", field),
-                        KeyValue::new("keyword", keyword),
-                    ],
-                );
+        crate::schema::as_value(properties, |value| {
+            // Counted by the candidate itself; /metrics reads those counts when scraped.
+            let verdicts = candidate.observe(value, live_accepted);
+            if verdicts == Verdicts::WouldReject {
+                let event = KeyValue::new("event", candidate.event.clone());
+                let version = KeyValue::new("version", i64::from(candidate.version));
+                let mut errors = candidate.errors(value);
+                candidate.count_errors(&mut errors);
+                for (field, keyword) in errors {
+                    self.metrics.candidate_errors.add(
+                        1,
+                        &[
+                            event.clone(),
+                            version.clone(),
+                            KeyValue::new("field", field),
+                            KeyValue::new("keyword", keyword),
+                        ],
+                    );
+                }
             }
-        }
-        if let Value::Object(map) = value {
-            *properties = map;
-        }
+        });
     }
 
     /// The server-side timing of a valid event.

@@ -36,6 +36,11 @@ pub(super) fn mark_repeats(slots: &mut [Slot]) {
     }
 }
 
+/// The idempotency key of an event: its source and its id.
+pub(crate) fn claim_key(source: &str, event_id: &str) -> String {
+    format!("{source}:{event_id}")
+}
+
 impl Pipeline {
     /// Claims every checkable event's key in one store call. Events already logged
     /// become `Duplicate`, events another request is writing become `Retry`. Returns
@@ -60,7 +65,7 @@ impl Pipeline {
             } = slot
             {
                 *claim = Some(keys.len());
-                keys.push(format!("{}:{}", source.id, event.event_id));
+                keys.push(claim_key(&source.id, &event.event_id));
             }
         }
         if keys.is_empty() {

@@ -19,6 +19,7 @@
 mod admit;
 mod answer;
 mod claim;
+pub(crate) use claim::claim_key;
 pub mod config;
 pub mod decode;
 mod slot;

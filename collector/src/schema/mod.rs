@@ -392,24 +392,21 @@ impl SchemaRegistry {
                 .validate_map(event_name, 1, properties, unknown)
                 .map(|()| 1);
         };
-        let value = Value::Object(std::mem::take(properties));
-        let matched = schemas
-            .versions
-            .iter()
-            .rev()
-            .find(|(_, validator)| validator.is_valid(&value))
-            .map(|(version, _)| *version);
-        let newest = schemas.versions.last().map_or(1, |(v, _)| *v);
-        let result = match matched {
-            Some(version) => Ok(version),
-            None => self
-                .validate(event_name, newest, &value, unknown)
-                .map(|()| newest),
-        };
-        if let Value::Object(map) = value {
-            *properties = map;
-        }
-        result
+        as_value(properties, |value| {
+            let matched = schemas
+                .versions
+                .iter()
+                .rev()
+                .find(|(_, validator)| validator.is_valid(value))
+                .map(|(version, _)| *version);
+            let newest = schemas.versions.last().map_or(1, |(v, _)| *v);
+            match matched {
+                Some(version) => Ok(version),
+                None => self
+                    .validate(event_name, newest, value, unknown)
+                    .map(|()| newest),
+            }
+        })
     }
 
     /// [`validate`](Self::validate) for a properties map, moved into a `Value` and back
@@ -424,13 +421,21 @@ impl SchemaRegistry {
         properties: &mut Map<String, Value>,
         unknown: UnknownEvents,
     ) -> Result<(), EventError> {
-        let value = Value::Object(std::mem::take(properties));
-        let result = self.validate(event_name, version, &value, unknown);
-        if let Value::Object(map) = value {
-            *properties = map;
-        }
-        result
+        as_value(properties, |value| {
+            self.validate(event_name, version, value, unknown)
+        })
     }
+}
+
+/// Calls `f` with a properties map as the `Value` validators take, moved in and back
+/// out, so that nothing is copied.
+pub fn as_value<R>(properties: &mut Map<String, Value>, f: impl FnOnce(&Value) -> R) -> R {
+    let value = Value::Object(std::mem::take(properties));
+    let result = f(&value);
+    if let Value::Object(map) = value {
+        *properties = map;
+    }
+    result
 }
 
 /// The id of a set of schemas given as (event, version, compact JSON).
