@@ -5,10 +5,13 @@
 //!
 //! # Layout
 //! - [`segments()`]: the local log's segment files, in order, read in large chunks;
-//! - [`topics`]: Kafka topics from the beginning until idle, and the `--kafka` flags.
+//! - [`topics`]: Kafka topics from the beginning (or a time) until idle, and the
+//!   `--kafka` flags.
 
 pub mod segments;
 pub mod topics;
 
-pub use segments::{for_each_line, segments};
-pub use topics::{TopicArgs, TopicError, TopicSource, for_each_message};
+pub use segments::{Blocks, for_each_line, segments, split_lines};
+pub use topics::{
+    Start, TopicArgs, TopicError, TopicSource, for_each_message, for_each_message_from,
+};

@@ -37,45 +37,101 @@ pub fn for_each_line(dir: &Path, f: impl FnMut(&str)) -> std::io::Result<()> {
 
 #[inline]
 fn for_each_chunked(dir: &Path, chunk: usize, mut f: impl FnMut(&str)) -> std::io::Result<()> {
-    let files = match segments(dir) {
-        Ok(files) => files,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let mut buffer = vec![0u8; chunk];
-    for file in files {
-        let mut file = std::fs::File::open(&file)?;
-        // `..end` holds bytes read but not yet handed out (a partial last line).
-        let mut end = 0;
-        loop {
-            if end == buffer.len() {
-                // A line longer than the buffer: grow it.
-                buffer.resize(buffer.len() * 2, 0);
-            }
-            let n = file.read(&mut buffer[end..])?;
-            let eof = n == 0;
-            end += n;
-            let complete = if eof {
-                end
-            } else {
-                match buffer[..end].iter().rposition(|b| *b == b'\n') {
-                    Some(i) => i + 1,
-                    None => continue,
-                }
-            };
-            lines(&buffer[..complete], &mut f);
-            buffer.copy_within(complete..end, 0);
-            end -= complete;
-            if eof {
-                break;
-            }
-        }
+    let mut blocks = Blocks::open(dir, chunk)?;
+    let mut buffer = Vec::with_capacity(chunk);
+    while blocks.next_into(&mut buffer)? {
+        split_lines(&buffer, &mut f);
     }
     Ok(())
 }
 
+/// The segments of a stream directory as blocks of whole lines, about `size` bytes each
+/// (longer when one line is), in order: what parallel readers hand out to workers.
+pub struct Blocks {
+    files: std::vec::IntoIter<PathBuf>,
+    file: Option<std::fs::File>,
+    size: usize,
+    /// The start of a line read past the end of the last block.
+    carry: Vec<u8>,
+}
+
+impl Blocks {
+    /// The blocks of `dir`'s segments; a missing directory has none.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn open(dir: &Path, size: usize) -> std::io::Result<Blocks> {
+        let files = match segments(dir) {
+            Ok(files) => files,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Blocks::of(files, size))
+    }
+
+    /// The blocks of these files, in this order.
+    pub fn of(files: Vec<PathBuf>, size: usize) -> Blocks {
+        Blocks {
+            files: files.into_iter(),
+            file: None,
+            size: size.max(1),
+            carry: Vec::new(),
+        }
+    }
+
+    /// Replaces `buffer`'s contents with the next block (its capacity is reused); false
+    /// when every segment has been read. A block never ends inside a line: the end of
+    /// a file ends its last line.
+    ///
+    /// # Errors
+    /// A segment cannot be read.
+    pub fn next_into(&mut self, buffer: &mut Vec<u8>) -> std::io::Result<bool> {
+        buffer.clear();
+        buffer.append(&mut self.carry);
+        loop {
+            let Some(file) = &mut self.file else {
+                match self.files.next() {
+                    Some(path) => {
+                        self.file = Some(std::fs::File::open(path)?);
+                        continue;
+                    }
+                    None => return Ok(!buffer.is_empty()),
+                }
+            };
+            let want = self.size.max(buffer.len() + 1) - buffer.len();
+            buffer.reserve(want);
+            // Reads into the spare capacity without zeroing it first.
+            let n = Read::take(&mut *file, want as u64).read_to_end(buffer)?;
+            if n == 0 {
+                // The end of a file ends its last line.
+                self.file = None;
+                if buffer.last().is_some_and(|b| *b != b'\n') {
+                    buffer.push(b'\n');
+                }
+                if buffer.len() >= self.size {
+                    return Ok(true);
+                }
+                continue;
+            }
+            if buffer.len() < self.size {
+                continue;
+            }
+            match buffer.iter().rposition(|b| *b == b'\n') {
+                Some(i) => {
+                    self.carry.extend_from_slice(&buffer[i + 1..]);
+                    buffer.truncate(i + 1);
+                    return Ok(true);
+                }
+                // One line longer than the block: read on.
+                None => continue,
+            }
+        }
+    }
+}
+
+/// Calls `f` with every non-empty line of a block; lines that are not UTF-8 are skipped.
 #[inline]
-fn lines(chunk: &[u8], f: &mut impl FnMut(&str)) {
+pub fn split_lines(chunk: &[u8], f: &mut impl FnMut(&str)) {
     match std::str::from_utf8(chunk) {
         Ok(text) => text.split_terminator('\n').for_each(f),
         // Rare: find the bad line(s) and skip them.
@@ -101,6 +157,25 @@ mod tests {
         let mut seen = Vec::new();
         for_each_chunked(dir.path(), 16, |line| seen.push(line.to_owned())).unwrap();
         assert_eq!(seen, ["a", "bb", long.as_str(), "ccc", "d", "e"]);
+    }
+
+    #[test]
+    fn blocks_hold_whole_lines_and_together_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "y".repeat(50);
+        std::fs::write(dir.path().join("1.ndjson"), format!("a\n{long}\nbb\nccc")).unwrap();
+        std::fs::write(dir.path().join("2.ndjson"), "dd\ne\n").unwrap();
+        let mut blocks = Blocks::open(dir.path(), 8).unwrap();
+        let mut buffer = Vec::new();
+        let mut all = Vec::new();
+        while blocks.next_into(&mut buffer).unwrap() {
+            assert_eq!(buffer.last(), Some(&b'\n'), "{buffer:?}");
+            all.extend_from_slice(&buffer);
+        }
+        assert_eq!(
+            String::from_utf8(all).unwrap(),
+            format!("a\n{long}\nbb\nccc\ndd\ne\n")
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Kafka topics a collector appended to, read from the beginning of every partition until
-//! no message arrived for a while. End offsets are never trusted: a broker may report
-//! them before every acknowledged message is readable.
+//! Kafka topics a collector appended to, read from the beginning of every partition (or
+//! from a time, where the broker can find it) until no message arrived for a while. End
+//! offsets are never trusted: a broker may report them before every acknowledged message
+//! is readable.
 
 use std::time::{Duration, Instant};
 
@@ -98,13 +99,40 @@ impl TopicSource {
     ///
     /// # Errors
     /// As [`TopicSource::read`].
-    pub fn lines(&self, topic: &str, mut f: impl FnMut(&str)) -> Result<u64, TopicError> {
-        for_each_message(&self.brokers, topic, self.idle, |message| {
+    pub fn lines(&self, topic: &str, f: impl FnMut(&str)) -> Result<u64, TopicError> {
+        self.lines_from(topic, None, f).map(|(read, _)| read)
+    }
+
+    /// As [`TopicSource::lines`], from the first message of each partition whose
+    /// timestamp is at or after `from` (unix ms), when given and the broker can tell.
+    ///
+    /// # Errors
+    /// As [`TopicSource::read`].
+    pub fn lines_from(
+        &self,
+        topic: &str,
+        from: Option<i64>,
+        mut f: impl FnMut(&str),
+    ) -> Result<(u64, Start), TopicError> {
+        for_each_message_from(&self.brokers, topic, from, self.idle, |message| {
             if let Some(Ok(text)) = message.payload_view::<str>() {
                 f(text);
             }
         })
     }
+}
+
+/// Where reading a topic started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The beginning of every partition (no time was asked for).
+    Beginning,
+    /// The first message at or after the time asked for, found by timestamp.
+    Timestamp,
+    /// The beginning of every partition (or wherever the broker pointed): it could not
+    /// find offsets for the time asked for (it answered with an error, without offsets,
+    /// or with an offset whose message is older than asked).
+    NoTimeIndex,
 }
 
 /// Calls `f` with every message of `topic`, from the beginning of each partition, until
@@ -116,8 +144,25 @@ pub fn for_each_message(
     brokers: &str,
     topic: &str,
     idle: Duration,
-    mut f: impl FnMut(&BorrowedMessage<'_>),
+    f: impl FnMut(&BorrowedMessage<'_>),
 ) -> Result<u64, TopicError> {
+    for_each_message_from(brokers, topic, None, idle, f).map(|(read, _)| read)
+}
+
+/// As [`for_each_message`], from the first message of each partition whose timestamp is
+/// at or after `from` (unix ms) when given. The offsets are asked of the broker
+/// (ListOffsets by timestamp); where it cannot answer, every partition is read from the
+/// beginning and the caller filters by the records' own times ([`Start::NoTimeIndex`]).
+///
+/// # Errors
+/// As [`for_each_message`].
+pub fn for_each_message_from(
+    brokers: &str,
+    topic: &str,
+    from: Option<i64>,
+    idle: Duration,
+    mut f: impl FnMut(&BorrowedMessage<'_>),
+) -> Result<(u64, Start), TopicError> {
     let kafka = |source| TopicError::Kafka {
         topic: topic.to_owned(),
         brokers: brokers.to_owned(),
@@ -157,12 +202,33 @@ pub fn for_each_message(
             .add_partition_offset(topic, partition as i32, Offset::Beginning)
             .map_err(kafka)?;
     }
+    let mut start = Start::Beginning;
+    if let Some(from) = from {
+        start = Start::NoTimeIndex;
+        if let Some(found) = offsets_at(&consumer, topic, partitions, from) {
+            assignment = found;
+            start = Start::Timestamp;
+        }
+    }
     consumer.assign(&assignment).map_err(kafka)?;
     let mut read = 0;
     let mut last = Instant::now();
+    // A broker that answers a search by time without honouring it (some answer with the
+    // first offset) shows in the first message of a partition being older than asked.
+    let mut first_seen = std::collections::HashSet::new();
     while last.elapsed() < idle {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
+                if let (Start::Timestamp, Some(from)) = (start, from)
+                    && first_seen.insert(message.partition())
+                    && message.timestamp().to_millis().is_some_and(|t| t < from)
+                {
+                    tracing::warn!(
+                        topic,
+                        "the broker did not find offsets by time: reading from the beginning"
+                    );
+                    start = Start::NoTimeIndex;
+                }
                 f(&message);
                 read += 1;
                 last = Instant::now();
@@ -171,5 +237,42 @@ pub fn for_each_message(
             None => {}
         }
     }
-    Ok(read)
+    Ok((read, start))
+}
+
+/// Each partition's first offset at or after `from` (unix ms), or `None` when the broker
+/// cannot tell for every partition. A partition with no message that late starts at its
+/// end.
+fn offsets_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: usize,
+    from: i64,
+) -> Option<TopicPartitionList> {
+    let mut times = TopicPartitionList::new();
+    for partition in 0..partitions {
+        times
+            .add_partition_offset(topic, partition as i32, Offset::Offset(from))
+            .ok()?;
+    }
+    let found = consumer
+        .offsets_for_times(times, Duration::from_secs(10))
+        .map_err(|e| tracing::warn!(topic, error = %e, "offsets by time not available"))
+        .ok()?;
+    let mut assignment = TopicPartitionList::new();
+    for element in found.elements() {
+        element.error().ok()?;
+        let offset = match element.offset() {
+            Offset::Offset(n) if n >= 0 => Offset::Offset(n),
+            Offset::End => Offset::End,
+            other => {
+                tracing::warn!(topic, partition = element.partition(), offset = ?other, "no offset for the time asked");
+                return None;
+            }
+        };
+        assignment
+            .add_partition_offset(topic, element.partition(), offset)
+            .ok()?;
+    }
+    (assignment.count() == partitions).then_some(assignment)
 }
