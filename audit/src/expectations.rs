@@ -29,8 +29,14 @@
 //! [[drift]]
 //! event = "share_submit"
 //! field = "properties.channel"
-//! split = "2026-11-22T00:00:00Z"  # before: baseline; from then on: judged
-//! max_psi = 0.2
+//! split = "2026-11-22T00:00:00Z"  # before: baseline; from then on: judged (optional:
+//! max_psi = 0.2                   # without it, the span before --since is the baseline)
+//!
+//! [quarantine]                    # rejected shares against their history (--since)
+//! min_events = 200
+//! min_rise = 0.01
+//! threshold = 5.0
+//! history = "7d"
 //! ```
 
 use std::collections::BTreeMap;
@@ -55,17 +61,52 @@ pub struct Expectations {
     pub volume: Option<Volume>,
     #[serde(default)]
     pub drift: Vec<Drift>,
+    /// Shares of rejected events per event × error × segment against their history.
+    #[serde(default)]
+    pub quarantine: QuarantineRules,
+}
+
+/// When a rise in the share of rejected events is flagged: the share of an event's
+/// records (accepted + quarantined) rejected with one error code at one path, in one
+/// (platform, app_version) or overall, in the judged window against the history before
+/// it. Judged only with `--since` (the history is what is read before it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuarantineRules {
+    /// Segments with fewer records than this in the window (or in the history behind a
+    /// baseline) are not judged.
+    pub min_events: u64,
+    /// A share must rise by at least this much (0.01: one percentage point) …
+    pub min_rise: f64,
+    /// … and by this many standard errors of the history share.
+    pub threshold: f64,
+    /// How much history before `--since` gives the baseline share.
+    #[serde(with = "humantime_serde")]
+    pub history: Duration,
+}
+
+impl Default for QuarantineRules {
+    fn default() -> Self {
+        QuarantineRules {
+            min_events: 200,
+            min_rise: 0.01,
+            threshold: 5.0,
+            history: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
 }
 
 /// Distribution drift of a categorical field: records before `split` are the baseline,
-/// records from `split` on are compared with it (population stability index).
+/// records from `split` on are compared with it (population stability index). Without
+/// a split, the judged window is compared with the same span before it.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drift {
     pub event: String,
     pub field: String,
     /// RFC 3339 time dividing baseline from judged records.
-    pub split: String,
+    #[serde(default)]
+    pub split: Option<String>,
     /// PSI above this fails (0.1: small shift, 0.25: large).
     #[serde(default = "default_psi")]
     pub max_psi: f64,
@@ -257,15 +298,20 @@ impl Expectations {
             }
         }
         for (i, d) in self.drift.iter().enumerate() {
-            if super::read::micros(&d.split).is_none() {
+            if let Some(split) = &d.split
+                && super::read::micros(split).is_none()
+            {
                 problems.push(format!(
-                    "drift[{i}].split: {:?} is not an RFC 3339 time",
-                    d.split
+                    "drift[{i}].split: {split:?} is not an RFC 3339 time"
                 ));
             }
             if d.max_psi <= 0.0 {
                 problems.push(format!("drift[{i}].max_psi: must be above 0"));
             }
+        }
+        let q = &self.quarantine;
+        if !(0.0..=1.0).contains(&q.min_rise) || q.threshold <= 0.0 {
+            problems.push("quarantine: min_rise is between 0 and 1, threshold above 0".into());
         }
         for (i, f) in self.funnels.iter().enumerate() {
             if f.steps.len() < 2 {

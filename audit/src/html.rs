@@ -1,6 +1,7 @@
-//! The audit as one self-contained HTML page: the checks worst first, and a chart per
-//! anomalous volume series (observed counts against the expected band). No scripts, no
-//! external assets: it can be mailed or archived as is.
+//! The audit as one self-contained HTML page: a summary (window judged, history read,
+//! checks passed and failed), the checks worst first, a chart per anomalous volume series
+//! (observed counts against the expected band), and the quarantine's rejections against
+//! their history. No scripts, no external assets: it can be mailed or archived as is.
 
 use std::fmt::Write as _;
 
@@ -27,16 +28,47 @@ impl Report {
              table{border-collapse:collapse}td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left;vertical-align:top}\
              .fail{color:#b00020;font-weight:bold}.warn{color:#a66b00;font-weight:bold}.pass{color:#2e7d32}\
              figure{margin:1.5em 0}figcaption{font-weight:bold;margin-bottom:.3em}\
+             .summary{padding:.8em 1.2em;border-radius:6px;margin:1em 0}\
+             .summary.ok{background:#e8f5e9;border:1px solid #2e7d32}.summary.bad{background:#fdecea;border:1px solid #b00020}\
+             .summary dt{font-weight:bold;float:left;width:9em}.summary dd{margin:0 0 .3em 9em}\
              </style></head><body>",
         );
+        let open = |t: &Option<String>, word: &str| t.clone().unwrap_or_else(|| word.into());
+        let history = match &self.history {
+            Some(h) => format!(
+                "{} to {}: {} records, {} quarantined{}",
+                h.since,
+                h.until,
+                h.records,
+                h.quarantined,
+                h.kafka
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(" ({k})"))
+            ),
+            None => "none (no --since: the whole log is judged)".into(),
+        };
+        let hours = self.volume_hours.as_ref().map_or(String::new(), |v| {
+            format!(
+                "<dt>volume hours</dt><dd>{} judged, {} without enough weeks of history, {} calendar days' hours</dd>",
+                v.judged, v.without_history, v.calendar
+            )
+        });
         let _ = write!(
             out,
-            "<h1>Tollgate data-quality audit</h1><p>{} records audited, {} quarantined. \
-             <span class=\"fail\">{fails} failed</span>, <span class=\"warn\">{warns} warnings</span>, \
-             {} checks.</p>",
+            "<h1>Tollgate data-quality audit</h1><div class=\"summary {}\"><dl>\
+             <dt>verdict</dt><dd><span class=\"{}\">{}</span>: {} checks, \
+             <span class=\"fail\">{fails} failed</span>, <span class=\"warn\">{warns} warnings</span></dd>\
+             <dt>window judged</dt><dd>{} to {}: {} records, {} quarantined</dd>\
+             <dt>history read</dt><dd>{}</dd>{hours}</dl></div>",
+            if fails == 0 { "ok" } else { "bad" },
+            if fails == 0 { "pass" } else { "fail" },
+            if fails == 0 { "PASSED" } else { "FAILED" },
+            self.checks.len(),
+            escape(&open(&self.window.since, "the first record")),
+            escape(&open(&self.window.until, "now")),
             self.records,
             self.quarantined,
-            self.checks.len()
+            escape(&history),
         );
         out.push_str(
             "<table><tr><th>status</th><th>expectation</th><th>subject</th><th>finding</th></tr>",
@@ -59,8 +91,47 @@ impl Report {
         for chart in self.checks.iter().filter_map(|c| c.chart.as_ref()) {
             out.push_str(&svg(chart));
         }
+        self.quarantine_table(&mut out);
         out.push_str("</body></html>\n");
         out
+    }
+}
+
+impl Report {
+    /// Rejections per event × error × segment, with their history share.
+    fn quarantine_table(&self, out: &mut String) {
+        out.push_str("<h2>Quarantine</h2>");
+        if self.quarantine.is_empty() {
+            out.push_str("<p>No event was rejected in the window.</p>");
+            return;
+        }
+        out.push_str(
+            "<table><tr><th></th><th>event</th><th>error</th><th>at</th><th>segment</th>\
+             <th>rejected</th><th>share</th><th>history share</th><th>z</th></tr>",
+        );
+        for row in &self.quarantine {
+            let percent = |p: f64| format!("{:.2}%", p * 100.0);
+            let _ = write!(
+                out,
+                "<tr><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                if row.flagged { "fail" } else { "pass" },
+                if row.flagged { "RISE" } else { "" },
+                escape(&row.event),
+                escape(&row.code),
+                escape(&row.path),
+                escape(&row.segment),
+                row.rejected,
+                percent(row.share),
+                row.baseline.map_or("no history".into(), |p| format!(
+                    "{} ({})",
+                    percent(p),
+                    escape(row.baseline_of.as_deref().unwrap_or_default())
+                )),
+                row.z.map_or(String::new(), |z| format!("{z:.1}")),
+            );
+        }
+        out.push_str("</table>");
     }
 }
 

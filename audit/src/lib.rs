@@ -1,80 +1,150 @@
 //! `tollgate-collector audit`: declared expectations checked over the log where it lands.
 //!
-//! One streaming pass over `events/` (and a count of `quarantine/`), segment files in
-//! order. Memory is bounded by the expectations, not by the log: duplicates are found
-//! within `dedupe_window` (the ids of that window are kept, as 64-bit hashes), references
+//! The audit judges a window (`--since`/`--until`) and reads, before it, the history its
+//! checks need: `min_weeks` weeks for the volume baselines, the window's own span for a
+//! drift without a split, the dedupe window for duplicates, each reference's `within`,
+//! and the quarantine's `history`. The log is read in blocks of whole lines, parsed and
+//! counted on several threads, and merged in log order, so order-dependent checks
+//! (duplicates and references within a window) count exactly what one pass would.
+//! Memory is bounded by the expectations, not by the log: duplicates are found within
+//! `dedupe_window` (the ids of that window are kept, as 64-bit hashes), references
 //! within their `within`, and per-segment tallies are capped. Each expectation becomes a
 //! [`Check`] that passes, warns (within 20 % of its limit) or fails; any failure makes the
 //! command exit non-zero, so it can gate a launch or a daily pipeline.
 
 pub mod expectations;
 mod html;
+mod ordered;
+mod pool;
+mod quarantine;
 mod read;
+mod tally;
 mod volume;
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 pub use expectations::Expectations;
-/// Every line of every segment of a log stream directory, in order (also used by the
-/// load tester's reconciliation).
-use read::{FieldValue, Rec};
+pub use quarantine::QuarantineRow;
+pub use volume::Hours;
+
+use tally::{Partial, Plan, Totals};
+use tollgate_log::Start;
 
 /// Where the records are read from.
 #[derive(Debug, Clone)]
 pub enum AuditInput {
     /// A collector's data directory (holding `events/` and `quarantine/`).
     Dir(PathBuf),
-    /// Kafka topics, read from the beginning until no message arrived for a while.
+    /// Kafka topics, read from the history's start (found by timestamp where the broker
+    /// can) or the beginning, until no message arrived for a while.
     Kafka(tollgate_log::TopicSource),
 }
 
-impl AuditInput {
-    /// Calls `f` with every accepted record's JSON text.
-    fn events(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
-        match self {
-            AuditInput::Dir(dir) => tollgate_log::for_each_line(&dir.join("events"), f),
-            AuditInput::Kafka(source) => topic_lines(source, &source.topic, f),
-        }
-    }
-
-    /// Calls `f` with every quarantined record's JSON text.
-    fn quarantine(&self, f: impl FnMut(&str)) -> std::io::Result<()> {
-        match self {
-            AuditInput::Dir(dir) => tollgate_log::for_each_line(&dir.join("quarantine"), f),
-            AuditInput::Kafka(source) => match &source.quarantine_topic {
-                Some(topic) => topic_lines(source, topic, f),
-                None => Ok(()),
-            },
-        }
-    }
+/// The two streams a collector writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Events,
+    Quarantine,
 }
 
-fn topic_lines(
-    source: &tollgate_log::TopicSource,
-    topic: &str,
-    f: impl FnMut(&str),
-) -> std::io::Result<()> {
-    source
-        .lines(topic, f)
-        .map(drop)
-        .map_err(std::io::Error::other)
+/// Kafka timestamps are the producer's clock at append, a little after the record's
+/// `timestamp_server`: the search by time starts this much earlier.
+const KAFKA_SLACK: i64 = 10 * 60 * 1_000_000;
+
+impl AuditInput {
+    /// Emits the stream's lines in blocks of about `block` bytes; with Kafka, from the
+    /// first message at `from` (unix µs) when the broker can find it. Returns where a
+    /// Kafka read started.
+    fn read(
+        &self,
+        stream: Stream,
+        from: Option<i64>,
+        block: usize,
+        emit: pool::Emit<'_>,
+    ) -> std::io::Result<Option<Start>> {
+        match self {
+            AuditInput::Dir(dir) => {
+                let name = match stream {
+                    Stream::Events => "events",
+                    Stream::Quarantine => "quarantine",
+                };
+                let files = match tollgate_log::segments(&dir.join(name)) {
+                    Ok(files) => files,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let files = match from {
+                    Some(from) => read::segments_from(&files, from),
+                    None => files,
+                };
+                let mut blocks = tollgate_log::Blocks::of(files, block);
+                let mut buffer = Vec::with_capacity(block);
+                while blocks.next_into(&mut buffer)? {
+                    emit(&mut buffer);
+                }
+                Ok(None)
+            }
+            AuditInput::Kafka(source) => {
+                let topic = match stream {
+                    Stream::Events => &source.topic,
+                    Stream::Quarantine => match &source.quarantine_topic {
+                        Some(topic) => topic,
+                        None => return Ok(None),
+                    },
+                };
+                let mut buffer = Vec::with_capacity(block);
+                let from_ms = from.map(|t| (t - KAFKA_SLACK).div_euclid(1000));
+                let (_, start) = source
+                    .lines_from(topic, from_ms, |text| {
+                        buffer.extend_from_slice(text.as_bytes());
+                        buffer.push(b'\n');
+                        if buffer.len() >= block {
+                            emit(&mut buffer);
+                            buffer.clear();
+                        }
+                    })
+                    .map_err(std::io::Error::other)?;
+                if !buffer.is_empty() {
+                    emit(&mut buffer);
+                }
+                Ok(Some(start))
+            }
+        }
+    }
 }
 
 /// What to audit.
 #[derive(Debug, Clone)]
 pub struct AuditOptions {
     pub input: AuditInput,
-    /// Only records with `timestamp_server` in `[since, until)` (unix µs).
+    /// The judged window: records with `timestamp_server` in `[since, until)` (unix µs).
+    /// History needed by the checks is read from before `since`.
     pub since: Option<i64>,
     pub until: Option<i64>,
-    /// "Now" for freshness (unix µs).
+    /// "Now" for freshness, and the window's end when `until` is not given (unix µs).
     pub now: i64,
+    /// Threads parsing and counting (1: everything on the caller's thread).
+    pub threads: usize,
+    /// Bytes of whole lines handed to a thread at a time.
+    pub block_size: usize,
+}
+
+impl AuditOptions {
+    /// The whole log, on every core.
+    pub fn new(input: AuditInput, now: i64) -> Self {
+        AuditOptions {
+            input,
+            since: None,
+            until: None,
+            now,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            block_size: 4 << 20,
+        }
+    }
 }
 
 /// pass < warn < fail, so that sorting puts the worst first when reversed.
@@ -126,9 +196,49 @@ pub struct ChartPoint {
 /// The audit's findings.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The judged window (RFC 3339; none: open on that side).
+    pub window: Span,
+    /// Records read before the window for the checks that need history.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<History>,
+    /// Accepted and quarantined records in the window.
     pub records: u64,
     pub quarantined: u64,
+    /// The window's hours: judged by the volume check, or skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume_hours: Option<Hours>,
     pub checks: Vec<Check>,
+    /// Rejections per event × error × segment, flagged rises first (at most 50 rows).
+    pub quarantine: Vec<QuarantineRow>,
+    /// How the audit ran (differs between runs of the same audit).
+    pub run: Run,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Span {
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    /// `[since, until)` of the history read (RFC 3339).
+    pub since: String,
+    pub until: String,
+    pub records: u64,
+    pub quarantined: u64,
+    /// With Kafka: how the history's start was found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub threads: usize,
+    pub seconds: f64,
+    /// Lines parsed (window, history and records outside both).
+    pub records_read: u64,
+    pub records_per_second: f64,
 }
 
 impl Report {
@@ -137,12 +247,37 @@ impl Report {
         self.checks.iter().all(|c| c.status != Status::Fail)
     }
 
+    /// What was judged and what was read for it, in one sentence.
+    pub fn summary(&self) -> String {
+        let open = |t: &Option<String>, word: &str| t.clone().unwrap_or_else(|| word.into());
+        let mut out = format!(
+            "judged {} to {}: {} records ({} quarantined)",
+            open(&self.window.since, "the first record"),
+            open(&self.window.until, "now"),
+            self.records,
+            self.quarantined
+        );
+        if let Some(h) = &self.history {
+            out.push_str(&format!(
+                "; history read {} to {}: {} records ({} quarantined)",
+                h.since, h.until, h.records, h.quarantined
+            ));
+            if let Some(kafka) = &h.kafka {
+                out.push_str(&format!(", {kafka}"));
+            }
+        }
+        if let Some(v) = &self.volume_hours {
+            out.push_str(&format!(
+                "; volume: {} hours judged, {} without enough weeks of history, {} calendar",
+                v.judged, v.without_history, v.calendar
+            ));
+        }
+        out
+    }
+
     /// A terminal summary, worst first.
     pub fn human(&self) -> String {
-        let mut out = format!(
-            "audited {} records ({} quarantined)\n",
-            self.records, self.quarantined
-        );
+        let mut out = format!("{}\n", self.summary());
         for c in &self.checks {
             let word = match c.status {
                 Status::Pass => "pass",
@@ -185,321 +320,95 @@ fn floor(observed: f64, limit: f64) -> Status {
     }
 }
 
-/// FNV-1a over the parts (each followed by a separator byte): fast for the short keys
-/// hashed for every record (ids, segment names).
-fn hash(parts: &[&str]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
-    h
 }
 
-/// Per-segment tallies are capped; segments past the cap count as `other`.
-const MAX_SEGMENTS: usize = 1000;
-
-/// Tally of one `not_null` field: overall and per (platform, app_version).
-#[derive(Default)]
-struct NullTally {
-    total: u64,
-    nulls: u64,
-    /// Keyed by a hash of (platform, app_version): no allocation per record.
-    segments: HashedMap<Segment>,
+/// How far before `since` the checks need records: the volume's `min_weeks`, a
+/// split-less drift's window span, the dedupe window, each reference's `within`, the
+/// quarantine's history. `None` without a window (the whole log is judged).
+fn history_start(options: &AuditOptions, expectations: &Expectations) -> Option<i64> {
+    let since = options.since?;
+    let micros = |d: Duration| d.as_micros() as i64;
+    let mut span = micros(expectations.quarantine.history);
+    if let Some(volume) = &expectations.volume {
+        span = span.max(volume.min_weeks as i64 * 168 * 3_600_000_000);
+    }
+    if expectations.drift.iter().any(|d| d.split.is_none()) {
+        span = span.max(options.until.unwrap_or(options.now) - since);
+    }
+    if expectations.defaults.max_duplicate_rate.is_some() {
+        span = span.max(micros(expectations.defaults.dedupe_window));
+    }
+    for r in &expectations.references {
+        span = span.max(micros(r.within));
+    }
+    Some(since - span)
 }
 
-struct Segment {
-    platform: String,
-    version: String,
-    total: u64,
-    nulls: u64,
-}
-
-impl NullTally {
-    /// Counts one record of the segment `(platform, version)`, whose hash is `key`.
-    fn add(&mut self, mut key: u64, platform: &str, version: &str, null: bool) {
-        self.total += 1;
-        self.nulls += u64::from(null);
-        if !self.segments.contains_key(&key) && self.segments.len() >= MAX_SEGMENTS {
-            key = 0; // past the cap: one `other` segment
-        }
-        let segment = self.segments.entry(key).or_insert_with(|| {
-            let (platform, version) = if key == 0 {
-                ("other", "other")
-            } else {
-                (platform, version)
-            };
-            Segment {
-                platform: platform.to_owned(),
-                version: version.to_owned(),
-                total: 0,
-                nulls: 0,
+/// Reads one stream through the worker pool into `totals`. Returns how many lines were
+/// read and, with Kafka, where reading started.
+fn read_stream(
+    options: &AuditOptions,
+    plan: &Plan,
+    stream: Stream,
+    totals: &mut Totals,
+) -> std::io::Result<(u64, Option<Start>)> {
+    let mut start = None;
+    let mut lines = 0u64;
+    let input = &options.input;
+    pool::run(
+        options.threads,
+        |emit| {
+            start = input.read(stream, plan.read_from, options.block_size, emit)?;
+            Ok::<(), std::io::Error>(())
+        },
+        |block| {
+            let mut partial = Partial::new(plan);
+            let mut n = 0u64;
+            tollgate_log::split_lines(block, &mut |line| {
+                n += 1;
+                match stream {
+                    Stream::Events => partial.event(plan, line),
+                    Stream::Quarantine => partial.quarantined(plan, line),
+                }
+            });
+            (n, partial)
+        },
+        |(n, partial)| {
+            if (lines + n) / 10_000_000 > lines / 10_000_000 {
+                tracing::info!(lines = lines + n, ?stream, "audit: lines read so far");
             }
-        });
-        segment.total += 1;
-        segment.nulls += u64::from(null);
-    }
-
-    /// The segment with the highest null rate (ties: the larger one).
-    fn worst(&self) -> Option<(&Segment, f64)> {
-        self.segments
-            .values()
-            .filter(|s| s.total > 0)
-            .map(|s| (s, s.nulls as f64 / s.total as f64))
-            .max_by(|a, b| a.1.total_cmp(&b.1).then(a.0.total.cmp(&b.0.total)))
-    }
+            lines += n;
+            totals.absorb(partial);
+        },
+    )?;
+    Ok((lines, start))
 }
 
-/// A hasher for keys that are already 64-bit hashes.
-#[derive(Default)]
-struct PreHashed(u64);
-
-impl Hasher for PreHashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 << 8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// Hash maps and sets keyed by 64-bit hashes.
-type BuildPreHashed = std::hash::BuildHasherDefault<PreHashed>;
-type HashedMap<V> = HashMap<u64, V, BuildPreHashed>;
-
-/// Ids seen within a time window, oldest evicted first.
-struct Window<V> {
-    span: i64,
-    map: HashedMap<V>,
-    order: VecDeque<(i64, u64)>,
-}
-
-impl<V> Window<V> {
-    fn new(span: Duration) -> Self {
-        Window {
-            span: span.as_micros() as i64,
-            map: HashedMap::default(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// Drops entries older than `now - span`, handing each to `expired`.
-    fn evict(&mut self, now: i64, mut expired: impl FnMut(V)) {
-        while let Some(&(t, key)) = self.order.front() {
-            if t >= now - self.span {
-                break;
-            }
-            self.order.pop_front();
-            if let Some(v) = self.map.remove(&key) {
-                expired(v);
-            }
-        }
-    }
-}
-
-/// A reference's state: `to` keys seen recently, `from` records still unmatched.
-struct RefState {
-    seen: Window<()>,
-    pending: Window<()>,
-    from_total: u64,
-    missing: u64,
-}
-
-/// Runs every expectation over the log.
+/// Runs every expectation over the judged window, reading the history its checks need.
 ///
 /// # Errors
-/// Unreadable segment files.
+/// Unreadable segment files or topics.
 pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Result<Report> {
+    let started = Instant::now();
+    let read_from = history_start(options, expectations);
+    let plan = Plan::new(expectations, options.since, options.until, read_from);
+    let mut totals = Totals::new(&plan);
+    let (events_read, kafka) = read_stream(options, &plan, Stream::Events, &mut totals)?;
+    let (quarantine_read, _) = read_stream(options, &plan, Stream::Quarantine, &mut totals)?;
+    totals.finish();
     let defaults = &expectations.defaults;
-    let by_name: HashMap<&str, usize> = expectations
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.name.as_str(), i))
-        .collect();
-    // Tallies indexed like the expectations: [event][field], no key built per record.
-    let mut nulls: Vec<Vec<NullTally>> = expectations
-        .events
-        .iter()
-        .map(|e| e.not_null.iter().map(|_| NullTally::default()).collect())
-        .collect();
-    let mut bad_values: Vec<Vec<(u64, u64, Option<String>)>> = expectations
-        .events
-        .iter()
-        .map(|e| vec![(0, 0, None); e.values.len()])
-        .collect();
-    let mut out_of_range: Vec<Vec<(u64, u64, Option<f64>)>> = expectations
-        .events
-        .iter()
-        .map(|e| vec![(0, 0, None); e.ranges.len()])
-        .collect();
-    let mut ids: Window<()> = Window::new(defaults.dedupe_window);
-    let mut duplicates = 0u64;
-    let mut refs: Vec<RefState> = expectations
-        .references
-        .iter()
-        .map(|r| RefState {
-            seen: Window::new(r.within),
-            pending: Window::new(r.within),
-            from_total: 0,
-            missing: 0,
-        })
-        .collect();
-    let mut step_counts: HashMap<String, u64> = HashMap::new();
-    for funnel in &expectations.funnels {
-        for step in &funnel.steps {
-            step_counts.insert(step.clone(), 0);
-        }
-    }
-    let mut lateness = hdrhistogram::Histogram::<u64>::new(3).expect("valid histogram");
-    let mut series = volume::Series::default();
-    let splits: Vec<i64> = expectations
-        .drift
-        .iter()
-        .map(|d| read::micros(&d.split).unwrap_or(i64::MAX))
-        .collect();
-    // Per drift: category counts before and after its split.
-    let mut drift: Vec<[HashMap<String, u64>; 2]> = expectations
-        .drift
-        .iter()
-        .map(|_| Default::default())
-        .collect();
-    let mut newest = i64::MIN;
-    let mut records = 0u64;
-
-    options.input.events(|line| {
-        let Ok(rec) = serde_json::from_str::<Rec>(line) else {
-            return;
-        };
-        let Some(t) = read::micros(&rec.timestamp_server) else {
-            return;
-        };
-        if options.since.is_some_and(|s| t < s) || options.until.is_some_and(|u| t >= u) {
-            return;
-        }
-        records += 1;
-        if records.is_multiple_of(10_000_000) {
-            tracing::info!(records, "audit: records read so far");
-        }
-        newest = newest.max(t);
-        let _ = lateness.record(rec.lateness_ms.max(0) as u64);
-        if let Some(volume) = &expectations.volume {
-            series.add(volume, &rec, t);
-        }
-
-        if defaults.max_duplicate_rate.is_some() {
-            ids.evict(t, |()| {});
-            let key = hash(&[&rec.event_id]);
-            if ids.map.insert(key, ()).is_some() {
-                duplicates += 1;
-            } else {
-                ids.order.push_back((t, key));
-            }
-        }
-        if let Some(n) = step_counts.get_mut(rec.event_name.as_ref()) {
-            *n += 1;
-        }
-        let mut fields = read::Fields::new(&rec);
-        if let Some(&i) = by_name.get(rec.event_name.as_ref()) {
-            let e = &expectations.events[i];
-            let platform = rec.platform.as_ref();
-            let version = rec.app_version.as_deref().unwrap_or("none");
-            let segment = hash(&[platform, version]) | 1; // 0 is `other`
-            for (field, tally) in e.not_null.iter().zip(&mut nulls[i]) {
-                tally.add(segment, platform, version, fields.get(field).is_null());
-            }
-            for ((field, allowed), entry) in e.values.iter().zip(&mut bad_values[i]) {
-                if let Some(text) = fields.get(field).as_text() {
-                    entry.0 += 1;
-                    if !allowed.iter().any(|a| *a == text) {
-                        entry.1 += 1;
-                        entry.2.get_or_insert_with(|| text.into_owned());
-                    }
-                }
-            }
-            for ((field, range), entry) in e.ranges.iter().zip(&mut out_of_range[i]) {
-                if let FieldValue::Number(x) = fields.get(field) {
-                    entry.0 += 1;
-                    if range.min.is_some_and(|m| x < m) || range.max.is_some_and(|m| x > m) {
-                        entry.1 += 1;
-                        entry.2.get_or_insert(x);
-                    }
-                }
-            }
-        }
-        for ((d, &split), counts) in expectations.drift.iter().zip(&splits).zip(&mut drift) {
-            if rec.event_name != d.event {
-                continue;
-            }
-            let side = &mut counts[usize::from(t >= split)];
-            let value = fields.get(&d.field);
-            let text = value.as_text();
-            let category = text.as_deref().unwrap_or("(null)");
-            if let Some(n) = side.get_mut(category) {
-                *n += 1;
-            } else if side.len() < MAX_CATEGORIES {
-                side.insert(category.to_owned(), 1);
-            } else {
-                *side.entry("(other)".to_owned()).or_default() += 1;
-            }
-        }
-        for (r, state) in expectations.references.iter().zip(&mut refs) {
-            let is_from = rec.event_name == r.from;
-            let is_to = rec.event_name == r.to;
-            if !is_from && !is_to {
-                continue;
-            }
-            state.seen.evict(t, |()| {});
-            let mut missing = 0;
-            state.pending.evict(t, |()| missing += 1);
-            state.missing += missing;
-            let mut h = DefaultHasher::new();
-            for k in &r.keys {
-                fields.get(k).as_text().unwrap_or_default().hash(&mut h);
-            }
-            let key = h.finish();
-            if is_to {
-                if state.seen.map.insert(key, ()).is_none() {
-                    state.seen.order.push_back((t, key));
-                }
-                // A `from` logged shortly before its `to` (another batch) is matched too.
-                state.pending.map.remove(&key);
-            }
-            if is_from {
-                state.from_total += 1;
-                if !state.seen.map.contains_key(&key) && state.pending.map.insert(key, ()).is_none()
-                {
-                    state.pending.order.push_back((t, key));
-                }
-            }
-        }
-    })?;
-    let mut quarantined = 0u64;
-    options.input.quarantine(|line| {
-        if let Ok(rec) = serde_json::from_str::<read::QuarantineRec>(line)
-            && let Some(t) = read::micros(&rec.timestamp_server)
-            && options.since.is_none_or(|s| t >= s)
-            && options.until.is_none_or(|u| t < u)
-        {
-            quarantined += 1;
-        }
-    })?;
-    // `from` records still unmatched when the log ends are missing: their `to` would
-    // have had to be logged after them, which is where a logging failure shows.
-    for state in &mut refs {
-        state.missing += state.pending.map.len() as u64;
-    }
+    let t = &mut totals.tallies;
+    let (records, quarantined) = (t.records, t.quarantined);
 
     let mut checks = Vec::new();
     if let Some(limit) = defaults.max_duplicate_rate {
-        let rate = ratio(duplicates, records);
+        let rate = ratio(totals.duplicates, records);
         checks.push(Check {
             status: ceiling(rate, limit),
             expectation: "duplicate_rate".into(),
@@ -507,7 +416,8 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             observed: rate,
             limit,
             detail: format!(
-                "{duplicates} event_ids logged again within {} ({:.4}% of {records}; limit {:.4}%)",
+                "{} event_ids logged again within {} ({:.4}% of {records}; limit {:.4}%)",
+                totals.duplicates,
                 humantime::format_duration(defaults.dedupe_window),
                 rate * 100.0,
                 limit * 100.0
@@ -516,10 +426,10 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         });
     }
     if let Some(limit) = defaults.freshness {
-        let age = if newest == i64::MIN {
+        let age = if t.newest == i64::MIN {
             f64::INFINITY
         } else {
-            (options.now - newest) as f64 / 1e6
+            (options.now - t.newest) as f64 / 1e6
         };
         checks.push(Check {
             status: ceiling(age, limit.as_secs_f64()),
@@ -536,7 +446,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         });
     }
     if let Some(limit) = defaults.max_lateness_p99 {
-        let p99 = lateness.value_at_quantile(0.99) as f64 / 1000.0;
+        let p99 = t.lateness.value_at_quantile(0.99) as f64 / 1000.0;
         checks.push(Check {
             status: ceiling(p99, limit.as_secs_f64()),
             expectation: "lateness_p99".into(),
@@ -545,7 +455,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             limit: limit.as_secs_f64(),
             detail: format!(
                 "p50 {:.1}s, p99 {:.1}s (limit {})",
-                lateness.value_at_quantile(0.5) as f64 / 1000.0,
+                t.lateness.value_at_quantile(0.5) as f64 / 1000.0,
                 p99,
                 humantime::format_duration(limit)
             ),
@@ -573,7 +483,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         });
     }
     for (i, e) in expectations.events.iter().enumerate() {
-        for (field, tally) in e.not_null.iter().zip(&nulls[i]) {
+        for (field, tally) in e.not_null.iter().zip(&t.nulls[i]) {
             let rate = ratio(tally.nulls, tally.total);
             let mut detail = format!(
                 "{field}: {} of {} null or empty ({:.2}%; limit {:.2}%)",
@@ -604,38 +514,30 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             });
         }
         // Values and ranges: zero tolerance, one example of a breach.
-        let tallies = e
-            .values
-            .keys()
-            .zip(&bad_values[i])
-            .map(|(field, (n, bad, v))| {
-                let example = v.as_ref().map(|v| format!("{v:?}"));
-                (
-                    "allowed_values",
-                    field,
-                    *n,
-                    *bad,
-                    example,
-                    "outside the allowed set",
-                    "within the allowed set",
-                )
-            });
-        let ranges = e
-            .ranges
-            .keys()
-            .zip(&out_of_range[i])
-            .map(|(field, (n, bad, v))| {
-                let example = v.map(|v| v.to_string());
-                (
-                    "range",
-                    field,
-                    *n,
-                    *bad,
-                    example,
-                    "out of range",
-                    "in range",
-                )
-            });
+        let tallies = e.values.keys().zip(&t.values[i]).map(|(field, b)| {
+            let example = b.example.as_ref().map(|v| format!("{v:?}"));
+            (
+                "allowed_values",
+                field,
+                b.checked,
+                b.bad,
+                example,
+                "outside the allowed set",
+                "within the allowed set",
+            )
+        });
+        let ranges = e.ranges.keys().zip(&t.ranges[i]).map(|(field, b)| {
+            let example = b.example.map(|v| v.to_string());
+            (
+                "range",
+                field,
+                b.checked,
+                b.bad,
+                example,
+                "out of range",
+                "in range",
+            )
+        });
         for (expectation, field, n, bad, example, breach, fine) in tallies.chain(ranges) {
             checks.push(Check {
                 status: if bad > 0 { Status::Fail } else { Status::Pass },
@@ -651,7 +553,7 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             });
         }
     }
-    for (r, state) in expectations.references.iter().zip(&refs) {
+    for (r, state) in expectations.references.iter().zip(&totals.refs) {
         let rate = ratio(state.missing, state.from_total);
         checks.push(Check {
             status: ceiling(rate, r.max_missing_rate),
@@ -673,7 +575,16 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         });
     }
     for f in &expectations.funnels {
-        let counts: Vec<u64> = f.steps.iter().map(|s| step_counts[s]).collect();
+        let counts: Vec<u64> = f
+            .steps
+            .iter()
+            .map(|s| {
+                plan.steps
+                    .iter()
+                    .position(|p| p == s)
+                    .map_or(0, |i| t.steps[i])
+            })
+            .collect();
         let increase = f
             .steps
             .iter()
@@ -705,10 +616,22 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             chart: None,
         });
     }
+    let mut volume_hours = None;
     if let Some(volume) = &expectations.volume {
-        checks.extend(series.checks(volume));
+        let window = options
+            .since
+            .map(|s| (s, options.until.unwrap_or(options.now)));
+        let (volume_checks, hours) = t.series.checks(volume, window);
+        checks.extend(volume_checks);
+        volume_hours = Some(hours);
     }
-    for (d, [baseline, current]) in expectations.drift.iter().zip(&drift) {
+    for (d, sides) in expectations.drift.iter().zip(&t.drift) {
+        let [baseline, current] = sides.each_ref().map(|side| {
+            side.values()
+                .map(|(c, n)| (c.clone(), *n))
+                .collect::<HashMap<String, u64>>()
+        });
+        let (baseline, current) = (&baseline, &current);
         let tollgate_report::Drift {
             psi,
             largest: worst,
@@ -722,7 +645,13 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
             detail.push_str(&format!("; new values: {}", new.join(", ")));
         }
         if baseline.is_empty() || current.is_empty() {
-            detail = "no records on one side of the split: nothing to compare".into();
+            detail = match (&d.split, options.since) {
+                (None, None) => "no split and no --since: no baseline to compare with".into(),
+                (Some(_), _) => "no records on one side of the split: nothing to compare".into(),
+                (None, Some(_)) => {
+                    "no records in the window or in the span before it: nothing to compare".into()
+                }
+            };
         }
         checks.push(Check {
             status: if baseline.is_empty() || current.is_empty() {
@@ -739,25 +668,96 @@ pub fn audit(options: &AuditOptions, expectations: &Expectations) -> std::io::Re
         });
     }
     checks.sort_by_key(|c| std::cmp::Reverse(c.status));
+    let (quarantine_checks, quarantine) = quarantine::judge(
+        &t.quarantine,
+        &expectations.quarantine,
+        options.since.is_some(),
+    );
+    checks.extend(quarantine_checks);
+    checks.sort_by_key(|c| std::cmp::Reverse(c.status));
+    let seconds = started.elapsed().as_secs_f64();
+    let records_read = events_read + quarantine_read;
     Ok(Report {
+        window: Span {
+            since: options.since.map(read::format_time),
+            until: options.until.map(read::format_time),
+        },
+        history: read_from.zip(options.since).map(|(from, since)| History {
+            since: read::format_time(from),
+            until: read::format_time(since),
+            records: t.history_records,
+            quarantined: t.quarantined_history,
+            kafka: kafka.map(|start| {
+                match start {
+                    Start::Timestamp => "found by timestamp",
+                    Start::NoTimeIndex => {
+                        "read from the beginning: the broker could not find offsets by time"
+                    }
+                    Start::Beginning => "read from the beginning",
+                }
+                .to_owned()
+            }),
+        }),
         records,
         quarantined,
+        volume_hours,
         checks,
+        quarantine,
+        run: Run {
+            threads: options.threads.max(1),
+            seconds,
+            records_read,
+            records_per_second: records_read as f64 / seconds.max(1e-9),
+        },
     })
 }
 
-/// Categories counted per drift side; the rest are `(other)`.
-const MAX_CATEGORIES: usize = 200;
+/// A `--since`/`--until` value: a time, a UTC midnight relative to "now", or a span
+/// before "now" — what a daily job can pass without a shell to compute dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeArg {
+    /// An RFC 3339 time (unix µs).
+    At(i64),
+    /// 00:00 UTC of the day this many days before now's (`today` 0, `yesterday` 1).
+    DaysAgo(i64),
+    /// This long before now (`-36h`).
+    Before(Duration),
+}
 
-fn ratio(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        part as f64 / whole as f64
+impl TimeArg {
+    /// `2026-11-29T00:00:00Z`, `today`, `yesterday`, or `-DURATION` (`-36h`, `-7d`).
+    ///
+    /// # Errors
+    /// Anything else, named.
+    pub fn parse(text: &str) -> Result<TimeArg, String> {
+        match text {
+            "today" => Ok(TimeArg::DaysAgo(0)),
+            "yesterday" => Ok(TimeArg::DaysAgo(1)),
+            _ => match text.strip_prefix('-') {
+                Some(span) => humantime::parse_duration(span)
+                    .map(TimeArg::Before)
+                    .map_err(|e| format!("{text:?}: {e}")),
+                None => read::micros(text).map(TimeArg::At).ok_or_else(|| {
+                    format!(
+                        "{text:?} is neither an RFC 3339 time, `today`, `yesterday` nor `-DURATION`"
+                    )
+                }),
+            },
+        }
+    }
+
+    /// The time it names, given "now" (unix µs).
+    pub fn at(self, now: i64) -> i64 {
+        const DAY: i64 = 86_400_000_000;
+        match self {
+            TimeArg::At(t) => t,
+            TimeArg::DaysAgo(days) => (now.div_euclid(DAY) - days) * DAY,
+            TimeArg::Before(span) => now - span.as_micros() as i64,
+        }
     }
 }
 
-/// `--since`/`--until`/`--now` values: RFC 3339 timestamps as unix µs.
+/// `--now` and other absolute times: RFC 3339 timestamps as unix µs.
 pub fn parse_time(text: &str) -> Result<i64, String> {
     read::micros(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 UTC timestamp"))
 }
@@ -765,12 +765,24 @@ pub fn parse_time(text: &str) -> Result<i64, String> {
 /// The audit of a collector's data directory over its whole history.
 pub fn audit_dir(log: &Path, expectations: &Expectations, now: i64) -> std::io::Result<Report> {
     audit(
-        &AuditOptions {
-            input: AuditInput::Dir(log.to_owned()),
-            since: None,
-            until: None,
-            now,
-        },
+        &AuditOptions::new(AuditInput::Dir(log.to_owned()), now),
         expectations,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_are_midnights_and_spans_before_now() {
+        let now = parse_time("2026-11-30T07:45:00Z").unwrap();
+        let at = |text: &str| read::format_time(TimeArg::parse(text).unwrap().at(now));
+        assert_eq!(at("yesterday"), "2026-11-29T00:00:00Z");
+        assert_eq!(at("today"), "2026-11-30T00:00:00Z");
+        assert_eq!(at("-36h"), "2026-11-28T19:45:00Z");
+        assert_eq!(at("2026-11-01T00:00:00Z"), "2026-11-01T00:00:00Z");
+        assert!(TimeArg::parse("last week").is_err());
+        assert!(TimeArg::parse("-soon").is_err());
+    }
 }

@@ -10,9 +10,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use serde::Serialize;
+
 use super::expectations::Volume;
+use super::ordered::{BuildPreHashed, HashedMap, Ordered, hash};
 use super::read::Rec;
-use super::{BuildPreHashed, Chart, ChartPoint, Check, Status};
+use super::{Chart, ChartPoint, Check, Status};
 
 const HOUR: i64 = 3_600_000_000;
 const WEEK: i64 = 168;
@@ -20,12 +23,14 @@ const WEEK: i64 = 168;
 const MAX_VALUES: usize = 50;
 
 /// Hourly counts per (event, dimension, value); dimension `all` holds the totals. Keyed
-/// by a hash of the names, so counting a record allocates nothing.
+/// by a hash of the names, so counting a record allocates nothing. A block's series are
+/// not capped; absorbing them in log order admits values per (event, dimension) in order
+/// of first appearance, as one pass would.
 #[derive(Default)]
 pub struct Series {
-    counts: HashMap<u64, OneSeries, BuildPreHashed>,
-    /// Values seen per (event, dimension), to cap them.
-    values: HashMap<u64, HashSet<u64, BuildPreHashed>, BuildPreHashed>,
+    counts: Ordered<OneSeries>,
+    /// Values admitted per (event, dimension), to cap them.
+    values: HashedMap<HashSet<u64, BuildPreHashed>>,
 }
 
 struct OneSeries {
@@ -37,14 +42,19 @@ struct OneSeries {
     current: Option<(i64, u64)>,
 }
 
-fn key(parts: &[&str]) -> u64 {
-    super::hash(parts)
-}
-
 fn dimension(name: &str) -> Option<&'static str> {
     ["platform", "app_version", "region", "source"]
         .into_iter()
         .find(|d| *d == name)
+}
+
+/// Hours of the judged window: judged, or skipped (no `min_weeks` of history before
+/// them, or a calendar day).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Hours {
+    pub judged: u64,
+    pub without_history: u64,
+    pub calendar: u64,
 }
 
 impl Series {
@@ -63,29 +73,18 @@ impl Series {
                 _ => rec.source.as_deref(),
             }
             .unwrap_or("none");
-            let known = self.values.entry(key(&[event, dim])).or_default();
-            let value_key = key(&[value]);
-            let value = if known.contains(&value_key) || known.len() < MAX_VALUES {
-                known.insert(value_key);
-                value
-            } else {
-                "other"
-            };
             self.bump(event, dim, value, hour);
         }
     }
 
     fn bump(&mut self, event: &str, dim: &'static str, value: &str, hour: i64) {
-        let series = self
-            .counts
-            .entry(key(&[event, dim, value]))
-            .or_insert_with(|| OneSeries {
-                event: event.to_owned(),
-                dim,
-                value: value.to_owned(),
-                hours: BTreeMap::new(),
-                current: None,
-            });
+        let series = self.counts.entry(hash(&[event, dim, value]), || OneSeries {
+            event: event.to_owned(),
+            dim,
+            value: value.to_owned(),
+            hours: BTreeMap::new(),
+            current: None,
+        });
         // Records come in time order: count the current hour in place, and move it into
         // the series when the hour changes.
         match &mut series.current {
@@ -108,8 +107,41 @@ impl Series {
         }
     }
 
-    /// One check per (event, dimension): fails on any anomalous hour.
-    pub fn checks(&mut self, volume: &Volume) -> Vec<Check> {
+    /// Adds the series of the records that follow these.
+    pub fn absorb(&mut self, mut later: Series) {
+        self.settle();
+        later.settle();
+        for one in later.counts.into_values() {
+            let value = if one.dim == "all" {
+                one.value
+            } else {
+                let known = self.values.entry(hash(&[&one.event, one.dim])).or_default();
+                let value_key = hash(&[&one.value]);
+                if known.contains(&value_key) || known.len() < MAX_VALUES {
+                    known.insert(value_key);
+                    one.value
+                } else {
+                    "other".to_owned()
+                }
+            };
+            let series = self
+                .counts
+                .entry(hash(&[&one.event, one.dim, &value]), || OneSeries {
+                    event: one.event.clone(),
+                    dim: one.dim,
+                    value,
+                    hours: BTreeMap::new(),
+                    current: None,
+                });
+            for (h, n) in one.hours {
+                *series.hours.entry(h).or_default() += n;
+            }
+        }
+    }
+
+    /// One check per (event, dimension): fails on any anomalous hour. With a window
+    /// (`[since, until)`, unix µs) only its whole hours are judged, else every hour.
+    pub fn checks(&mut self, volume: &Volume, window: Option<(i64, i64)>) -> (Vec<Check>, Hours) {
         self.settle();
         let calendar: HashSet<i64> = volume
             .calendar
@@ -124,7 +156,7 @@ impl Series {
             .min()
             .copied()
         else {
-            return Vec::new();
+            return (Vec::new(), Hours::default());
         };
         let last = self
             .counts
@@ -133,25 +165,42 @@ impl Series {
             .max()
             .copied()
             .unwrap_or(first);
-        let judged = |hour: i64| {
-            hour >= first + WEEK * volume.min_weeks as i64
-                && !calendar.contains(&hour.div_euclid(24))
+        let calendar = &calendar;
+        let weeks_before = |hour: i64| {
+            (1..)
+                .map(move |k| hour - k * WEEK)
+                .take_while(move |h| *h >= first)
+                .filter(move |h| !calendar.contains(&h.div_euclid(24)))
         };
+        // The window's whole hours, or every hour of the log.
+        let candidates = match window {
+            Some((since, until)) => {
+                since.div_euclid(HOUR) + i64::from(since.rem_euclid(HOUR) != 0)
+                    ..until.div_euclid(HOUR)
+            }
+            None => first..last + 1,
+        };
+        let mut hours = Hours::default();
+        let mut judged_hours = Vec::new();
+        for hour in candidates {
+            if calendar.contains(&hour.div_euclid(24)) {
+                hours.calendar += 1;
+            } else if weeks_before(hour).count() < volume.min_weeks {
+                hours.without_history += 1;
+            } else {
+                hours.judged += 1;
+                judged_hours.push(hour);
+            }
+        }
         // z-scores of every (event, dim, value, hour) judged.
         let mut z: HashMap<Cell<'_>, Judged> = HashMap::new();
         for one in self.counts.values() {
             let (event, dim, value, series) =
                 (one.event.as_str(), one.dim, one.value.as_str(), &one.hours);
-            for hour in (first..=last).filter(|h| judged(*h)) {
-                let history: Vec<f64> = (1..)
-                    .map(|k| hour - k * WEEK)
-                    .take_while(|h| *h >= first)
-                    .filter(|h| !calendar.contains(&h.div_euclid(24)))
+            for &hour in &judged_hours {
+                let history: Vec<f64> = weeks_before(hour)
                     .map(|h| series.get(&h).copied().unwrap_or(0) as f64)
                     .collect();
-                if history.len() < volume.min_weeks {
-                    continue;
-                }
                 let expected = median(&history);
                 if expected < volume.min_expected {
                     continue;
@@ -202,10 +251,11 @@ impl Series {
                 (event, dim, value, hour),
             ));
         }
-        by_check
+        let checks = by_check
             .into_iter()
             .map(|((event, dim), mut anomalies)| {
-                anomalies.sort_by(|a, b| b.0.total_cmp(&a.0));
+                // Ties by time, so that the worst is the same whatever the map's order.
+                anomalies.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.2.cmp(&b.2)));
                 let subject = if dim == "all" {
                     event.to_owned()
                 } else {
@@ -238,7 +288,8 @@ impl Series {
                     },
                 }
             })
-            .collect()
+            .collect();
+        (checks, hours)
     }
 }
 

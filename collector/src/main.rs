@@ -79,9 +79,11 @@ enum Command {
     /// Schema lifecycle tools.
     #[command(subcommand)]
     Schema(SchemaCommand),
-    /// Check declared expectations over the log: nulls, uniqueness, freshness,
+    /// Check declared expectations over a window of the log (--since/--until), reading
+    /// the history before it that the checks need: nulls, uniqueness, freshness,
     /// lateness, validity share, allowed values and ranges, references between events,
-    /// funnels. Exits 1 when an expectation fails (a launch or pipeline gate).
+    /// funnels, drift, hourly volume, rejected shares. Exits 1 when an expectation
+    /// fails (a launch or daily gate), 2 when it could not run.
     Audit {
         /// The collector's data directory (holding events/ and quarantine/).
         #[arg(long, required_unless_present = "kafka", conflicts_with = "kafka")]
@@ -91,15 +93,21 @@ enum Command {
         /// The expectations file (TOML; see config/expectations.toml).
         #[arg(long)]
         expectations: PathBuf,
-        /// Only records logged at or after this time (RFC 3339).
-        #[arg(long, value_parser = tollgate_audit::parse_time)]
-        since: Option<i64>,
-        /// Only records logged before this time (RFC 3339).
-        #[arg(long, value_parser = tollgate_audit::parse_time)]
-        until: Option<i64>,
+        /// Judge the records logged at or after this time: RFC 3339, `today`,
+        /// `yesterday` (00:00 UTC) or `-DURATION` before --now (`-24h`). The history the
+        /// checks need (volume baselines, drift, duplicates, references, quarantine
+        /// shares) is read from before it.
+        #[arg(long, value_parser = tollgate_audit::TimeArg::parse)]
+        since: Option<tollgate_audit::TimeArg>,
+        /// Judge the records logged before this time (as --since) [default: --now].
+        #[arg(long, value_parser = tollgate_audit::TimeArg::parse)]
+        until: Option<tollgate_audit::TimeArg>,
         /// "Now" for the freshness check (RFC 3339); default: the clock.
         #[arg(long, value_parser = tollgate_audit::parse_time)]
         now: Option<i64>,
+        /// Threads parsing the log [default: one per core].
+        #[arg(long)]
+        threads: Option<usize>,
         /// Also write the findings as JSON.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -320,9 +328,19 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tollgate-collector: {e:#}");
-            ExitCode::FAILURE
+            e.downcast_ref::<Exit>()
+                .map_or(ExitCode::FAILURE, |exit| ExitCode::from(exit.code))
         }
     }
+}
+
+/// An error that ends the process with its own code: the audit exits 1 when an
+/// expectation failed and 2 when it could not run (a scheduler retries only the latter).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct Exit {
+    code: u8,
+    message: String,
 }
 
 /// The configuration: the file (or the embedded default), the environment, then the
@@ -389,11 +407,12 @@ fn run(mut args: Args) -> anyhow::Result<()> {
             since,
             until,
             now,
+            threads,
             json,
             html,
         }) => {
-            let expectations =
-                tollgate_audit::Expectations::load(&expectations).map_err(anyhow::Error::msg)?;
+            let expectations = tollgate_audit::Expectations::load(&expectations)
+                .map_err(|message| Exit { code: 2, message })?;
             let now = now.unwrap_or_else(|| {
                 (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
             });
@@ -402,13 +421,16 @@ fn run(mut args: Args) -> anyhow::Result<()> {
                 (None, Some(source)) => tollgate_audit::AuditInput::Kafka(source),
                 (None, None) => unreachable!("clap requires --log or --kafka"),
             };
-            let options = tollgate_audit::AuditOptions {
-                input,
-                since,
-                until,
-                now,
-            };
-            let report = tollgate_audit::audit(&options, &expectations)?;
+            let mut options = tollgate_audit::AuditOptions::new(input, now);
+            options.since = since.map(|t| t.at(now));
+            options.until = until.map(|t| t.at(now));
+            if let Some(threads) = threads {
+                options.threads = threads;
+            }
+            let report = tollgate_audit::audit(&options, &expectations).map_err(|e| Exit {
+                code: 2,
+                message: format!("audit: {e}"),
+            })?;
             print!("{}", report.human());
             if let Some(path) = json {
                 std::fs::write(&path, serde_json::to_vec_pretty(&report)?)

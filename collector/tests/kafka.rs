@@ -354,17 +354,15 @@ async fn the_audit_reads_the_topics_like_a_log_directory() {
     )
     .unwrap();
     let expectations = tollgate_audit::Expectations::load(&file).unwrap();
-    let options = tollgate_audit::AuditOptions {
-        input: tollgate_audit::AuditInput::Kafka(TopicSource {
+    let options = tollgate_audit::AuditOptions::new(
+        tollgate_audit::AuditInput::Kafka(TopicSource {
             brokers: broker.address(),
             topic: EVENTS.into(),
             quarantine_topic: Some(QUARANTINE.into()),
             idle: IDLE,
         }),
-        since: None,
-        until: None,
-        now: 0,
-    };
+        0,
+    );
     let report = tokio::task::spawn_blocking(move || {
         tollgate_audit::audit(&options, &expectations).unwrap()
     })
@@ -480,4 +478,113 @@ async fn replay_reads_the_quarantine_topic_beside_a_live_collector_and_recovers_
         .collect();
     replayed.sort_unstable();
     assert_eq!(replayed, ["kreplay-0000000", "kreplay-0000001"]);
+}
+
+/// Appends the lines to a topic as a collector would (keyed by session), each message
+/// stamped with its record's time.
+fn produce(brokers: &str, topic: &str, lines: &[&support::weeks::Line]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .unwrap();
+    for line in lines {
+        let mut record = BaseRecord::to(topic)
+            .key(line.session.as_str())
+            .payload(line.text.as_str())
+            .timestamp(line.t / 1000);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(60)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daily_audit_from_kafka_agrees_with_the_log_directory_and_says_how_it_found_the_history()
+{
+    use support::weeks::{self, DAY, LAST_DAY};
+    let broker = broker_with_topics();
+    let dir = tempfile::tempdir().unwrap();
+    let address = broker.address();
+    let report = tokio::task::spawn_blocking(move || {
+        let days = weeks::log(&weeks::ALL);
+        weeks::write(dir.path(), &days);
+        let events: Vec<_> = days.iter().flat_map(|d| &d.events).collect();
+        let quarantine: Vec<_> = days.iter().flat_map(|d| &d.quarantine).collect();
+        produce(&address, EVENTS, &events);
+        produce(&address, QUARANTINE, &quarantine);
+        let file = dir.path().join("expectations.toml");
+        std::fs::write(&file, weeks::EXPECTATIONS).unwrap();
+        let expectations = tollgate_audit::Expectations::load(&file).unwrap();
+        let options = |input| {
+            let mut o = tollgate_audit::AuditOptions::new(input, LAST_DAY + DAY + 600_000_000);
+            (o.since, o.until) = (Some(LAST_DAY), Some(LAST_DAY + DAY));
+            o
+        };
+        let kafka = tollgate_audit::audit(
+            &options(tollgate_audit::AuditInput::Kafka(TopicSource {
+                brokers: address.clone(),
+                topic: EVENTS.into(),
+                quarantine_topic: Some(QUARANTINE.into()),
+                idle: IDLE,
+            })),
+            &expectations,
+        )
+        .unwrap();
+        let files = tollgate_audit::audit(
+            &options(tollgate_audit::AuditInput::Dir(dir.path().to_owned())),
+            &expectations,
+        )
+        .unwrap();
+        (kafka, files, events.len())
+    })
+    .await
+    .unwrap();
+    let (kafka, files, produced) = report;
+    let failed: Vec<_> = kafka
+        .checks
+        .iter()
+        .filter(|c| c.status == tollgate_audit::Status::Fail)
+        .map(|c| c.expectation.as_str())
+        .collect();
+    for defect in support::weeks::ALL {
+        let (expectation, _) = support::weeks::flagged_by(defect);
+        assert!(
+            failed.contains(&expectation),
+            "{defect:?}: {}",
+            kafka.human()
+        );
+    }
+    // The test broker answers a search by time with the first offset: the audit notices
+    // (the first message is older than asked), says so, and filters by the records' own
+    // times, with the same findings.
+    let history = kafka.history.as_ref().unwrap();
+    assert_eq!(
+        history.kafka.as_deref(),
+        Some("read from the beginning: the broker could not find offsets by time"),
+        "{}",
+        kafka.summary()
+    );
+    assert!(
+        kafka.run.records_read as usize >= produced,
+        "{}",
+        kafka.run.records_read
+    );
+    let findings = |r: &tollgate_audit::Report| {
+        let mut json = serde_json::to_value(r).unwrap();
+        json.as_object_mut().unwrap().remove("run");
+        json["history"].as_object_mut().unwrap().remove("kafka");
+        json
+    };
+    assert_eq!(findings(&kafka), findings(&files));
 }

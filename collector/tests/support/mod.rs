@@ -5,6 +5,7 @@
 
 pub mod kafka_broker;
 pub mod redis_server;
+pub mod weeks;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
