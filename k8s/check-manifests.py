@@ -11,9 +11,13 @@ import yaml
 
 
 def workloads(docs):
+    """(name, kind, pod spec) of every workload."""
     for doc in docs:
         if doc and doc.get("kind") in ("Deployment", "StatefulSet"):
-            yield doc
+            yield doc["metadata"]["name"], doc["kind"], doc["spec"]["template"]["spec"]
+        elif doc and doc.get("kind") == "CronJob":
+            pod = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+            yield doc["metadata"]["name"], doc["kind"], pod
 
 
 def main(path):
@@ -25,9 +29,7 @@ def main(path):
                    "PodDisruptionBudget", "ConfigMap", "NetworkPolicy"):
         if needed not in kinds:
             problems.append(f"no {needed}")
-    for w in workloads(docs):
-        name = w["metadata"]["name"]
-        pod = w["spec"]["template"]["spec"]
+    for name, kind, pod in workloads(docs):
         if not pod.get("securityContext", {}).get("runAsNonRoot"):
             problems.append(f"{name}: pod must set runAsNonRoot")
         for c in pod["containers"]:
@@ -39,7 +41,7 @@ def main(path):
             res = c.get("resources", {})
             if "requests" not in res or "memory" not in res.get("limits", {}):
                 problems.append(f"{name}/{c['name']}: needs resource requests and a memory limit")
-            if "readinessProbe" not in c:
+            if kind != "CronJob" and "readinessProbe" not in c:
                 problems.append(f"{name}/{c['name']}: needs a readiness probe")
         if name == "tollgate-collector":
             c = pod["containers"][0]
@@ -52,6 +54,13 @@ def main(path):
             mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
             if "/var/lib/tollgate" not in mounts:
                 problems.append(f"{name}: needs a writable volume at /var/lib/tollgate")
+    for doc in docs:
+        if doc and doc.get("kind") == "CronJob":
+            name = doc["metadata"]["name"]
+            if doc["spec"].get("concurrencyPolicy") != "Forbid":
+                problems.append(f"{name}: runs must not overlap (concurrencyPolicy: Forbid)")
+            if "activeDeadlineSeconds" not in doc["spec"]["jobTemplate"]["spec"]:
+                problems.append(f"{name}: a run needs a deadline (activeDeadlineSeconds)")
     for p in problems:
         print(f"{path}: {p}")
     return 1 if problems else 0
