@@ -66,7 +66,7 @@ struct RunArgs {
     /// Open model with a linear ramp through stages DURATION:RATE,… (e.g.
     /// 30s:1000,60s:5000 ramps 0→1000 req/s over 30 s, then →5000 over 60 s).
     #[arg(long, value_parser = parse_stages)]
-    stages: Option<Vec<Stage>>,
+    stages: Option<Stages>,
     /// Stop after this long (e.g. 30s, 2m); with --stages, their total by default.
     #[arg(long, value_parser = humantime::parse_duration, required_unless_present_any = ["requests", "stages"])]
     duration: Option<Duration>,
@@ -130,8 +130,13 @@ struct RunArgs {
     min_throughput: Option<f64>,
 }
 
+/// The stages of one `--stages` value. (A newtype: clap reads an `Option<Vec<_>>` field
+/// as a list of values, each parsed alone.)
+#[derive(Debug, Clone, PartialEq)]
+struct Stages(Vec<Stage>);
+
 /// Parses `30s:1000,60s:5000` into ramp stages.
-fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
+fn parse_stages(text: &str) -> Result<Stages, String> {
     text.split(',')
         .map(|stage| {
             let (duration, rate) = stage
@@ -150,7 +155,8 @@ fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
             }
             Ok(Stage { duration, rate })
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Stages)
 }
 
 /// Accepts only URLs whose host is a loopback address: load tests never leave the machine.
@@ -208,7 +214,7 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
         model: match (args.rate, args.stages) {
             (Some(rate), _) => Model::Open { rate },
             // Leaked once per process: the stages live as long as the run.
-            (None, Some(stages)) => Model::Ramp(Vec::leak(stages)),
+            (None, Some(Stages(stages))) => Model::Ramp(Vec::leak(stages)),
             (None, None) => Model::Closed {
                 connections: args.connections,
             },
@@ -351,7 +357,7 @@ mod tests {
     #[test]
     fn stages_parse() {
         assert_eq!(
-            parse_stages("30s:1000,1m:5000").unwrap(),
+            parse_stages("30s:1000,1m:5000").unwrap().0,
             vec![
                 Stage {
                     duration: Duration::from_secs(30),
@@ -402,6 +408,20 @@ mod tests {
             parse(&["t", "run", "--target", "http://127.0.0.1:1"]).is_err(),
             "needs a bound"
         );
+        // A ramp is bound by its stages, and reaches the run as its stages.
+        let ramp = parse(&[
+            "t",
+            "run",
+            "--target",
+            "http://127.0.0.1:1",
+            "--stages",
+            "5s:10,5s:20",
+        ])
+        .unwrap();
+        let Command::Run(run) = ramp.command else {
+            panic!("a run")
+        };
+        assert_eq!(run.stages.map(|s| s.0.len()), Some(2));
         assert!(
             parse(&[
                 "t",
