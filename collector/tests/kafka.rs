@@ -280,6 +280,7 @@ async fn three_collectors_one_redis_one_broker_lose_and_double_nothing() {
         http2: false,
         gzip: false,
         ca_file: None,
+        scrape: None,
     })
     .await
     .unwrap();

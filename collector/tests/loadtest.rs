@@ -55,6 +55,7 @@ fn config(
         http2: false,
         gzip: false,
         ca_file: None,
+        scrape: None,
     }
 }
 

@@ -238,6 +238,7 @@ async fn the_load_tester_runs_over_https() {
             http2,
             gzip: false,
             ca_file: Some(dir.path().join("cert.pem")),
+            scrape: None,
         })
         .await
         .unwrap();

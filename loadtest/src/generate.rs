@@ -17,7 +17,7 @@ use tollgate_event::timefmt;
 
 /// What the traffic looks like. Read from a scenario file (TOML, every key optional;
 /// `config/loadtest-scenario.toml` documents them) or built from the defaults.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Scenario {
     /// Events per request.

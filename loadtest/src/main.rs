@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tollgate_loadtest::generate::{Protocol, Scenario};
+use tollgate_loadtest::report::{Gates, Report};
 use tollgate_loadtest::run::{Model, RunConfig, Stage, run};
 use tollgate_loadtest::verify::{LogSource, verify_source};
 
@@ -18,7 +19,9 @@ use tollgate_loadtest::verify::{LogSource, verify_source};
 ///   tollgate-loadtest run --target http://127.0.0.1:8080 --connections 32 \
 ///       --duration 30s --manifest run.ndjson --out report.json
 ///
-///   tollgate-loadtest verify --manifest run.ndjson --log ./data
+///   tollgate-loadtest verify --manifest run.ndjson --log ./data --json verify.json
+///
+///   tollgate-loadtest report report.json --verify verify.json --html launch.html
 #[derive(Debug, Parser)]
 #[command(name = "tollgate-loadtest", version)]
 struct Args {
@@ -30,6 +33,47 @@ struct Args {
 enum Command {
     /// Send load and report throughput, latency percentiles and outcomes.
     Run(Box<RunArgs>),
+    /// Draw a run as one self-contained HTML page: load over time, latency, outcomes,
+    /// the reconciliation verdict and the launch gates.
+    Report {
+        /// The run's JSON (`run --out`).
+        run: PathBuf,
+        /// The reconciliation's JSON (`verify --json`).
+        #[arg(long)]
+        verify: Option<PathBuf>,
+        /// Collector metrics per second (NDJSON lines `{"second": N, "metrics": {…}}`),
+        /// replacing what `run --scrape` kept.
+        #[arg(long)]
+        metrics: Option<PathBuf>,
+        /// Where to write the page.
+        #[arg(long)]
+        html: PathBuf,
+    },
+    /// Compare two runs of the same scenario and seed (e.g. the old build and the new):
+    /// per metric the difference with a confidence interval from the per-second
+    /// samples, and a verdict. Exits 1 when a declared regression threshold is crossed.
+    Compare {
+        old: PathBuf,
+        new: PathBuf,
+        /// Fail when p99 latency got worse by more than this (e.g. 10%).
+        #[arg(long, value_parser = parse_percent)]
+        max_p99_regression: Option<f64>,
+        /// Fail when throughput got worse by more than this (e.g. 5%).
+        #[arg(long, value_parser = parse_percent)]
+        max_throughput_regression: Option<f64>,
+        /// Smallest relative change reported as one (below it: no detectable change).
+        #[arg(long, value_parser = parse_percent, default_value = "3%")]
+        min_effect: f64,
+        /// Compare runs of different scenarios, seeds or load models anyway.
+        #[arg(long)]
+        force: bool,
+        /// Also write the comparison as an HTML page.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Also write the comparison as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Reconcile a run's manifest against a collector's data directory or Kafka topic.
     Verify {
         /// The manifest written by `run --manifest`.
@@ -128,6 +172,24 @@ struct RunArgs {
     /// Fail when fewer events per second than this were sent.
     #[arg(long)]
     min_throughput: Option<f64>,
+    /// Scrape the collector's admin metrics every second during the run (e.g.
+    /// http://127.0.0.1:9090/metrics) and keep a few series in the report.
+    #[arg(long, value_parser = loopback_url)]
+    scrape: Option<String>,
+}
+
+/// `10%` or `0.1` as a share.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let share = match text.trim().strip_suffix('%') {
+        Some(percent) => percent.trim().parse::<f64>().map(|p| p / 100.0),
+        None => text.trim().parse::<f64>(),
+    }
+    .map_err(|_| format!("{text:?}: expected a share such as 10% or 0.1"))?;
+    if share.is_finite() && share >= 0.0 {
+        Ok(share)
+    } else {
+        Err(format!("{text:?}: a share is 0 or more"))
+    }
 }
 
 /// The stages of one `--stages` value. (A newtype: clap reads an `Option<Vec<_>>` field
@@ -182,6 +244,38 @@ fn loopback_url(text: &str) -> Result<String, String> {
 fn main() -> ExitCode {
     match Args::parse().command {
         Command::Run(args) => exit(run_command(*args)),
+        Command::Report {
+            run,
+            verify,
+            metrics,
+            html,
+        } => exit(report_command(
+            &run,
+            verify.as_deref(),
+            metrics.as_deref(),
+            &html,
+        )),
+        Command::Compare {
+            old,
+            new,
+            max_p99_regression,
+            max_throughput_regression,
+            min_effect,
+            force,
+            html,
+            json,
+        } => exit(compare_command(
+            &old,
+            &new,
+            &tollgate_loadtest::compare::Options {
+                max_p99_regression,
+                max_throughput_regression,
+                min_effect,
+                force,
+            },
+            html,
+            json,
+        )),
         Command::Verify {
             manifest,
             log,
@@ -253,44 +347,70 @@ fn run_command(args: RunArgs) -> anyhow::Result<bool> {
         http2: args.http2,
         gzip: args.gzip,
         ca_file: args.ca_file,
+        scrape: args.scrape,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-    let report = runtime.block_on(run(config))?;
+    let mut report = runtime.block_on(run(config))?;
+    let ok = report.judge(&Gates {
+        max_p99: args.max_p99,
+        max_error_rate: args.max_error_rate,
+        min_throughput: args.min_throughput,
+    });
     print!("{}", report.human());
     if let Some(path) = args.out {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    let mut ok = true;
-    if let Some(max) = args.max_p99
-        && report.latency.p99_us > max.as_micros() as u64
-    {
-        eprintln!(
-            "threshold missed: p99 {} µs > {} µs",
-            report.latency.p99_us,
-            max.as_micros()
-        );
-        ok = false;
-    }
-    if let Some(max) = args.max_error_rate
-        && report.error_rate > max
-    {
-        eprintln!(
-            "threshold missed: error rate {:.4} > {max}",
-            report.error_rate
-        );
-        ok = false;
-    }
-    if let Some(min) = args.min_throughput
-        && report.events_per_second < min
-    {
-        eprintln!(
-            "threshold missed: {:.0} events/s < {min}",
-            report.events_per_second
-        );
-        ok = false;
-    }
     Ok(ok)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> anyhow::Result<T> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a run's JSON", path.display()))
+}
+
+fn report_command(
+    run: &std::path::Path,
+    verify: Option<&std::path::Path>,
+    metrics: Option<&std::path::Path>,
+    html: &std::path::Path,
+) -> anyhow::Result<bool> {
+    let mut report: Report = read_json(run)?;
+    let verification = match verify {
+        Some(path) => Some(read_json(path)?),
+        None => None,
+    };
+    if let Some(path) = metrics {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        tollgate_loadtest::page::merge_metrics(&mut report, &text)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    }
+    let page = tollgate_loadtest::page::render(&report, verification.as_ref());
+    std::fs::write(html, page).with_context(|| format!("writing {}", html.display()))?;
+    Ok(true)
+}
+
+fn compare_command(
+    old: &std::path::Path,
+    new: &std::path::Path,
+    options: &tollgate_loadtest::compare::Options,
+    html: Option<PathBuf>,
+    json: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let (old, new): (Report, Report) = (read_json(old)?, read_json(new)?);
+    let comparison = tollgate_loadtest::compare::compare(&old, &new, options)?;
+    print!("{}", comparison.human());
+    if let Some(path) = json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&comparison)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = html {
+        std::fs::write(&path, comparison.html())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(comparison.passed())
 }
 
 fn verify_command(

@@ -1,5 +1,7 @@
 //! The run's results: throughput, latency percentiles from an HDR histogram, HTTP
-//! statuses and per-event outcomes; printed as a table and written as JSON.
+//! statuses and per-event outcomes, second by second, the launch gates and how they
+//! fared; printed as a table and written as JSON (what `report` draws and `compare`
+//! tests).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -38,7 +40,8 @@ pub struct RunInfo {
     pub model: String,
 }
 
-/// What happened in one second of the run.
+/// What happened in one second of the run (requests counted in the second they were
+/// answered).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Second {
     pub requests: u64,
@@ -47,6 +50,67 @@ pub struct Second {
     pub errors: u64,
     /// Slowest request finished in this second (µs).
     pub max_latency_us: u64,
+    /// Requests per second the load model asked for (open model and ramps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    /// HTTP status → requests.
+    #[serde(default)]
+    pub statuses: BTreeMap<u16, u64>,
+    /// Per-event outcome → events.
+    #[serde(default)]
+    pub outcomes: BTreeMap<String, u64>,
+    /// Latency percentiles of the requests answered in this second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<Latency>,
+    /// The collector's own view, scraped from its `/metrics` (see [`crate::scrape`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Where a ramp stage ends, and the rate it reaches there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageMark {
+    pub end_s: f64,
+    pub rate: f64,
+}
+
+/// One point of the latency distribution, as HdrHistogram plots it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Percentile {
+    /// 0–100.
+    pub percentile: f64,
+    pub latency_us: u64,
+}
+
+/// A launch gate that was set, and whether the run passed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gate {
+    /// `max_p99`, `max_error_rate` or `min_throughput`.
+    pub name: String,
+    /// In the unit of `observed`: µs, a share, events/s.
+    pub limit: f64,
+    pub observed: f64,
+    pub passed: bool,
+}
+
+impl Gate {
+    /// (observed, limit) in the gate's unit: `4.20 ms`, `0.100%`, `5000 events/s`.
+    pub fn figures(&self) -> (String, String) {
+        let show = |v: f64| match self.name.as_str() {
+            "max_p99" => format!("{:.2} ms", v / 1000.0),
+            "max_error_rate" => format!("{:.3}%", v * 100.0),
+            _ => format!("{v:.0} events/s"),
+        };
+        (show(self.observed), show(self.limit))
+    }
+}
+
+/// The launch gates a run is held to.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Gates {
+    pub max_p99: Option<Duration>,
+    pub max_error_rate: Option<f64>,
+    pub min_throughput: Option<f64>,
 }
 
 /// Everything a run measured.
@@ -66,9 +130,24 @@ pub struct Report {
     pub outcomes: Outcomes,
     /// Requests without a 2xx answer, over all requests.
     pub error_rate: f64,
-    /// Per-second buckets of the run (requests, events, errors, slowest latency).
+    /// Per-second buckets of the run.
     #[serde(default)]
     pub series: Vec<Second>,
+    /// The traffic: same scenario and seed, same requests (what `compare` insists on).
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario: Option<crate::generate::Scenario>,
+    /// Ramp stages, for the charts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<StageMark>,
+    /// The whole run's latency distribution (percentile → µs), log-spaced towards the
+    /// tail.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub distribution: Vec<Percentile>,
+    /// The launch gates that were set, and how the run fared.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
 }
 
 impl Report {
@@ -104,7 +183,44 @@ impl Report {
                 failed as f64 / requests as f64
             },
             series: Vec::new(),
+            seed: 0,
+            scenario: None,
+            stages: Vec::new(),
+            distribution: distribution(latency),
+            gates: Vec::new(),
         }
+    }
+
+    /// Holds the run to `gates`: records each one set, and returns whether all passed.
+    pub fn judge(&mut self, gates: &Gates) -> bool {
+        self.gates.clear();
+        if let Some(max) = gates.max_p99 {
+            let limit = max.as_micros() as f64;
+            let observed = self.latency.p99_us as f64;
+            self.gates.push(Gate {
+                name: "max_p99".into(),
+                limit,
+                observed,
+                passed: observed <= limit,
+            });
+        }
+        if let Some(limit) = gates.max_error_rate {
+            self.gates.push(Gate {
+                name: "max_error_rate".into(),
+                limit,
+                observed: self.error_rate,
+                passed: self.error_rate <= limit,
+            });
+        }
+        if let Some(limit) = gates.min_throughput {
+            self.gates.push(Gate {
+                name: "min_throughput".into(),
+                limit,
+                observed: self.events_per_second,
+                passed: self.events_per_second >= limit,
+            });
+        }
+        self.gates.iter().all(|g| g.passed)
     }
 
     /// A table for people.
@@ -148,6 +264,36 @@ impl Report {
             statuses.join("  "),
             events.join("  ")
         ));
+        for gate in &self.gates {
+            let (observed, limit) = gate.figures();
+            out.push_str(&format!(
+                "gate       {} {}: {observed} (limit {limit})\n",
+                gate.name,
+                if gate.passed { "passed" } else { "MISSED" }
+            ));
+        }
         out
     }
+}
+
+/// The distribution at log-spaced percentiles (four per halving of what remains: 0, …,
+/// 50, …, 75, …, 87.5, … towards 100), as HdrHistogram's percentile plots take them,
+/// ending at the maximum.
+pub fn distribution(histogram: &Histogram<u64>) -> Vec<Percentile> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    let mut out: Vec<Percentile> = (0..)
+        .map(|quarter_halvings| 1.0 - 0.5f64.powf(f64::from(quarter_halvings) / 4.0))
+        .take_while(|q| *q < 1.0 && (1.0 - q) * histogram.len() as f64 >= 0.5)
+        .map(|q| Percentile {
+            percentile: q * 100.0,
+            latency_us: histogram.value_at_quantile(q),
+        })
+        .collect();
+    out.push(Percentile {
+        percentile: 100.0,
+        latency_us: histogram.max(),
+    });
+    out
 }

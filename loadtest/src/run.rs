@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::generate::{Batch, Generator, Protocol, Scenario};
-use crate::report::{Outcomes, Report, RunInfo, Second};
+use crate::report::{Outcomes, Report, RunInfo, Second, StageMark};
 
 /// How load is offered.
 #[derive(Debug, Clone, Copy)]
@@ -83,6 +83,8 @@ pub struct RunConfig {
     pub gzip: bool,
     /// PEM file of the CA (or self-signed certificate) that https:// targets present.
     pub ca_file: Option<PathBuf>,
+    /// A collector's admin `/metrics` URL to scrape every second during the run.
+    pub scrape: Option<String>,
 }
 
 /// One manifest line: a request, its events, and what the collector said of each.
@@ -125,6 +127,22 @@ struct Totals {
     outcomes: Outcomes,
     /// One bucket per second of the run.
     series: Vec<Second>,
+    /// Latencies of the seconds still being answered, turned into percentiles once
+    /// they are over.
+    open_seconds: std::collections::BTreeMap<usize, Histogram<u64>>,
+}
+
+impl Totals {
+    /// Turns the latency histograms of seconds before `before` into percentiles.
+    fn close_seconds(&mut self, before: usize) {
+        while let Some(entry) = self.open_seconds.first_entry() {
+            if *entry.key() >= before {
+                break;
+            }
+            let (second, histogram) = entry.remove_entry();
+            self.series[second].latency = Some(crate::report::Latency::of(&histogram));
+        }
+    }
 }
 
 /// The run could not start or finish writing its manifest.
@@ -157,6 +175,23 @@ pub enum RunError {
 }
 
 impl Model {
+    /// The mean rate asked for during second `second` of the run (none for the closed
+    /// model, which asks for no rate).
+    pub fn rate_during(&self, second: usize) -> Option<f64> {
+        match self {
+            Model::Closed { .. } => None,
+            Model::Open { rate } => Some(*rate),
+            Model::Ramp(stages) => {
+                // The mean of a piecewise-linear rate over the second, from ten samples.
+                let samples: Vec<f64> = (0..10)
+                    .map(|i| Duration::from_secs_f64(second as f64 + (f64::from(i) + 0.5) / 10.0))
+                    .map(|t| ramp_rate(stages, t).unwrap_or(0.0))
+                    .collect();
+                Some(samples.iter().sum::<f64>() / samples.len() as f64)
+            }
+        }
+    }
+
     /// `closed:<connections>`, `open:<rate>/s` or `ramp:<duration>-><rate>/s,…`.
     pub fn label(&self) -> String {
         match self {
@@ -249,11 +284,16 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
             outcomes: Outcomes::default(),
             series: Vec::new(),
+            open_seconds: Default::default(),
         }),
         manifest,
     });
     let started = Instant::now();
     let progress = progress_bar(&config, shared.clone());
+    let scraper = match &config.scrape {
+        Some(url) => Some(crate::scrape::start(url, shared.client.clone(), started)?),
+        None => None,
+    };
     let deadline = config.duration.map(|d| started + d);
     let budget = config.requests.unwrap_or(u64::MAX);
     let issued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -327,8 +367,14 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     let elapsed = started.elapsed();
     if let Some((updater, bar)) = progress {
         updater.abort();
-        bar.finish_and_clear();
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
     }
+    let scraped = match scraper {
+        Some(scraper) => scraper.stop().await,
+        None => Vec::new(),
+    };
     if let (Some(manifest), Some(path)) = (&shared.manifest, &config.manifest) {
         manifest
             .lock()
@@ -336,7 +382,8 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
             .flush()
             .map_err(manifest_error(path))?;
     }
-    let totals = shared.totals.lock().expect("totals lock");
+    let mut totals = shared.totals.lock().expect("totals lock");
+    totals.close_seconds(usize::MAX);
     let run = RunInfo {
         run_id: config.run_id.clone(),
         target: config.targets.join(","),
@@ -344,6 +391,31 @@ pub async fn run(config: RunConfig) -> Result<Report, RunError> {
     };
     let mut report = Report::new(&run, elapsed, &totals.latency, totals.outcomes.clone());
     report.series = totals.series.clone();
+    // Seconds the scraper saw but no answer came in.
+    if report.series.len() < scraped.len() {
+        report.series.resize(scraped.len(), Second::default());
+    }
+    for (second, metrics) in report.series.iter_mut().zip(scraped) {
+        second.metrics = metrics;
+    }
+    for (i, second) in report.series.iter_mut().enumerate() {
+        second.target_rate = config.model.rate_during(i);
+    }
+    report.seed = config.seed;
+    report.scenario = Some(config.scenario.clone());
+    if let Model::Ramp(stages) = config.model {
+        let mut end = 0.0;
+        report.stages = stages
+            .iter()
+            .map(|s| {
+                end += s.duration.as_secs_f64();
+                StageMark {
+                    end_s: end,
+                    rate: s.rate,
+                }
+            })
+            .collect();
+    }
     Ok(report)
 }
 
@@ -447,6 +519,22 @@ fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency:
         bucket.events += events.len() as u64;
         bucket.errors += u64::from(!(200..300).contains(&status));
         bucket.max_latency_us = bucket.max_latency_us.max(micros);
+        *bucket.statuses.entry(status).or_default() += 1;
+        for event in &events {
+            match bucket.outcomes.get_mut(&event.outcome) {
+                Some(n) => *n += 1,
+                None => {
+                    bucket.outcomes.insert(event.outcome.clone(), 1);
+                }
+            }
+        }
+        let _ = totals
+            .open_seconds
+            .entry(second)
+            .or_insert_with(|| Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid bounds"))
+            .record(micros);
+        // Answers are counted in the second they arrive: two seconds back is over.
+        totals.close_seconds(second.saturating_sub(1));
     }
     if let Some(manifest) = &shared.manifest {
         let entry = ManifestEntry {
@@ -462,14 +550,29 @@ fn record(shared: &Shared, batch: &Batch, answer: Option<(u16, Bytes)>, latency:
     }
 }
 
-/// A live progress bar on stderr (only when it is a terminal): rate, errors, ETA.
+/// Progress on stderr: a live bar on a terminal (rate, errors, ETA); elsewhere (a CI log,
+/// a file) one line every 10 s.
 fn progress_bar(
     config: &RunConfig,
     shared: Arc<Shared>,
-) -> Option<(tokio::task::JoinHandle<()>, indicatif::ProgressBar)> {
+) -> Option<(tokio::task::JoinHandle<()>, Option<indicatif::ProgressBar>)> {
     use std::io::IsTerminal;
     if !std::io::stderr().is_terminal() {
-        return None;
+        let updater = tokio::spawn(async move {
+            let mut last = (Instant::now(), 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let (requests, errors) = sent_and_failed(&shared);
+                let rate = (requests - last.1) as f64 / last.0.elapsed().as_secs_f64();
+                last = (Instant::now(), requests);
+                eprintln!(
+                    "{:>5} s: {}",
+                    shared.started.elapsed().as_secs(),
+                    progress_message(rate, requests, errors)
+                );
+            }
+        });
+        return Some((updater, None));
     }
     let (length, by_time) = match (config.duration, config.requests) {
         (Some(d), _) => (d.as_secs().max(1), true),
@@ -486,18 +589,7 @@ fn progress_bar(
         let mut last = (Instant::now(), 0u64);
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let (requests, errors) = {
-                let totals = shared.totals.lock().expect("totals lock");
-                let requests: u64 = totals.outcomes.statuses.values().sum();
-                let errors: u64 = totals
-                    .outcomes
-                    .statuses
-                    .iter()
-                    .filter(|(s, _)| !(200..300).contains(*s))
-                    .map(|(_, n)| n)
-                    .sum();
-                (requests, errors)
-            };
+            let (requests, errors) = sent_and_failed(&shared);
             let rate = (requests - last.1) as f64 / last.0.elapsed().as_secs_f64();
             last = (Instant::now(), requests);
             bar.set_position(if by_time {
@@ -508,7 +600,21 @@ fn progress_bar(
             bar.set_message(progress_message(rate, requests, errors));
         }
     });
-    Some((updater, shown))
+    Some((updater, Some(shown)))
+}
+
+/// Requests answered so far, and those without a 2xx answer.
+fn sent_and_failed(shared: &Shared) -> (u64, u64) {
+    let totals = shared.totals.lock().expect("totals lock");
+    let requests: u64 = totals.outcomes.statuses.values().sum();
+    let errors: u64 = totals
+        .outcomes
+        .statuses
+        .iter()
+        .filter(|(s, _)| !(200..300).contains(*s))
+        .map(|(_, n)| n)
+        .sum();
+    (requests, errors)
 }
 
 /// The progress bar's message.

@@ -3,7 +3,10 @@
 //!
 //! - [`escape`]: text for a self-contained HTML page;
 //! - [`population_stability`]: how far a categorical distribution moved (PSI);
-//! - [`Latency`]: the percentiles every latency figure is reported with.
+//! - [`Latency`]: the percentiles every latency figure is reported with;
+//! - [`chart`]: line charts as inline SVG.
+
+pub mod chart;
 
 use std::collections::{BTreeMap, HashMap};
 
