@@ -346,3 +346,50 @@ fn verdict_box(out: &mut String, report: &Report, verifications: Option<&Verific
     }
     out.push_str("</table></div>");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> Report {
+        Report::new(
+            &crate::report::RunInfo {
+                run_id: "r".into(),
+                target: "http://127.0.0.1:1".into(),
+                model: "closed:1".into(),
+            },
+            std::time::Duration::from_secs(2),
+            &hdrhistogram::Histogram::new(3).unwrap(),
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn metrics_from_a_file_land_in_their_seconds_and_are_drawn() {
+        let mut report = run();
+        report.series = vec![Default::default(); 2];
+        merge_metrics(
+            &mut report,
+            "{\"second\": 1, \"metrics\": {\"log_queue_depth\": 4}}\n\n{\"second\": 3, \"metrics\": {\"log_queue_depth\": 9}}\n",
+        )
+        .unwrap();
+        assert_eq!(report.series.len(), 4);
+        assert_eq!(report.series[1].metrics["log_queue_depth"], 4.0);
+        assert!(report.series[2].metrics.is_empty());
+        assert!(render(&report, None).contains("id=\"collector-log_queue_depth\""));
+        let error = merge_metrics(&mut report, "{\"second\": \"x\"}").unwrap_err();
+        assert!(error.starts_with("line 1:"), "{error}");
+    }
+
+    #[test]
+    fn without_reconciliation_or_gates_the_run_is_not_judged() {
+        let mut report = run();
+        assert_eq!(verdict(&report, None), None);
+        assert!(render(&report, None).contains("verdict unknown"));
+        report.judge(&crate::report::Gates {
+            min_throughput: Some(1.0),
+            ..Default::default()
+        });
+        assert_eq!(verdict(&report, None), Some(false), "no events were sent");
+    }
+}
