@@ -380,14 +380,9 @@ impl Comparison {
     pub fn html(&self) -> String {
         use tollgate_report::chart::{Chart, Line, XAxis};
         use tollgate_report::escape;
-        let mut out = String::from(
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>\
-             <title>Tollgate run comparison</title><style>\
-             body{font:14px system-ui,sans-serif;margin:2em;color:#222;max-width:940px}\
-             table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}\
-             .worse{color:#b00020;font-weight:bold}.better{color:#2e7d32;font-weight:bold}\
-             .legend{font-size:12px}.swatch{display:inline-block;width:12px;height:3px;margin:0 4px 3px 0}\
-             </style></head><body>",
+        let mut out = tollgate_report::chart::page_head(
+            "Tollgate run comparison",
+            ".worse{color:#b00020;font-weight:bold}.better{color:#2e7d32;font-weight:bold}",
         );
         let _ = write!(
             out,

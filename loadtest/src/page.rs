@@ -62,18 +62,12 @@ pub fn verdict(report: &Report, verifications: Option<&Verifications>) -> Option
 
 /// The page.
 pub fn render(report: &Report, verifications: Option<&Verifications>) -> String {
-    let mut out = String::from(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>\
-         <title>Tollgate launch report</title><style>\
-         body{font:14px system-ui,sans-serif;margin:2em;color:#222;max-width:940px}\
-         table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}\
-         .verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0}\
+    let mut out = tollgate_report::chart::page_head(
+        "Tollgate launch report",
+        ".verdict{padding:.8em 1.2em;border-radius:6px;margin:1em 0}\
          .pass{background:#e8f5e9;border:2px solid #2e7d32}.fail{background:#fdecea;border:2px solid #b00020}\
          .unknown{background:#f5f5f5;border:2px solid #9e9e9e}\
-         .bad{color:#b00020;font-weight:bold}.good{color:#2e7d32}\
-         figure{margin:1.2em 0}figcaption{font-weight:bold;margin-bottom:.3em}\
-         .legend{font-size:12px}.swatch{display:inline-block;width:12px;height:3px;margin:0 4px 3px 0}\
-         </style></head><body>",
+         .bad{color:#b00020;font-weight:bold}.good{color:#2e7d32}",
     );
     let _ = write!(
         out,

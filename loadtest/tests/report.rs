@@ -127,22 +127,25 @@ async fn a_run_renders_one_page_green_when_clean_and_red_when_an_event_was_lost(
     assert!(seconds >= 4, "{seconds} seconds");
 
     let data_arg = data.to_str().unwrap();
-    let verify = loadtest(
-        &[
-            "verify",
-            "--manifest",
-            "run.ndjson",
-            "--log",
-            data_arg,
-            "--json",
-            "verify.json",
-        ],
-        dir.path(),
-    );
+    let verify = || {
+        loadtest(
+            &[
+                "verify",
+                "--manifest",
+                "run.ndjson",
+                "--log",
+                data_arg,
+                "--json",
+                "verify.json",
+            ],
+            dir.path(),
+        )
+    };
+    let verify_clean = verify();
     assert!(
-        verify.status.success(),
+        verify_clean.status.success(),
         "{}",
-        String::from_utf8_lossy(&verify.stdout)
+        String::from_utf8_lossy(&verify_clean.stdout)
     );
     let report = |html: &str| {
         let out = loadtest(
@@ -223,19 +226,7 @@ async fn a_run_renders_one_page_green_when_clean_and_red_when_an_event_was_lost(
     let mut lines: Vec<&str> = text.lines().collect();
     lines.pop();
     std::fs::write(last, format!("{}\n", lines.join("\n"))).unwrap();
-    let verify = loadtest(
-        &[
-            "verify",
-            "--manifest",
-            "run.ndjson",
-            "--log",
-            data_arg,
-            "--json",
-            "verify.json",
-        ],
-        dir.path(),
-    );
-    assert_eq!(verify.status.code(), Some(1));
+    assert_eq!(verify().status.code(), Some(1));
     let page = report("damaged.html");
     let doc = parse(&page);
     let verdict = doc

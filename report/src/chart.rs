@@ -40,6 +40,20 @@ pub struct Chart {
     pub marks: Vec<(f64, String)>,
 }
 
+/// The start of a standalone page, through `<body>`: what every chart page shares
+/// (type, tables, legends), then `css` of its own.
+pub fn page_head(title: &str, css: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/><title>{}</title><style>\
+         body{{font:14px system-ui,sans-serif;margin:2em;color:#222;max-width:940px}}\
+         table{{border-collapse:collapse}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd;text-align:left}}\
+         figure{{margin:1.2em 0}}figcaption{{font-weight:bold;margin-bottom:.3em}}\
+         .legend{{font-size:12px}}.swatch{{display:inline-block;width:12px;height:3px;margin:0 4px 3px 0}}\
+         {css}</style></head><body>",
+        escape(title)
+    )
+}
+
 const W: f64 = 860.0;
 const H: f64 = 240.0;
 const LEFT: f64 = 64.0;
