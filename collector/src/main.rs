@@ -97,10 +97,10 @@ enum Command {
         /// `yesterday` (00:00 UTC) or `-DURATION` before --now (`-24h`). The history the
         /// checks need (volume baselines, drift, duplicates, references, quarantine
         /// shares) is read from before it.
-        #[arg(long, value_parser = tollgate_audit::TimeArg::parse)]
+        #[arg(long, value_parser = tollgate_audit::TimeArg::parse, allow_hyphen_values = true)]
         since: Option<tollgate_audit::TimeArg>,
         /// Judge the records logged before this time (as --since) [default: --now].
-        #[arg(long, value_parser = tollgate_audit::TimeArg::parse)]
+        #[arg(long, value_parser = tollgate_audit::TimeArg::parse, allow_hyphen_values = true)]
         until: Option<tollgate_audit::TimeArg>,
         /// "Now" for the freshness check (RFC 3339); default: the clock.
         #[arg(long, value_parser = tollgate_audit::parse_time)]

@@ -681,6 +681,26 @@ fn the_daily_command_judges_yesterday_and_says_what_it_read() {
     }
     assert!(!page.contains("<script"));
 
+    // The same window as spans before --now (31 h and 7 h before 07:00 the day after).
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate-collector"))
+        .args(["audit", "--log"])
+        .arg(dir.path())
+        .arg("--expectations")
+        .arg(dir.path().join("expectations.toml"))
+        .args([
+            "--now",
+            &weeks::timestamp(LAST_DAY + DAY + 7 * 3_600_000_000),
+        ])
+        .args(["--since", "-31h", "--until", "-7h"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("judged 2026-11-25T00:00:00Z to 2026-11-26T00:00:00Z: "),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Could not run (no such expectations file): 2, so that a scheduler can tell.
     let out = audit("missing.toml");
     assert_eq!(
