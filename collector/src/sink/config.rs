@@ -29,8 +29,9 @@ pub struct LogConfig {
     pub queue_capacity: NonZeroUsize,
     /// Most bytes one group commit (one fsync) covers.
     pub max_group_bytes: ByteSize,
-    /// Under concurrent traffic, how long the writer gathers requests before one group
-    /// commit (one fsync). Trades that much latency for fewer fsyncs; `0s` disables.
+    /// The longest the writer waits for a group commit (one fsync) to fill: it waits
+    /// only when the arrival rate says ten requests will be there within this, so busy
+    /// logs get fewer fsyncs and quiet ones no added latency; `0s` never waits.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
     /// Where records go: `file` (the local log above) or `kafka` (see `[log.kafka]`).
@@ -48,7 +49,7 @@ impl Default for LogConfig {
             segment_max_age: Duration::from_secs(3600),
             queue_capacity: NonZeroUsize::new(1024).unwrap(),
             max_group_bytes: ByteSize::mib(8),
-            commit_delay: Duration::from_millis(1),
+            commit_delay: Duration::from_millis(2),
             sink: SinkKind::File,
             kafka: KafkaConfig::default(),
         }

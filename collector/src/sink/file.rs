@@ -14,7 +14,10 @@
 //! One writer thread owns the files. Requests queue their bytes; the writer takes every
 //! request waiting at that moment, writes them with one `write` per stream and one
 //! `fdatasync` per stream, then answers them all. While it syncs, the next group forms,
-//! so throughput is not capped by fsync latency.
+//! so throughput is not capped by fsync latency. When the arrival rate says a group of
+//! [`GROUP_TARGET`] requests would fill within `log.commit_delay`, the writer waits that
+//! long for it (fewer fsyncs at saturation); when it would not (light or moderate load),
+//! it commits at once (no added latency).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -120,6 +123,56 @@ impl EventLog for FileLog {
     }
 }
 
+/// Requests a group commit should cover before waiting for more is no longer worth it.
+pub const GROUP_TARGET: usize = 10;
+
+/// How long the writer waits for a group to fill: only as long as the recent arrival
+/// rate says it takes to reach [`GROUP_TARGET`], and never longer than the longest
+/// delay allowed; not at all when that would not be enough.
+#[derive(Debug)]
+struct Gathering {
+    max_delay: Duration,
+    /// Requests per second, smoothed over the last groups.
+    rate: f64,
+    /// When the previous group was taken.
+    last: Instant,
+}
+
+impl Gathering {
+    fn new(max_delay: Duration) -> Self {
+        Gathering {
+            max_delay,
+            rate: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// The wait for a group holding `have` requests.
+    fn wait(&self, have: usize) -> Duration {
+        if self.max_delay.is_zero() || have >= GROUP_TARGET || self.rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let needed = (GROUP_TARGET - have) as f64 / self.rate;
+        if needed > self.max_delay.as_secs_f64() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(needed)
+        }
+    }
+
+    /// A group of `requests` was taken at `now`: they arrived since the last one.
+    fn taken(&mut self, requests: usize, now: Instant) {
+        let span = now.duration_since(self.last).as_secs_f64().max(1e-6);
+        self.last = now;
+        let rate = requests as f64 / span;
+        self.rate = if self.rate == 0.0 {
+            rate
+        } else {
+            0.7 * self.rate + 0.3 * rate
+        };
+    }
+}
+
 struct Writer {
     events: Stream,
     quarantine: Stream,
@@ -135,35 +188,21 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Message>) {
         let mut group = Vec::new();
         let mut closing = None;
-        let mut last_group = 0;
+        let mut gathering = Gathering::new(self.commit_delay);
         while closing.is_none() {
             let Some(first) = rx.blocking_recv() else {
                 break;
             };
-            // Under concurrency (the last group covered several requests), wait a
-            // moment so that this group covers more: fewer fsyncs, and the CPU they
-            // cost goes to requests instead. A lone request is written at once.
-            if last_group > 1 && !self.commit_delay.is_zero() {
-                std::thread::sleep(self.commit_delay);
-            }
             let mut bytes = 0;
-            let mut next = Some(first);
-            while let Some(message) = next.take() {
-                match message {
-                    Message::Append { batch, done } => {
-                        bytes += batch.len();
-                        group.push((batch, done));
-                    }
-                    Message::Close(done) => {
-                        closing = Some(done);
-                        break;
-                    }
-                }
-                if bytes < self.max_group_bytes {
-                    next = rx.try_recv().ok();
-                }
+            self.gather(&mut rx, Some(first), &mut group, &mut bytes, &mut closing);
+            // Under load, wait for the group to fill if it soon will: fewer fsyncs, and
+            // the CPU they cost goes to requests instead.
+            let wait = gathering.wait(group.len());
+            if !wait.is_zero() && closing.is_none() && bytes < self.max_group_bytes {
+                std::thread::sleep(wait);
+                self.gather(&mut rx, None, &mut group, &mut bytes, &mut closing);
             }
-            last_group = group.len();
+            gathering.taken(group.len(), Instant::now());
             if !group.is_empty() {
                 self.commit(&mut group);
             }
@@ -179,6 +218,34 @@ impl Writer {
         drop(self);
         if let Some(done) = closing {
             let _ = done.send(());
+        }
+    }
+
+    /// Adds `first` and every request already queued to `group`, up to the group's byte
+    /// limit or a close.
+    fn gather(
+        &self,
+        rx: &mut mpsc::Receiver<Message>,
+        first: Option<Message>,
+        group: &mut Vec<(AppendBatch, oneshot::Sender<Result<(), LogError>>)>,
+        bytes: &mut usize,
+        closing: &mut Option<oneshot::Sender<()>>,
+    ) {
+        let mut next = first.or_else(|| rx.try_recv().ok());
+        while let Some(message) = next.take() {
+            match message {
+                Message::Append { batch, done } => {
+                    *bytes += batch.len();
+                    group.push((batch, done));
+                }
+                Message::Close(done) => {
+                    *closing = Some(done);
+                    return;
+                }
+            }
+            if *bytes < self.max_group_bytes {
+                next = rx.try_recv().ok();
+            }
         }
     }
 
@@ -384,6 +451,36 @@ fn repair_torn_tail(path: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_writer_waits_only_when_a_group_would_fill_within_the_delay() {
+        let mut g = Gathering::new(Duration::from_millis(2));
+        assert_eq!(g.wait(1), Duration::ZERO, "no rate known yet");
+        // 5 000 requests/s: 5 more requests take 1 ms, within 2 ms.
+        let start = Instant::now();
+        g.last = start;
+        g.taken(5, start + Duration::from_millis(1));
+        assert!((g.rate - 5000.0).abs() < 1.0, "{}", g.rate);
+        let wait = g.wait(5);
+        assert!((wait.as_secs_f64() - 0.001).abs() < 1e-6, "{wait:?}");
+        assert_eq!(g.wait(GROUP_TARGET), Duration::ZERO, "already full");
+        // 1 800 requests/s: 8 more would take 4.4 ms, past 2 ms: commit at once.
+        let mut g = Gathering::new(Duration::from_millis(2));
+        g.last = start;
+        g.taken(2, start + Duration::from_secs_f64(2.0 / 1800.0));
+        assert_eq!(g.wait(2), Duration::ZERO);
+        // The rate is smoothed: one slow gap does not reset it.
+        let mut g = Gathering::new(Duration::from_millis(2));
+        g.last = start;
+        g.taken(10, start + Duration::from_millis(2));
+        g.taken(1, start + Duration::from_millis(12));
+        assert!(g.rate > 3000.0, "{}", g.rate);
+        // Disabled.
+        let g = Gathering {
+            rate: 5000.0,
+            ..Gathering::new(Duration::ZERO)
+        };
+        assert_eq!(g.wait(1), Duration::ZERO);
+    }
     use super::*;
     use tollgate_log::segments;
 
