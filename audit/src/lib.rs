@@ -72,16 +72,8 @@ impl AuditInput {
                     Stream::Events => "events",
                     Stream::Quarantine => "quarantine",
                 };
-                let files = match tollgate_log::segments(&dir.join(name)) {
-                    Ok(files) => files,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                    Err(e) => return Err(e),
-                };
-                let files = match from {
-                    Some(from) => read::segments_from(&files, from),
-                    None => files,
-                };
-                let mut blocks = tollgate_log::Blocks::of(files, block);
+                // Segments that ended before the history are not opened.
+                let mut blocks = tollgate_log::Blocks::open_from(&dir.join(name), block, from)?;
                 let mut buffer = Vec::with_capacity(block);
                 while blocks.next_into(&mut buffer)? {
                     emit(&mut buffer);

@@ -233,43 +233,6 @@ pub fn micros(text: &str) -> Option<i64> {
     })
 }
 
-/// The segments that may hold records logged at or after `from` (unix µs). A segment is
-/// written from its creation (the time in its name, `20261118T000000.123456Z-0000`) until
-/// the next one is created, and a record's `timestamp_server` is stamped before it is
-/// written: a segment whose successor was created at or before `from` holds nothing
-/// that late. Names that are not times keep their segment.
-pub fn segments_from(files: &[std::path::PathBuf], from: i64) -> Vec<std::path::PathBuf> {
-    let created = |path: &std::path::PathBuf| -> Option<i64> {
-        let name = path.file_name()?.to_str()?;
-        let stamp = &name[..name.find('Z')? + 1];
-        let b = stamp.as_bytes();
-        if b.len() < 16 || b[8] != b'T' {
-            return None;
-        }
-        let text = format!(
-            "{}-{}-{}T{}:{}:{}",
-            &stamp[0..4],
-            &stamp[4..6],
-            &stamp[6..8],
-            &stamp[9..11],
-            &stamp[11..13],
-            &stamp[13..]
-        );
-        micros(&text)
-    };
-    files
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| {
-            files
-                .get(i + 1)
-                .and_then(created)
-                .is_none_or(|next| next > from)
-        })
-        .map(|(_, f)| f.clone())
-        .collect()
-}
-
 /// `2026-11-24T14:00:00Z` for unix µs (whole seconds).
 pub fn format_time(micros: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(micros.div_euclid(1_000_000)).map_or_else(
@@ -342,26 +305,5 @@ mod tests {
             micros("2026-11-29T10:00:00Z")
         );
         assert_eq!(micros("yesterday"), None);
-    }
-
-    #[test]
-    fn segments_that_ended_before_the_history_are_skipped() {
-        let files: Vec<std::path::PathBuf> = [
-            "20261101T000000.000001Z-0000.ndjson",
-            "20261102T120000.5Z-0000.ndjson",
-            "20261103T000000Z-0000.ndjson",
-            "notes-0001.ndjson",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
-        let from = micros("2026-11-02T13:00:00Z").unwrap();
-        // The first ended when the second began (before `from`); the second runs on
-        // until the third, past `from`.
-        assert_eq!(segments_from(&files, from), files[1..].to_vec());
-        assert_eq!(
-            segments_from(&files, micros("2026-11-02T12:00:00.4Z").unwrap()),
-            files
-        );
     }
 }

@@ -450,7 +450,7 @@ fn a_category_that_takes_over_is_drift_and_a_steady_mix_is_not() {
 
 mod support;
 
-use support::weeks::{self, DAY, Defect, LAST_DAY};
+use support::weeks::{self, DAY, Defect, LAST_DAY, findings};
 use tollgate_audit::{AuditInput, AuditOptions};
 
 /// The options of a morning audit of the last day.
@@ -581,13 +581,6 @@ fn without_a_window_the_same_defect_is_diluted_over_the_weeks() {
     assert_eq!(nulls.status, Status::Pass, "{}", report.human());
     assert!(nulls.observed > 0.0, "{}", nulls.detail);
     assert!(report.history.is_none());
-}
-
-/// The report as JSON without how it ran.
-fn findings(report: &Report) -> Value {
-    let mut json = serde_json::to_value(report).unwrap();
-    json.as_object_mut().unwrap().remove("run");
-    json
 }
 
 #[test]

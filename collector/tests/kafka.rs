@@ -581,11 +581,6 @@ async fn a_daily_audit_from_kafka_agrees_with_the_log_directory_and_says_how_it_
         "{}",
         kafka.run.records_read
     );
-    let findings = |r: &tollgate_audit::Report| {
-        let mut json = serde_json::to_value(r).unwrap();
-        json.as_object_mut().unwrap().remove("run");
-        json["history"].as_object_mut().unwrap().remove("kafka");
-        json
-    };
+    use support::weeks::findings;
     assert_eq!(findings(&kafka), findings(&files));
 }

@@ -11,7 +11,7 @@
 pub mod segments;
 pub mod topics;
 
-pub use segments::{Blocks, for_each_line, segments, split_lines};
+pub use segments::{Blocks, for_each_line, segments, segments_from, split_lines};
 pub use topics::{
     Start, TopicArgs, TopicError, TopicSource, for_each_message, for_each_message_from,
 };

@@ -69,8 +69,22 @@ impl Blocks {
         Ok(Blocks::of(files, size))
     }
 
+    /// As [`Blocks::open`], without the segments that ended before `from` (unix µs,
+    /// when given): see [`segments_from`].
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn open_from(dir: &Path, size: usize, from: Option<i64>) -> std::io::Result<Blocks> {
+        let mut blocks = Blocks::open(dir, size)?;
+        if let Some(from) = from {
+            let files: Vec<PathBuf> = blocks.files.collect();
+            blocks.files = segments_from(&files, from).into_iter();
+        }
+        Ok(blocks)
+    }
+
     /// The blocks of these files, in this order.
-    pub fn of(files: Vec<PathBuf>, size: usize) -> Blocks {
+    fn of(files: Vec<PathBuf>, size: usize) -> Blocks {
         Blocks {
             files: files.into_iter(),
             file: None,
@@ -129,6 +143,46 @@ impl Blocks {
     }
 }
 
+/// The segments that may hold records logged at or after `from` (unix µs). A segment is
+/// written from its creation (the time in its name, `20261118T000000.123456Z-0000`) until
+/// the next one is created, and a record's `timestamp_server` is stamped before it is
+/// written: a segment whose successor was created at or before `from` holds nothing
+/// that late. Names that are not times keep their segment.
+pub fn segments_from(files: &[PathBuf], from: i64) -> Vec<PathBuf> {
+    files
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            files
+                .get(i + 1)
+                .and_then(|next| created(next))
+                .is_none_or(|next| next > from)
+        })
+        .map(|(_, f)| f.clone())
+        .collect()
+}
+
+/// When a segment was created (unix µs), from its name.
+fn created(path: &Path) -> Option<i64> {
+    let name = path.file_name()?.to_str()?;
+    let stamp = name.get(..name.find('Z')? + 1)?;
+    if stamp.len() < 16 || stamp.as_bytes()[8] != b'T' || !stamp.is_ascii() {
+        return None;
+    }
+    let text = format!(
+        "{}-{}-{}T{}:{}:{}",
+        &stamp[0..4],
+        &stamp[4..6],
+        &stamp[6..8],
+        &stamp[9..11],
+        &stamp[11..13],
+        &stamp[13..]
+    );
+    let t =
+        time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1000) as i64)
+}
+
 /// Calls `f` with every non-empty line of a block; lines that are not UTF-8 are skipped.
 #[inline]
 pub fn split_lines(chunk: &[u8], f: &mut impl FnMut(&str)) {
@@ -176,6 +230,27 @@ mod tests {
             String::from_utf8(all).unwrap(),
             format!("a\n{long}\nbb\nccc\ndd\ne\n")
         );
+    }
+
+    #[test]
+    fn segments_that_ended_before_a_time_are_skipped() {
+        let files: Vec<PathBuf> = [
+            "20261101T000000.000001Z-0000.ndjson",
+            "20261102T120000.5Z-0000.ndjson",
+            "20261103T000000Z-0000.ndjson",
+            "notes-0001.ndjson",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        // 2026-11-02T13:00:00Z: the first ended when the second began, before it; the
+        // second runs on until the third, past it.
+        assert_eq!(
+            segments_from(&files, 1_793_624_400_000_000),
+            files[1..].to_vec()
+        );
+        // 2026-11-02T12:00:00.4Z, before the second began: all of them.
+        assert_eq!(segments_from(&files, 1_793_620_800_400_000), files);
     }
 
     #[test]

@@ -272,3 +272,14 @@ pub fn flagged_by(defect: Defect) -> (&'static str, &'static str) {
         Defect::SchemaViolations => ("quarantine_share", "purchase"),
     }
 }
+
+/// A report as JSON without what differs between two runs of the same audit: how it ran,
+/// and with Kafka how the history's start was found.
+pub fn findings(report: &tollgate_audit::Report) -> serde_json::Value {
+    let mut json = serde_json::to_value(report).unwrap();
+    json.as_object_mut().unwrap().remove("run");
+    if let Some(history) = json["history"].as_object_mut() {
+        history.remove("kafka");
+    }
+    json
+}
