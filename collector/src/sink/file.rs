@@ -293,7 +293,63 @@ struct Stream {
 struct Segment {
     file: File,
     len: u64,
+    /// Bytes of disk reserved for the segment (`fallocate` past its end, the size
+    /// unchanged): writes into reserved blocks allocate nothing, so an `fdatasync`
+    /// flushes less metadata. Released when the segment is closed.
+    reserved: u64,
     opened: Instant,
+}
+
+/// How far ahead of a segment's end disk is reserved: bounded waste per open segment,
+/// one `fallocate` per this many bytes written.
+const RESERVE_STEP: u64 = 8 << 20;
+
+impl Segment {
+    /// Reserves disk for `bytes` more, and a step beyond, when the reservation is
+    /// short. Best effort: a filesystem without `fallocate`, or a full disk, leaves
+    /// the segment to grow as it writes (a full disk then fails the write itself).
+    fn reserve(&mut self, bytes: u64) {
+        let end = self.len + bytes;
+        if end <= self.reserved {
+            return;
+        }
+        let target = end + RESERVE_STEP;
+        if reserve_past_end(&self.file, self.reserved, target - self.reserved) {
+            self.reserved = target;
+        } else {
+            // Do not try again on every write.
+            self.reserved = u64::MAX;
+        }
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // Give back the reservation past the last whole line (a truncate to the
+        // segment's length frees the blocks past it); a crash leaves it to the next
+        // start's repair.
+        if self.reserved > self.len {
+            let _ = self.file.set_len(self.len);
+        }
+    }
+}
+
+/// `fallocate(FALLOC_FL_KEEP_SIZE)`: allocates blocks past the end without changing
+/// the file's size, so that readers see only what was written.
+#[cfg(target_os = "linux")]
+fn reserve_past_end(file: &File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return false;
+    };
+    // SAFETY: `file` is an open descriptor for the duration of the call; `fallocate`
+    // reads no memory of ours.
+    unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, offset, len) == 0 }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reserve_past_end(_file: &File, _offset: u64, _len: u64) -> bool {
+    false
 }
 
 impl Stream {
@@ -343,6 +399,7 @@ impl Stream {
             self.current = Some(self.new_segment()?);
         }
         let segment = self.current.as_mut().expect("opened above");
+        segment.reserve(total as u64);
         let before = segment.len;
         let written = write_all(&mut segment.file, &mut slices).and_then(|()| {
             let started = Instant::now();
@@ -362,6 +419,8 @@ impl Stream {
             }
             Err(e) => {
                 // Undo what may have reached the file, then start afresh next time.
+                // The cut gives back the reservation past `before` as well.
+                segment.reserved = before;
                 let undo = segment
                     .file
                     .set_len(before)
@@ -390,6 +449,7 @@ impl Stream {
                     return Ok(Segment {
                         file,
                         len: 0,
+                        reserved: 0,
                         opened: Instant::now(),
                     });
                 }
@@ -417,10 +477,12 @@ fn write_all(file: &mut File, slices: &mut [io::IoSlice<'_>]) -> io::Result<()> 
 }
 
 /// Cuts a segment back to its last complete line. Bytes after it belong to a write
-/// that was never synced, hence never acknowledged.
+/// that was never synced, hence never acknowledged. Disk reserved past the end by a
+/// collector that crashed is given back too.
 fn repair_torn_tail(path: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let len = file.metadata()?.len();
+    file.set_len(len)?;
     if len == 0 {
         return Ok(());
     }
@@ -574,6 +636,50 @@ mod tests {
         std::fs::write(&path, "no newline at all").unwrap();
         repair_torn_tail(&path).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    }
+
+    /// Bytes of disk a file holds (its blocks), against what it would need.
+    fn allocated(path: &Path) -> (u64, u64) {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.blocks() * 512, meta.len().div_ceil(4096) * 4096)
+    }
+
+    #[tokio::test]
+    async fn disk_reserved_ahead_is_given_back_when_a_segment_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig {
+            commit_delay: Duration::ZERO,
+            ..LogConfig::default()
+        };
+        let log = FileLog::open(dir.path(), &config, Arc::new(Metrics::new())).unwrap();
+        for i in 0..3 {
+            let batch = AppendBatch {
+                events: format!("{{\"n\":{i}}}\n").into_bytes(),
+                ..AppendBatch::default()
+            };
+            log.append(batch).await.unwrap();
+        }
+        // Readers see exactly the lines written, never the reservation.
+        let events = dir.path().join("events");
+        assert_eq!(read_stream(&events), "{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+        log.close().await;
+        let segment = &segments(&events).unwrap()[0];
+        let (held, needed) = allocated(segment);
+        assert!(held <= needed, "{held} bytes held for {needed}");
+
+        // A crash leaves the reservation: the next start's repair gives it back.
+        let path = dir.path().join("crashed.ndjson");
+        let file = File::create(&path).unwrap();
+        let reserved = reserve_past_end(&file, 0, RESERVE_STEP);
+        (&file).write_all(b"{\"a\":1}\n").unwrap();
+        if reserved {
+            assert!(allocated(&path).0 >= RESERVE_STEP);
+        }
+        repair_torn_tail(&path).unwrap();
+        let (held, needed) = allocated(&path);
+        assert!(held <= needed, "{held} bytes held for {needed}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
     }
 
     #[test]
