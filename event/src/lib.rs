@@ -8,6 +8,7 @@
 //!   and the shadow proxy.
 //! - [`record`]: what the collector writes to its log ([`Record`]) and its quarantine
 //!   ([`QuarantineRecord`]), plus the server-side timing fields ([`Timing`]).
+//! - [`json`]: the JSON writer of the log's hot path (the bytes serde_json writes).
 //! - [`wire`]: the HTTP contract: header names, per-event statuses, the answer body and
 //!   the `X-Tollgate-Outcomes` header, written by the collector and read by the tools.
 //!
@@ -16,6 +17,7 @@
 
 pub mod error;
 pub mod event;
+pub mod json;
 pub mod mapped;
 pub mod posthog;
 pub mod record;

@@ -45,6 +45,15 @@ pub enum Dedupe {
     Unchecked,
 }
 
+impl Dedupe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dedupe::Checked => "checked",
+            Dedupe::Unchecked => "unchecked",
+        }
+    }
+}
+
 /// Which API the event came in through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,47 +192,15 @@ pub struct Record<'a> {
     pub replay_of: Option<Cow<'a, str>>,
 }
 
-/// The server's fields of a [`Record`], in its order: what follows the event's own.
-#[derive(Serialize)]
-struct ServerFields<'r> {
-    #[serde(with = "crate::timefmt")]
-    timestamp_server: OffsetDateTime,
-    #[serde(with = "crate::timefmt::option")]
-    sent_at: Option<OffsetDateTime>,
-    clock_skew_ms: Option<i64>,
-    #[serde(with = "crate::timefmt")]
-    timestamp_derived: OffsetDateTime,
-    lateness_ms: i64,
-    arrival: Arrival,
-    source: &'r str,
-    region: &'r str,
-    privacy_policy: Option<&'r str>,
-    privacy_key: Option<&'r str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pseudonyms_previous: &'r Option<serde_json::Map<String, Value>>,
-    dedupe: Dedupe,
-    api: Api,
-    request_id: &'r str,
-    collector_version: &'r str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    schema_set: Option<&'r str>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        with = "crate::timefmt::option"
-    )]
-    replayed_at: Option<OffsetDateTime>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replay_of: Option<&'r str>,
-}
-
 impl Record<'_> {
-    /// Appends the record as one JSON object, the same bytes as its `Serialize`, without
-    /// the cost of `#[serde(flatten)]` (which routes every field through a generic map):
-    /// the event is written as its own object, whose closing brace becomes the comma
-    /// before the server's fields.
+    /// Appends the record as one JSON object: the same bytes as its `Serialize`,
+    /// written field by field with [`crate::json`] (no `#[serde(flatten)]`, which
+    /// routes every field through a generic map, and strings copied whole unless they
+    /// need an escape).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        // Every field named: a field added to `Record` does not compile here until it
-        // is written too.
+        use crate::json::{Object, write_map, write_str};
+        // Every field named: a field added to `Record` (or `Event`) does not compile
+        // here until it is written too.
         let Record {
             event,
             timestamp_server,
@@ -245,33 +222,78 @@ impl Record<'_> {
             replayed_at,
             replay_of,
         } = self;
-        serde_json::to_writer(&mut *out, event.as_ref()).expect("events serialize");
-        debug_assert_eq!(out.last(), Some(&b'}'));
-        out.pop();
-        let at = out.len();
-        let tail = ServerFields {
-            timestamp_server: *timestamp_server,
-            sent_at: *sent_at,
-            clock_skew_ms: *clock_skew_ms,
-            timestamp_derived: *timestamp_derived,
-            lateness_ms: *lateness_ms,
-            arrival: *arrival,
-            source,
-            region,
-            privacy_policy: privacy_policy.as_deref(),
-            privacy_key: privacy_key.as_deref(),
-            pseudonyms_previous,
-            dedupe: *dedupe,
-            api: *api,
-            request_id,
-            collector_version,
-            schema_set: schema_set.as_deref(),
-            replayed_at: *replayed_at,
-            replay_of: replay_of.as_deref(),
-        };
-        serde_json::to_writer(&mut *out, &tail).expect("records serialize");
-        // An event object always has fields, so the event's `}` became a `,`.
-        out[at] = b',';
+        let Event {
+            event_id,
+            event_name,
+            schema_version,
+            user_id,
+            device_id,
+            session_id,
+            timestamp_event,
+            surface,
+            app_version,
+            platform,
+            experiment_ids,
+            consent,
+            context,
+            properties,
+        } = event.as_ref();
+        let mut o = Object::open(out);
+        o.str("event_id", Some(event_id));
+        o.str("event_name", Some(event_name));
+        o.int("schema_version", Some(*schema_version));
+        o.str("user_id", user_id.as_deref());
+        o.str("device_id", device_id.as_deref());
+        o.str("session_id", session_id.as_deref());
+        o.time("timestamp_event", Some(*timestamp_event));
+        o.str("surface", surface.as_deref());
+        o.str("app_version", app_version.as_deref());
+        o.str("platform", Some(platform));
+        let out = o.key("experiment_ids");
+        out.push(b'[');
+        for (i, id) in experiment_ids.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_str(out, id);
+        }
+        out.push(b']');
+        let mut granted = Object::open(o.key("consent"));
+        for (category, yes) in consent {
+            granted
+                .any_key(category)
+                .extend_from_slice(if *yes { b"true" } else { b"false" });
+        }
+        granted.close();
+        write_map(o.key("context"), context);
+        write_map(o.key("properties"), properties);
+        o.time("timestamp_server", Some(*timestamp_server));
+        o.time("sent_at", *sent_at);
+        o.int("clock_skew_ms", *clock_skew_ms);
+        o.time("timestamp_derived", Some(*timestamp_derived));
+        o.int("lateness_ms", Some(*lateness_ms));
+        o.str("arrival", Some(arrival.as_str()));
+        o.str("source", Some(source));
+        o.str("region", Some(region));
+        o.str("privacy_policy", privacy_policy.as_deref());
+        o.str("privacy_key", privacy_key.as_deref());
+        if let Some(previous) = pseudonyms_previous {
+            write_map(o.key("pseudonyms_previous"), previous);
+        }
+        o.str("dedupe", Some(dedupe.as_str()));
+        o.str("api", Some(api.as_str()));
+        o.str("request_id", Some(request_id));
+        o.str("collector_version", Some(collector_version));
+        if let Some(set) = schema_set {
+            o.str("schema_set", Some(set));
+        }
+        if let Some(at) = replayed_at {
+            o.time("replayed_at", Some(*at));
+        }
+        if let Some(of) = replay_of {
+            o.str("replay_of", Some(of));
+        }
+        o.close();
     }
 }
 
@@ -398,6 +420,67 @@ mod tests {
         )
         .unwrap();
         assert_eq!(end.arrival, Arrival::Future);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn written_records_are_the_serialized_bytes_for_any_strings(
+            texts in proptest::collection::vec("\\PC{0,12}|[\"\\\\\\x00-\\x1f]{0,4}", 12),
+            numbers in proptest::collection::vec(proptest::prelude::any::<i64>(), 3),
+            flags in proptest::collection::vec(proptest::prelude::any::<bool>(), 4),
+        ) {
+            let text = |i: usize| texts[i].clone();
+            let maybe = |i: usize| flags[i % 4].then(|| text(i));
+            let map = |i: usize| {
+                let mut m = serde_json::Map::new();
+                m.insert(text(i), Value::String(text(i + 1)));
+                m.insert(text(i + 2), Value::from(numbers[i % 3]));
+                m
+            };
+            let event = Event {
+                event_id: text(0),
+                event_name: text(1),
+                schema_version: numbers[0].unsigned_abs() as u32,
+                user_id: maybe(2),
+                device_id: maybe(3),
+                session_id: maybe(4),
+                timestamp_event: OffsetDateTime::from_unix_timestamp(numbers[1].rem_euclid(253_402_300_799)).unwrap(),
+                surface: maybe(5),
+                app_version: maybe(6),
+                platform: text(7),
+                experiment_ids: vec![text(8), text(9)],
+                consent: [(text(10), flags[0]), (text(11), flags[1])].into_iter().collect(),
+                context: map(0),
+                properties: map(3),
+            };
+            let record = Record {
+                event: Cow::Borrowed(&event),
+                timestamp_server: datetime!(2026-11-29 10:00:02.123456 UTC),
+                sent_at: flags[2].then_some(datetime!(2026-11-29 10:00:01 UTC)),
+                clock_skew_ms: flags[3].then_some(numbers[2]),
+                timestamp_derived: datetime!(2026-11-29 10:00:01.373456 UTC),
+                lateness_ms: numbers[2],
+                arrival: Arrival::Late,
+                source: text(0).into(),
+                region: text(1).into(),
+                privacy_policy: maybe(2).map(Cow::Owned),
+                privacy_key: maybe(3).map(Cow::Owned),
+                pseudonyms_previous: flags[1].then(|| map(6)),
+                dedupe: Dedupe::Unchecked,
+                api: Api::PostHog,
+                request_id: text(4).into(),
+                collector_version: text(5).into(),
+                schema_set: maybe(6).map(Cow::Owned),
+                replayed_at: flags[0].then_some(datetime!(2026-11-30 00:00 UTC)),
+                replay_of: maybe(7).map(Cow::Owned),
+            };
+            let mut written = Vec::new();
+            record.write_json(&mut written);
+            proptest::prop_assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&record).unwrap()
+            );
+        }
     }
 
     #[test]
