@@ -30,8 +30,9 @@ pub struct LogConfig {
     /// Most bytes one group commit (one fsync) covers.
     pub max_group_bytes: ByteSize,
     /// The longest the writer waits for a group commit (one fsync) to fill: it waits
-    /// only when the arrival rate says ten requests will be there within this, so busy
-    /// logs get fewer fsyncs and quiet ones no added latency; `0s` never waits.
+    /// only when the arrival rate brings a whole group of ten requests within this, so
+    /// busy logs get fewer fsyncs and quiet or moderate ones no added latency; `0s`
+    /// never waits.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
     /// Where records go: `file` (the local log above) or `kafka` (see `[log.kafka]`).
