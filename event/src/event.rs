@@ -123,10 +123,40 @@ pub fn parse_event_text(text: &[u8], platforms: &Platforms) -> Result<(Event, us
 /// # Errors
 /// As [`parse_event_text`].
 pub fn parse_event_str(text: &str, platforms: &Platforms) -> Result<(Event, usize), EventError> {
-    if let Ok(fast) = serde_json::from_str::<FastEvent<'_>>(text) {
-        return finish(fast.into_fields(), platforms).map(|event| (event, 0));
+    match parse_event_fast(text, platforms) {
+        Some(parsed) => parsed,
+        None => reference_text(serde_json::from_str::<Value>(text), platforms),
     }
-    reference_text(serde_json::from_str::<Value>(text), platforms)
+}
+
+/// An event as the typed fast path reads it, before the rules on values: for a caller
+/// that reads events inside a larger document in the same pass (a native envelope).
+/// Deserializing fails for anything the fast path does not take; such a caller then
+/// reads the document the general way.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct TypedEvent<'a>(#[serde(borrow)] FastEvent<'a>);
+
+impl TypedEvent<'_> {
+    /// The rules on values: what [`parse_event_str`] answers for the event's text.
+    ///
+    /// # Errors
+    /// As [`parse_event`].
+    pub fn finish(self, platforms: &Platforms) -> Result<(Event, usize), EventError> {
+        finish(self.0.into_fields(), platforms).map(|event| (event, 0))
+    }
+}
+
+/// The typed fast path of [`parse_event_str`] alone: `None` when it does not take the
+/// text (not JSON, or a shape only the reference parser judges), else what
+/// [`parse_event_str`] answers. `Some` also proves that `text` is exactly one JSON
+/// value.
+pub fn parse_event_fast(
+    text: &str,
+    platforms: &Platforms,
+) -> Option<Result<(Event, usize), EventError>> {
+    let fast = serde_json::from_str::<TypedEvent<'_>>(text).ok()?;
+    Some(fast.finish(platforms))
 }
 
 /// The reference parser's answer for an event's text, once parsed into a tree.

@@ -14,7 +14,8 @@ use time::OffsetDateTime;
 use tollgate_event::event::parse_timestamp;
 use tollgate_event::segment::{BatchDefaults, CallType, map_message, native_names};
 use tollgate_event::{
-    ErrorCode, Event, EventError, Platforms, json_error_message, parse_event_str, parse_event_text,
+    ErrorCode, Event, EventError, Platforms, TypedEvent, json_error_message, parse_event_str,
+    parse_event_text,
 };
 
 use crate::error::ApiError;
@@ -145,6 +146,16 @@ struct Envelope<'a> {
     events: Vec<&'a RawValue>,
 }
 
+/// [`Envelope`] with its events read by the typed event parser in the same pass.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypedEnvelope<'a> {
+    #[serde(default, borrow)]
+    sent_at: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    events: Vec<TypedEvent<'a>>,
+}
+
 #[derive(Deserialize)]
 struct SegmentBatch<'a> {
     #[serde(borrow)]
@@ -172,6 +183,52 @@ fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> serde_json::Result<T> {
 /// # Errors
 /// Malformed JSON, a body that is not an envelope, a bad `sent_at`, too many events.
 pub fn native_json(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, ApiError> {
+    if let Some(decoded) = std::str::from_utf8(body)
+        .ok()
+        .and_then(|text| native_json_one_pass(text, limits))
+    {
+        return Ok(decoded);
+    }
+    native_json_general(body, limits)
+}
+
+/// [`native_json`] in one pass over the body, for the common case: a body no larger
+/// than one event may be (so no event in it is too large), within the event count,
+/// with a good `sent_at`, whose every event the typed parser takes and the rules
+/// accept. `None` for anything else, which the general path then decodes (and, if
+/// need be, refuses or rejects with the reason), so both paths give the same answer
+/// for every body; a body that is not the common case costs one more parse.
+fn native_json_one_pass(text: &str, limits: &DecodeLimits<'_>) -> Option<Decoded> {
+    if text.len() > limits.max_event_bytes {
+        return None;
+    }
+    let envelope: TypedEnvelope<'_> = serde_json::from_str(text).ok()?;
+    if envelope.events.len() > limits.max_events {
+        return None;
+    }
+    let sent_at = match envelope.sent_at.as_deref() {
+        Some(s) => Some(parse_timestamp(s, "/sent_at").ok()?),
+        None => None,
+    };
+    let mut items = Vec::with_capacity(envelope.events.len());
+    for typed in envelope.events {
+        let (event, ignored_fields) = typed.finish(limits.platforms).ok()?;
+        items.push(Item::Event {
+            event,
+            sent_at,
+            client_id: true,
+            versioned: true,
+            ignored_fields,
+        });
+    }
+    Some(Decoded {
+        items,
+        ..Decoded::default()
+    })
+}
+
+/// [`native_json`] for any body: parsed into raw events first, then each event.
+fn native_json_general(body: &[u8], limits: &DecodeLimits<'_>) -> Result<Decoded, ApiError> {
     let envelope: Envelope<'_> = parse_body(body).map_err(shape_error)?;
     check_count(envelope.events.len(), limits)?;
     let sent_at = envelope
@@ -395,5 +452,107 @@ fn shape_error(e: serde_json::Error) -> ApiError {
     match e.classify() {
         serde_json::error::Category::Data => ApiError::InvalidEnvelope(message),
         _ => ApiError::MalformedJson(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Events up to `max_event_bytes`, at most five.
+    fn limits(platforms: &Platforms, max_event_bytes: usize) -> DecodeLimits<'_> {
+        DecodeLimits {
+            max_event_bytes,
+            max_events: 5,
+            platforms,
+        }
+    }
+
+    fn event(id: &str, tricky: &str) -> String {
+        let props = serde_json::json!({"item_id": tricky, "nested": {"a": [tricky, {}]}});
+        format!(
+            r#"{{"event_id":"{id}","event_name":"item_view","schema_version":1,"device_id":"d-1","timestamp_event":"2026-11-29T10:00:00Z","platform":"ios","properties":{props}}}"#
+        )
+    }
+
+    #[test]
+    fn plain_bodies_take_the_one_pass_path() {
+        let platforms = Platforms::default();
+        let body = format!(
+            r#"{{"sent_at":"2026-11-29T10:00:01Z","events":[{},{}]}}"#,
+            event("evt-00000001", r#"}{"\"#),
+            event("evt-00000002", "x"),
+        );
+        let decoded = native_json_one_pass(&body, &limits(&platforms, 32 << 10)).expect("taken");
+        assert_eq!(decoded.items.len(), 2);
+        assert!(matches!(&decoded.items[0], Item::Event { event, .. }
+            if event.properties["item_id"] == r#"}{"\"#));
+    }
+
+    fn body() -> impl Strategy<Value = String> {
+        let long: &'static str = "x".repeat(40).leak();
+        let tricky = prop::sample::select(vec!["x", "}", "{", "\"", "\\", "]", "\\\"}", long]);
+        // Some events break a rule on values (an unknown platform).
+        let one = (0u32..20, tricky, prop::bool::weighted(0.1)).prop_map(|(n, t, bad)| {
+            let event = event(&format!("evt-{n:08}"), t);
+            if bad {
+                event.replace(r#""platform":"ios""#, r#""platform":"nope""#)
+            } else {
+                event
+            }
+        });
+        (
+            prop::collection::vec(one, 0..7),
+            any::<bool>(),
+            prop::sample::select(vec!["", " ", "\n\t"]),
+            prop::option::of(prop::sample::select(vec![
+                r#""2026-11-29T10:00:01Z""#,
+                "null",
+                r#""not a time""#,
+                "7",
+            ])),
+        )
+            .prop_map(|(events, sent_first, ws, sent_at)| {
+                let events = format!(
+                    "{ws}\"events\"{ws}:{ws}[{}]",
+                    events.join(&format!(",{ws}"))
+                );
+                let sent_at = sent_at.map(|s| format!("\"sent_at\":{ws}{s}"));
+                match (sent_at, sent_first) {
+                    (None, _) => format!("{{{events}}}"),
+                    (Some(s), true) => format!("{ws}{{{s},{events}}}{ws}"),
+                    (Some(s), false) => format!("{{{events},{ws}{s}}}"),
+                }
+            })
+    }
+
+    proptest! {
+        /// Every body, plain or damaged, gets the same answer on both paths.
+        #[test]
+        fn one_pass_and_general_paths_agree(
+            body in body(),
+            cut in any::<prop::sample::Index>(),
+            insert in prop::sample::select(vec!["", "}", "{", "\"", ",", "]", "x", "\\"]),
+        ) {
+            let platforms = Platforms::default();
+            let mut damaged = body.clone();
+            if !insert.is_empty() {
+                let at = cut.index(body.len() + 1);
+                if damaged.is_char_boundary(at) {
+                    damaged.insert_str(at, insert);
+                }
+            }
+            // Bodies the one pass may take, and bodies where some events are too large.
+            for limits in [limits(&platforms, 32 << 10), limits(&platforms, 260)] {
+                for text in [&body, &damaged] {
+                    prop_assert_eq!(
+                        format!("{:?}", native_json(text.as_bytes(), &limits)),
+                        format!("{:?}", native_json_general(text.as_bytes(), &limits)),
+                        "{}", text
+                    );
+                }
+            }
+        }
     }
 }
