@@ -354,6 +354,12 @@ fn reserve_past_end(_file: &File, _offset: u64, _len: u64) -> bool {
     false
 }
 
+/// Whether a file holds more disk than its size needs (a reservation left behind).
+fn holds_disk_past_end(meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.blocks() * 512 > meta.len().next_multiple_of(meta.blksize().max(512))
+}
+
 impl Stream {
     fn open(dir: PathBuf, config: &LogConfig) -> io::Result<Stream> {
         std::fs::create_dir_all(&dir)?;
@@ -483,8 +489,12 @@ fn write_all(file: &mut File, slices: &mut [io::IoSlice<'_>]) -> io::Result<()> 
 /// collector that crashed is given back too.
 fn repair_torn_tail(path: &Path) -> io::Result<()> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
-    let len = file.metadata()?.len();
-    file.set_len(len)?;
+    let meta = file.metadata()?;
+    let len = meta.len();
+    // Only then: a truncate also stamps the file's mtime, which file shippers read.
+    if holds_disk_past_end(&meta) {
+        file.set_len(len)?;
+    }
     if len == 0 {
         return Ok(());
     }
@@ -688,6 +698,14 @@ mod tests {
         let (held, needed) = allocated(&path);
         assert!(held <= needed, "{held} bytes held for {needed}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":1}\n");
+
+        // A whole segment without a reservation is left untouched, its mtime too
+        // (file shippers read it).
+        let modified = || std::fs::metadata(&path).unwrap().modified().unwrap();
+        let before = modified();
+        std::thread::sleep(Duration::from_millis(20));
+        repair_torn_tail(&path).unwrap();
+        assert_eq!(modified(), before);
     }
 
     #[test]
