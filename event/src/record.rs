@@ -198,7 +198,7 @@ impl Record<'_> {
     /// routes every field through a generic map, and strings copied whole unless they
     /// need an escape).
     pub fn write_json(&self, out: &mut Vec<u8>) {
-        use crate::json::{Object, write_map, write_str};
+        use crate::json::{Object, write_array, write_map, write_str};
         // Every field named: a field added to `Record` (or `Event`) does not compile
         // here until it is written too.
         let Record {
@@ -249,15 +249,9 @@ impl Record<'_> {
         o.str("surface", surface.as_deref());
         o.str("app_version", app_version.as_deref());
         o.str("platform", Some(platform));
-        let out = o.key("experiment_ids");
-        out.push(b'[');
-        for (i, id) in experiment_ids.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_str(out, id);
-        }
-        out.push(b']');
+        write_array(o.key("experiment_ids"), experiment_ids, |out, id| {
+            write_str(out, id)
+        });
         let mut granted = Object::open(o.key("consent"));
         for (category, yes) in consent {
             granted
