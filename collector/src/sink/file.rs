@@ -16,8 +16,9 @@
 //! `fdatasync` per stream, then answers them all. While it syncs, the next group forms,
 //! so throughput is not capped by fsync latency. When the arrival rate fills a whole
 //! group of [`GROUP_TARGET`] requests within `log.commit_delay`, the writer waits for
-//! the rest of the group (fewer fsyncs near saturation); below that rate (light or
-//! moderate load) it commits at once (no added latency).
+//! the rest of the group (fewer fsyncs near saturation) and yields the CPU to the
+//! requests (`SCHED_BATCH`, so its wake-ups do not preempt the runtime); below that
+//! rate (light or moderate load) it commits at once (no added latency).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -152,14 +153,25 @@ impl Gathering {
 
     /// The wait for a group holding `have` requests.
     fn wait(&self, have: usize) -> Duration {
-        if self.max_delay.is_zero() || have >= GROUP_TARGET || self.rate <= 0.0 {
-            return Duration::ZERO;
-        }
-        let max_delay = self.max_delay.as_secs_f64();
-        if GROUP_TARGET as f64 / self.rate > max_delay {
+        if have >= GROUP_TARGET || !self.under_load(1.0) {
             return Duration::ZERO;
         }
         Duration::from_secs_f64((GROUP_TARGET - have) as f64 / self.rate)
+    }
+
+    /// Whether the rate fills a whole group within `share` of the longest delay.
+    fn under_load(&self, share: f64) -> bool {
+        !self.max_delay.is_zero()
+            && self.rate > 0.0
+            && GROUP_TARGET as f64 / self.rate <= share * self.max_delay.as_secs_f64()
+    }
+
+    /// Whether the writer should now yield the CPU to the requests: when it is under
+    /// load, it wakes for every request that arrives, and each wake-up would preempt
+    /// the runtime (on a shared core, thousands of switches a second). Leaving that
+    /// takes a rate a fifth lower than entering, so that it does not flap.
+    fn yielding(&self, was: bool) -> bool {
+        self.under_load(if was { 1.25 } else { 1.0 })
     }
 
     /// A group of `requests` was taken at `now`: they arrived since the last one.
@@ -191,6 +203,7 @@ impl Writer {
         let mut group = Vec::new();
         let mut closing = None;
         let mut gathering = Gathering::new(self.commit_delay);
+        let mut yielding = false;
         while closing.is_none() {
             let Some(first) = rx.blocking_recv() else {
                 break;
@@ -205,6 +218,10 @@ impl Writer {
                 self.gather(&mut rx, None, &mut group, &mut bytes, &mut closing);
             }
             gathering.taken(group.len(), Instant::now());
+            if gathering.yielding(yielding) != yielding {
+                yielding = !yielding;
+                yield_to_requests(yielding);
+            }
             if !group.is_empty() {
                 self.commit(&mut group);
             }
@@ -352,6 +369,28 @@ fn reserve_past_end(file: &File, offset: u64, len: u64) -> bool {
 #[cfg(not(target_os = "linux"))]
 fn reserve_past_end(_file: &File, _offset: u64, _len: u64) -> bool {
     false
+}
+
+/// Under load, the writer thread runs as Linux `SCHED_BATCH`: its wake-ups no longer
+/// preempt the runtime, they wait for its time slice, and groups grow. Off load it is
+/// an ordinary thread again, so that a request's commit never waits for a slice.
+fn yield_to_requests(yielding: bool) {
+    #[cfg(target_os = "linux")]
+    {
+        let policy = if yielding {
+            libc::SCHED_BATCH
+        } else {
+            libc::SCHED_OTHER
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: `0` names the calling thread; `param` lives across the call, which
+        // only reads it.
+        if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+            tracing::debug!(error = %io::Error::last_os_error(), "could not change the log writer's scheduling");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = yielding;
 }
 
 /// Whether a file holds more disk than its size needs (a reservation left behind).
@@ -560,6 +599,46 @@ mod tests {
             ..Gathering::new(Duration::ZERO)
         };
         assert_eq!(g.wait(1), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_writer_yields_under_load_and_stops_below_a_lower_rate() {
+        let at = |rate| Gathering {
+            rate,
+            ..Gathering::new(Duration::from_millis(2))
+        };
+        // A group of ten within 2 ms takes 5 000 requests/s to start yielding…
+        assert!(!at(4500.0).yielding(false));
+        assert!(at(5000.0).yielding(false));
+        // …and falling under 4 000 to stop.
+        assert!(at(4500.0).yielding(true));
+        assert!(!at(3800.0).yielding(true));
+        assert!(!at(100.0).yielding(true));
+    }
+
+    /// The calling thread's scheduling policy (field 41 of /proc/thread-self/stat).
+    #[cfg(target_os = "linux")]
+    fn own_policy() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // Fields after the parenthesised command name, which may hold spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        fields[38].parse().unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_yielding_writer_runs_as_a_batch_thread_and_back() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_BATCH: u32 = 3;
+        let policies = std::thread::spawn(|| {
+            yield_to_requests(true);
+            let yielding = own_policy();
+            yield_to_requests(false);
+            (yielding, own_policy())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policies, (SCHED_BATCH, SCHED_OTHER));
     }
     use super::*;
     use tollgate_log::segments;
