@@ -422,7 +422,11 @@ mod tests {
             texts in proptest::collection::vec("\\PC{0,12}|[\"\\\\\\x00-\\x1f]{0,4}", 12),
             numbers in proptest::collection::vec(proptest::prelude::any::<i64>(), 3),
             flags in proptest::collection::vec(proptest::prelude::any::<bool>(), 4),
+            kinds in (0usize..3, 0usize..4, 0usize..2),
         ) {
+            let arrival = [Arrival::OnTime, Arrival::Late, Arrival::Future][kinds.0];
+            let api = [Api::Native, Api::Segment, Api::PostHog, Api::Snowplow][kinds.1];
+            let dedupe = [Dedupe::Checked, Dedupe::Unchecked][kinds.2];
             let text = |i: usize| texts[i].clone();
             let maybe = |i: usize| flags[i % 4].then(|| text(i));
             let map = |i: usize| {
@@ -454,14 +458,14 @@ mod tests {
                 clock_skew_ms: flags[3].then_some(numbers[2]),
                 timestamp_derived: datetime!(2026-11-29 10:00:01.373456 UTC),
                 lateness_ms: numbers[2],
-                arrival: Arrival::Late,
+                arrival,
                 source: text(0).into(),
                 region: text(1).into(),
                 privacy_policy: maybe(2).map(Cow::Owned),
                 privacy_key: maybe(3).map(Cow::Owned),
                 pseudonyms_previous: flags[1].then(|| map(6)),
-                dedupe: Dedupe::Unchecked,
-                api: Api::PostHog,
+                dedupe,
+                api,
                 request_id: text(4).into(),
                 collector_version: text(5).into(),
                 schema_set: maybe(6).map(Cow::Owned),
