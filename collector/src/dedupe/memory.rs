@@ -4,13 +4,16 @@
 //! It sits on the hot path (two operations per event), so it is built for that: keys
 //! are reduced to 128-bit keyed SipHash digests (two independent random keys, so a
 //! client cannot craft colliding ids; an accidental collision among 10⁹ keys has odds
-//! near 10⁻²¹), kept in 64 mutex-guarded shards with an expiry time per entry. Expired
-//! entries read as absent at once and are swept from a shard at most every
-//! `sweep_interval`; when a shard is full, the entries closest to expiry are forgotten
-//! first and counted as evictions.
+//! near 10⁻²¹), kept in 64 mutex-guarded shards with an expiry time per entry. Each
+//! shard is an open-addressing table sized once for its bound, digest and state in one
+//! 32-byte slot, so a lookup costs one cache miss; a request's keys are digested first
+//! and their slots prefetched together, so those misses overlap. Expired entries read
+//! as absent at once and are swept from a shard at most every `sweep_interval`; when a
+//! shard is full, the entries closest to expiry are forgotten first and counted as
+//! evictions.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,20 +24,117 @@ use crate::telemetry::Metrics;
 
 const SHARDS: usize = 64;
 
-/// One remembered key: 16 bytes, 32 with its digest in the table.
-#[derive(Debug, Clone, Copy)]
-struct Entry {
+/// Keys claimed or committed per request are probed in chunks of this many: their
+/// table lines are prefetched together, so the cache misses overlap.
+const CHUNK: usize = 32;
+
+/// One remembered key: 32 bytes, two to a cache line, digest and state side by side so
+/// that looking a key up costs one cache miss (a table sized for millions of keys is
+/// never in cache).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, align(32))]
+struct Slot {
+    /// The key's digest; [`EMPTY`] in a free slot (digests avoid it).
+    key: u128,
     /// Milliseconds since the store's epoch after which the entry reads as absent.
     expires: u64,
     /// Digest of the claiming request's token; [`DONE`] once committed.
     token: u64,
 }
 
+/// The key of a free slot.
+const EMPTY: u128 = 0;
+
+const FREE: Slot = Slot {
+    key: EMPTY,
+    expires: 0,
+    token: 0,
+};
+
 /// The token value of a committed key (token digests avoid it).
 const DONE: u64 = 0;
 
+/// One shard's keys: open addressing with linear probing over a slot array sized once,
+/// at least twice the shard's bound, so that probe runs stay short. Entries are never
+/// removed one by one: an expired (or released) entry reads as absent and its slot is
+/// taken by the next new key on its probe run; sweeps rebuild the table in place.
+struct Table {
+    slots: Box<[Slot]>,
+    /// Slots in use, expired ones included until a sweep.
+    len: usize,
+}
+
+impl Table {
+    /// Slots for a table holding at most `max_len` entries: at most half of them used.
+    fn slots_for(max_len: usize) -> usize {
+        (2 * max_len).next_power_of_two().max(8)
+    }
+
+    fn new(max_len: usize) -> Table {
+        Table {
+            slots: zeroed_slots(Self::slots_for(max_len)),
+            len: 0,
+        }
+    }
+
+    fn home(&self, key: u128) -> usize {
+        key as usize & (self.slots.len() - 1)
+    }
+
+    /// `Ok` with the slot holding `key` (live or not), or `Err` with the slot a new
+    /// entry for it goes to: the first expired slot on its probe run, else the free
+    /// slot that ends the run. The table is never full (see [`MemoryStore::maintain`]).
+    fn find(&self, key: u128, now: u64) -> Result<usize, usize> {
+        let mask = self.slots.len() - 1;
+        let mut reusable = None;
+        let mut at = self.home(key);
+        loop {
+            let slot = &self.slots[at];
+            if slot.key == key {
+                return Ok(at);
+            }
+            if slot.key == EMPTY {
+                return Err(reusable.unwrap_or(at));
+            }
+            if reusable.is_none() && slot.expires <= now {
+                reusable = Some(at);
+            }
+            at = (at + 1) & mask;
+        }
+    }
+
+    /// Puts `slot` at `at`, a place [`Table::find`] gave.
+    fn put(&mut self, at: usize, slot: Slot) {
+        if self.slots[at].key == EMPTY {
+            self.len += 1;
+        }
+        self.slots[at] = slot;
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| s.key != EMPTY)
+    }
+
+    /// Keeps only the entries `keep` accepts: the table is rebuilt in place (its
+    /// memory, and so the addresses prefetched, never move).
+    fn retain(&mut self, keep: impl Fn(&Slot) -> bool) {
+        let kept: Vec<Slot> = self.live().filter(|s| keep(s)).copied().collect();
+        self.slots.fill(FREE);
+        self.len = 0;
+        let mask = self.slots.len() - 1;
+        for slot in kept {
+            // Keys are unique: the free slot ending the run is the place.
+            let mut at = self.home(slot.key);
+            while self.slots[at].key != EMPTY {
+                at = (at + 1) & mask;
+            }
+            self.put(at, slot);
+        }
+    }
+}
+
 struct Shard {
-    entries: HashMap<u128, Entry, Prehashed>,
+    table: Table,
     next_sweep: u64,
 }
 
@@ -76,6 +176,11 @@ impl Answers {
 /// A bounded in-memory store. Right for a single collector; replicas do not share it.
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
+    /// The address of each shard's slots, read without its lock for prefetching only
+    /// (a prefetch never faults and changes nothing). Tables never move.
+    slot_addresses: Box<[usize]>,
+    /// Slots per shard − 1 (a power of two − 1, the same for every shard).
+    slot_mask: usize,
     /// Request-level answers (`Idempotency-Key`).
     answers: Mutex<Answers>,
     digest: (RandomState, RandomState),
@@ -101,14 +206,22 @@ impl MemoryStore {
         let max_per_shard = (max_keys as usize).div_ceil(SHARDS).max(1);
         // Sized for the bound up front: growing a table of millions of keys means
         // rehashing all of them, on the request path. Untouched pages cost nothing.
-        let shard = || {
-            Mutex::new(Shard {
-                entries: HashMap::with_capacity_and_hasher(max_per_shard, Prehashed),
-                next_sweep: 0,
+        let shards: Box<[Mutex<Shard>]> = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    table: Table::new(max_per_shard),
+                    next_sweep: 0,
+                })
             })
-        };
+            .collect();
+        let slot_addresses = shards
+            .iter()
+            .map(|s| s.lock().expect("new shard").table.slots.as_ptr() as usize)
+            .collect();
         MemoryStore {
-            shards: (0..SHARDS).map(|_| shard()).collect(),
+            shards,
+            slot_addresses,
+            slot_mask: Table::slots_for(max_per_shard) - 1,
             answers: Mutex::new(Answers::default()),
             digest: (RandomState::new(), RandomState::new()),
             claim_ttl_ms: claim_ttl.as_millis() as u64,
@@ -132,96 +245,156 @@ impl MemoryStore {
     fn digest(&self, key: &str) -> u128 {
         let high = self.digest.0.hash_one(key);
         let low = self.digest.1.hash_one(key);
-        (u128::from(high) << 64) | u128::from(low)
+        ((u128::from(high) << 64) | u128::from(low)).max(1)
     }
 
-    fn shard(&self, digest: u128) -> &Mutex<Shard> {
-        &self.shards[(digest >> 122) as usize % SHARDS]
+    fn shard_of(digest: u128) -> usize {
+        (digest >> 122) as usize % SHARDS
+    }
+
+    /// The digests of up to [`CHUNK`] keys, with the table line of each asked for
+    /// ahead: the misses of a whole request overlap instead of coming one by one.
+    fn digests(&self, keys: &[String], out: &mut [u128; CHUNK]) {
+        for (key, digest) in keys.iter().zip(out.iter_mut()) {
+            *digest = self.digest(key);
+            let home = *digest as usize & self.slot_mask;
+            prefetch(self.slot_addresses[Self::shard_of(*digest)] + home * size_of::<Slot>());
+        }
     }
 
     fn token(&self, token: &str) -> u64 {
         self.digest.0.hash_one(token).max(1)
     }
 
+    /// Runs `f` on every key's shard and digest, a chunk of keys at a time.
+    fn each_key(&self, keys: &[String], mut f: impl FnMut(&mut Shard, u128)) {
+        let mut digests = [0u128; CHUNK];
+        for chunk in keys.chunks(CHUNK) {
+            self.digests(chunk, &mut digests);
+            for &digest in &digests[..chunk.len()] {
+                let mut shard = self.shards[Self::shard_of(digest)]
+                    .lock()
+                    .expect("shard lock poisoned");
+                f(&mut shard, digest);
+            }
+        }
+    }
+
     /// Claims at the given time (milliseconds since the epoch): the testable core.
     fn claim_at(&self, keys: &[String], token: &str, now: u64) -> Vec<ClaimOutcome> {
         let token = self.token(token);
-        keys.iter()
-            .map(|key| {
-                let digest = self.digest(key);
-                let mut shard = self.shard(digest).lock().expect("shard lock poisoned");
-                self.maintain(&mut shard, now);
-                match shard.entries.get(&digest) {
-                    Some(e) if e.expires > now && e.token == DONE => ClaimOutcome::Duplicate,
-                    Some(e) if e.expires > now => ClaimOutcome::InFlight,
-                    _ => {
-                        shard.entries.insert(
-                            digest,
-                            Entry {
-                                expires: now + self.claim_ttl_ms,
-                                token,
-                            },
-                        );
-                        ClaimOutcome::Claimed
+        let claim = |key| Slot {
+            key,
+            expires: now + self.claim_ttl_ms,
+            token,
+        };
+        let mut outcomes = Vec::with_capacity(keys.len());
+        self.each_key(keys, |shard, digest| {
+            self.maintain(shard, now);
+            let table = &mut shard.table;
+            let outcome = match table.find(digest, now) {
+                Ok(at) if table.slots[at].expires > now => {
+                    if table.slots[at].token == DONE {
+                        ClaimOutcome::Duplicate
+                    } else {
+                        ClaimOutcome::InFlight
                     }
                 }
-            })
-            .collect()
+                Ok(at) | Err(at) => {
+                    table.put(at, claim(digest));
+                    ClaimOutcome::Claimed
+                }
+            };
+            outcomes.push(outcome);
+        });
+        outcomes
     }
 
     fn commit_at(&self, keys: &[String], now: u64) {
         // Unconditional, as the shared stores do: the events are in the log now, so
         // the key must read `done` even if our claim expired meanwhile.
-        for key in keys {
-            let digest = self.digest(key);
-            let mut shard = self.shard(digest).lock().expect("shard lock poisoned");
-            shard.entries.insert(
-                digest,
-                Entry {
+        self.each_key(keys, |shard, digest| {
+            self.maintain(shard, now);
+            let table = &mut shard.table;
+            let at = table.find(digest, now).unwrap_or_else(|free| free);
+            table.put(
+                at,
+                Slot {
+                    key: digest,
                     expires: now + self.window_ms,
                     token: DONE,
                 },
             );
-        }
+        });
     }
 
     fn release_at(&self, keys: &[String], token: &str, now: u64) {
         let token = self.token(token);
-        for key in keys {
-            let digest = self.digest(key);
-            let mut shard = self.shard(digest).lock().expect("shard lock poisoned");
-            let ours = shard
-                .entries
-                .get(&digest)
-                .is_some_and(|e| e.token == token && e.expires > now);
-            if ours {
-                shard.entries.remove(&digest);
+        self.each_key(keys, |shard, digest| {
+            if let Ok(at) = shard.table.find(digest, now) {
+                let slot = &mut shard.table.slots[at];
+                if slot.token == token && slot.expires > now {
+                    // Reads as absent from now on; the slot goes to the next new key.
+                    slot.expires = 0;
+                }
             }
-        }
+        });
     }
 
     /// Sweeps expired entries now and then, and keeps the shard within its bound.
     fn maintain(&self, shard: &mut Shard, now: u64) {
+        let table = &mut shard.table;
         if now >= shard.next_sweep {
-            shard.entries.retain(|_, e| e.expires > now);
+            table.retain(|s| s.expires > now);
             shard.next_sweep = now + self.sweep_interval_ms;
         }
-        if shard.entries.len() >= self.max_per_shard {
-            shard.entries.retain(|_, e| e.expires > now);
+        if table.len >= self.max_per_shard {
+            table.retain(|s| s.expires > now);
         }
-        if shard.entries.len() >= self.max_per_shard {
+        if table.len >= self.max_per_shard {
             // Forget the eighth closest to expiry: those were seen longest ago.
-            let mut expiries: Vec<u64> = shard.entries.values().map(|e| e.expires).collect();
+            let mut expiries: Vec<u64> = table.live().map(|s| s.expires).collect();
             let nth = expiries.len() / 8;
             let (_, cutoff, _) = expiries.select_nth_unstable(nth);
             let cutoff = *cutoff;
-            let before = shard.entries.len();
-            shard.entries.retain(|_, e| e.expires > cutoff);
+            let before = table.len;
+            table.retain(|s| s.expires > cutoff);
             self.metrics
                 .idempotency_evictions
-                .add((before - shard.entries.len()) as u64, &[]);
+                .add((before - table.len) as u64, &[]);
         }
     }
+}
+
+/// `len` free slots, straight from the allocator: zeroed memory the allocator gets from
+/// the system is not touched, so a table's pages cost only once used.
+fn zeroed_slots(len: usize) -> Box<[Slot]> {
+    let layout = std::alloc::Layout::array::<Slot>(len).expect("table size fits in memory");
+    assert!(layout.size() > 0);
+    // SAFETY: the layout is not empty; all zero bytes are a valid `Slot` (`FREE`); the
+    // memory comes from the global allocator with the layout of `len` slots, which is
+    // what the box frees it with.
+    unsafe {
+        let slots = std::alloc::alloc_zeroed(layout).cast::<Slot>();
+        if slots.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(slots, len))
+    }
+}
+
+/// Asks the CPU to bring the cache line at `address` in; a hint that never faults.
+#[inline]
+fn prefetch(address: usize) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever the
+    // address; the slots are only read and written under their shard's lock.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(address as *const i8);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = address;
 }
 
 #[async_trait]
@@ -290,39 +463,6 @@ impl IdempotencyStore for MemoryStore {
     }
 }
 
-/// The map's keys are already uniformly distributed digests: use their bits as is.
-#[derive(Default, Clone, Copy)]
-struct Prehashed;
-
-impl BuildHasher for Prehashed {
-    type Hasher = PrehashedHasher;
-
-    fn build_hasher(&self) -> PrehashedHasher {
-        PrehashedHasher(0)
-    }
-}
-
-struct PrehashedHasher(u64);
-
-impl Hasher for PrehashedHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u128` is used for our keys; fold anything else in.
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(word);
-        }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +478,67 @@ mod tests {
 
     fn keys(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_new_table_is_all_free_slots() {
+        let table = Table::new(100);
+        assert_eq!(table.slots.len(), 256);
+        assert!(table.slots.iter().all(|s| *s == FREE));
+        assert_eq!(table.len, 0);
+    }
+
+    /// What the table is asked, at `now`: the live entry for `key`, if any.
+    fn live(table: &Table, key: u128, now: u64) -> Option<(u64, u64)> {
+        table
+            .find(key, now)
+            .ok()
+            .map(|at| table.slots[at])
+            .filter(|s| s.expires > now)
+            .map(|s| (s.expires, s.token))
+    }
+
+    proptest::proptest! {
+        /// The open-addressing table answers like a map that forgets expired entries,
+        /// with keys chosen to share home slots (long probe runs, expired slots taken
+        /// over mid-run, rebuilds by sweeps).
+        #[test]
+        fn the_table_answers_like_a_map(
+            ops in proptest::collection::vec((0u128..24, 0u64..4, 1u64..40, 0u8..3), 1..300)
+        ) {
+            let mut table = Table::new(12);
+            let mut model = std::collections::HashMap::new();
+            let mut now = 0;
+            for (k, step, ttl, op) in ops {
+                now += step;
+                // Keys 0..24 over 32 slots, homes spread over only four slots.
+                let key = ((k + 1) << 8) | (k % 4);
+                match op {
+                    0 | 1 => {
+                        if table.len >= 12 {
+                            table.retain(|s| s.expires > now);
+                            model.retain(|_, (expires, _)| *expires > now);
+                        }
+                        if table.len < 12 {
+                            let slot = Slot { key, expires: now + ttl, token: u64::from(op) };
+                            let at = table.find(key, now).unwrap_or_else(|free| free);
+                            table.put(at, slot);
+                            model.insert(key, (slot.expires, slot.token));
+                        }
+                    }
+                    _ => {
+                        table.retain(|s| s.expires > now + ttl / 4);
+                        model.retain(|_, (expires, _)| *expires > now + ttl / 4);
+                    }
+                }
+                for k in 0..24u128 {
+                    let key = ((k + 1) << 8) | (k % 4);
+                    let expected = model.get(&key).copied().filter(|(expires, _)| *expires > now);
+                    proptest::prop_assert_eq!(live(&table, key, now), expected, "key {} at {}", k, now);
+                }
+                proptest::prop_assert!(table.len <= 12 && table.len == table.live().count());
+            }
+        }
     }
 
     #[tokio::test]
@@ -423,11 +624,7 @@ mod tests {
             s.claim_at(chunk, "r", t as u64);
             s.commit_at(chunk, t as u64);
         }
-        let held: usize = s
-            .shards
-            .iter()
-            .map(|m| m.lock().unwrap().entries.len())
-            .sum();
+        let held: usize = s.shards.iter().map(|m| m.lock().unwrap().table.len).sum();
         assert!(held <= 64 * 16, "bounded: {held}");
         // The newest keys are still known; the oldest were forgotten.
         let t = 200;
