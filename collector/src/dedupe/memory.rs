@@ -118,6 +118,10 @@ impl Table {
     /// Keeps only the entries `keep` accepts: the table is rebuilt in place (its
     /// memory, and so the addresses prefetched, never move).
     fn retain(&mut self, keep: impl Fn(&Slot) -> bool) {
+        if self.len == 0 {
+            // Nothing to do, and an untouched table's pages stay untouched.
+            return;
+        }
         let kept: Vec<Slot> = self.live().filter(|s| keep(s)).copied().collect();
         self.slots.fill(FREE);
         self.len = 0;

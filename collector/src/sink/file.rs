@@ -14,11 +14,11 @@
 //! One writer thread owns the files. Requests queue their bytes; the writer takes every
 //! request waiting at that moment, writes them with one `write` per stream and one
 //! `fdatasync` per stream, then answers them all. While it syncs, the next group forms,
-//! so throughput is not capped by fsync latency. When the arrival rate fills a whole
-//! group of [`GROUP_TARGET`] requests within `log.commit_delay`, the writer waits for
-//! the rest of the group (fewer fsyncs near saturation) and yields the CPU to the
-//! requests (`SCHED_BATCH`, so its wake-ups do not preempt the runtime); below that
-//! rate (light or moderate load) it commits at once (no added latency).
+//! so throughput is not capped by fsync latency. When the collector's CPU is saturated
+//! and the arrival rate fills a whole group of [`GROUP_TARGET`] requests within
+//! `log.commit_delay`, the writer waits for the rest of the group (fewer fsyncs) and
+//! yields the CPU to the requests (`SCHED_BATCH`, so its wake-ups do not preempt the
+//! runtime); otherwise (light or moderate load) it commits at once (no added latency).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -127,12 +127,16 @@ impl EventLog for FileLog {
 /// Requests a group commit should cover before waiting for more is no longer worth it.
 pub const GROUP_TARGET: usize = 10;
 
-/// How long the writer waits for a group to fill: only under load, when the recent
-/// arrival rate fills a whole group of [`GROUP_TARGET`] within the longest delay
-/// allowed (then fsyncs cost CPU the requests need), and only as long as the rest of
-/// the group takes to arrive. Below that rate it commits at once: the fsyncs are
-/// affordable, and a wait would only add latency (a burst that happens to queue half
-/// a group at moderate load is not a reason to hold it).
+/// The collector's CPU use at or above which it counts as saturated (a share of the
+/// cores it may use), and the share it must fall under to count as no longer so.
+const SATURATED: (f64, f64) = (0.85, 0.7);
+
+/// How long the writer waits for a group to fill: only under load — the CPU is
+/// saturated and the recent arrival rate fills a whole group of [`GROUP_TARGET`]
+/// within the longest delay allowed (then fsyncs cost CPU the requests need) — and
+/// only as long as the rest of the group takes to arrive. Otherwise it commits at
+/// once: the fsyncs are affordable, and a wait would only add latency (a burst that
+/// happens to queue half a group at moderate load is not a reason to hold it).
 #[derive(Debug)]
 struct Gathering {
     max_delay: Duration,
@@ -140,6 +144,8 @@ struct Gathering {
     rate: f64,
     /// When the previous group was taken.
     last: Instant,
+    /// The collector's recent CPU use, a share of its cores (see [`CpuUse`]).
+    busy: f64,
 }
 
 impl Gathering {
@@ -148,30 +154,40 @@ impl Gathering {
             max_delay,
             rate: 0.0,
             last: Instant::now(),
+            busy: 0.0,
         }
     }
 
     /// The wait for a group holding `have` requests.
     fn wait(&self, have: usize) -> Duration {
-        if have >= GROUP_TARGET || !self.under_load(1.0) {
+        if have >= GROUP_TARGET || !self.under_load(SATURATED.0, 1.0) {
             return Duration::ZERO;
         }
         Duration::from_secs_f64((GROUP_TARGET - have) as f64 / self.rate)
     }
 
-    /// Whether the rate fills a whole group within `share` of the longest delay.
-    fn under_load(&self, share: f64) -> bool {
+    /// Whether the CPU is at least `busy` used and the rate fills a whole group within
+    /// `share` of the longest delay.
+    fn under_load(&self, busy: f64, share: f64) -> bool {
         !self.max_delay.is_zero()
+            && self.busy >= busy
             && self.rate > 0.0
             && GROUP_TARGET as f64 / self.rate <= share * self.max_delay.as_secs_f64()
     }
 
     /// Whether the writer should now yield the CPU to the requests: when it is under
     /// load, it wakes for every request that arrives, and each wake-up would preempt
-    /// the runtime (on a shared core, thousands of switches a second). Leaving that
-    /// takes a rate a fifth lower than entering, so that it does not flap.
+    /// the runtime (on a shared core, thousands of switches a second). Not below
+    /// saturation: there a yielding writer waits for the runtime's time slices while
+    /// the CPU has room (at half the maximum rate, appends stalled up to 0.5 s).
+    /// Leaving takes less CPU and a rate a fifth lower than entering, so that it does
+    /// not flap.
     fn yielding(&self, was: bool) -> bool {
-        self.under_load(if was { 1.25 } else { 1.0 })
+        if was {
+            self.under_load(SATURATED.1, 1.25)
+        } else {
+            self.under_load(SATURATED.0, 1.0)
+        }
     }
 
     /// A group of `requests` was taken at `now`: they arrived since the last one.
@@ -185,6 +201,61 @@ impl Gathering {
             0.7 * self.rate + 0.3 * rate
         };
     }
+}
+
+/// The process's recent CPU use as a share of the cores it may use, sampled at most
+/// every [`CpuUse::PERIOD`].
+struct CpuUse {
+    cores: f64,
+    last: Option<(Instant, Duration)>,
+    share: f64,
+}
+
+impl CpuUse {
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    fn new() -> CpuUse {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        CpuUse {
+            cores: cores as f64,
+            last: None,
+            share: 0.0,
+        }
+    }
+
+    /// The share over the last period that ended by `now`; unknown reads as saturated
+    /// (the writer then behaves as it would under load).
+    fn sample(&mut self, now: Instant) -> f64 {
+        let Some(cpu) = process_cpu_time() else {
+            return 1.0;
+        };
+        match self.last {
+            Some((at, _)) if now.duration_since(at) < Self::PERIOD => {}
+            Some((at, used)) => {
+                let wall = now.duration_since(at).as_secs_f64() * self.cores;
+                self.share = cpu.saturating_sub(used).as_secs_f64() / wall;
+                self.last = Some((now, cpu));
+            }
+            None => self.last = Some((now, cpu)),
+        }
+        self.share
+    }
+}
+
+/// CPU time used by every thread of this process so far.
+fn process_cpu_time() -> Option<Duration> {
+    #[cfg(unix)]
+    {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `time` is a valid timespec the call writes into.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) } == 0;
+        ok.then(|| Duration::new(time.tv_sec as u64, time.tv_nsec as u32))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 struct Writer {
@@ -203,6 +274,7 @@ impl Writer {
         let mut group = Vec::new();
         let mut closing = None;
         let mut gathering = Gathering::new(self.commit_delay);
+        let mut cpu = CpuUse::new();
         let mut yielding = false;
         while closing.is_none() {
             let Some(first) = rx.blocking_recv() else {
@@ -210,6 +282,7 @@ impl Writer {
             };
             let mut bytes = 0;
             self.gather(&mut rx, Some(first), &mut group, &mut bytes, &mut closing);
+            gathering.busy = cpu.sample(Instant::now());
             // Under load, wait for the group to fill if it soon will: fewer fsyncs, and
             // the CPU they cost goes to requests instead.
             let wait = gathering.wait(group.len());
@@ -566,7 +639,11 @@ fn repair_torn_tail(path: &Path) -> io::Result<()> {
 mod tests {
     #[test]
     fn the_writer_waits_only_when_a_group_would_fill_within_the_delay() {
-        let mut g = Gathering::new(Duration::from_millis(2));
+        let saturated = |max_delay| Gathering {
+            busy: 1.0,
+            ..Gathering::new(max_delay)
+        };
+        let mut g = saturated(Duration::from_millis(2));
         assert_eq!(g.wait(1), Duration::ZERO, "no rate known yet");
         // 5 000 requests/s: 5 more requests take 1 ms, within 2 ms.
         let start = Instant::now();
@@ -576,19 +653,22 @@ mod tests {
         let wait = g.wait(5);
         assert!((wait.as_secs_f64() - 0.001).abs() < 1e-6, "{wait:?}");
         assert_eq!(g.wait(GROUP_TARGET), Duration::ZERO, "already full");
+        // The same rate with CPU to spare: commit at once.
+        g.busy = 0.6;
+        assert_eq!(g.wait(5), Duration::ZERO);
         // 1 800 requests/s: 8 more would take 4.4 ms, past 2 ms: commit at once.
-        let mut g = Gathering::new(Duration::from_millis(2));
+        let mut g = saturated(Duration::from_millis(2));
         g.last = start;
         g.taken(2, start + Duration::from_secs_f64(2.0 / 1800.0));
         assert_eq!(g.wait(2), Duration::ZERO);
         // 2 400 requests/s (a whole group takes 4.2 ms): a burst that queued 7 is
         // committed at once too, though the 3 missing would arrive within 2 ms.
-        let mut g = Gathering::new(Duration::from_millis(2));
+        let mut g = saturated(Duration::from_millis(2));
         g.last = start;
         g.taken(7, start + Duration::from_secs_f64(7.0 / 2400.0));
         assert_eq!(g.wait(7), Duration::ZERO);
         // The rate is smoothed: one slow gap does not reset it.
-        let mut g = Gathering::new(Duration::from_millis(2));
+        let mut g = saturated(Duration::from_millis(2));
         g.last = start;
         g.taken(10, start + Duration::from_millis(2));
         g.taken(1, start + Duration::from_millis(12));
@@ -596,24 +676,47 @@ mod tests {
         // Disabled.
         let g = Gathering {
             rate: 5000.0,
-            ..Gathering::new(Duration::ZERO)
+            ..saturated(Duration::ZERO)
         };
         assert_eq!(g.wait(1), Duration::ZERO);
     }
 
     #[test]
     fn the_writer_yields_under_load_and_stops_below_a_lower_rate() {
-        let at = |rate| Gathering {
+        let at = |rate, busy| Gathering {
             rate,
+            busy,
             ..Gathering::new(Duration::from_millis(2))
         };
-        // A group of ten within 2 ms takes 5 000 requests/s to start yielding…
-        assert!(!at(4500.0).yielding(false));
-        assert!(at(5000.0).yielding(false));
-        // …and falling under 4 000 to stop.
-        assert!(at(4500.0).yielding(true));
-        assert!(!at(3800.0).yielding(true));
-        assert!(!at(100.0).yielding(true));
+        // A saturated CPU and a group of ten within 2 ms (5 000 requests/s) to start
+        // yielding…
+        assert!(!at(4500.0, 1.0).yielding(false));
+        assert!(at(5000.0, 1.0).yielding(false));
+        assert!(at(5000.0, 0.9).yielding(false));
+        // …not with CPU to spare, however high the rate…
+        assert!(!at(50_000.0, 0.8).yielding(false));
+        // …and falling under 4 000 requests/s or 70 % of the CPU to stop.
+        assert!(at(4500.0, 0.8).yielding(true));
+        assert!(!at(3800.0, 1.0).yielding(true));
+        assert!(!at(100.0, 1.0).yielding(true));
+        assert!(!at(50_000.0, 0.6).yielding(true));
+    }
+
+    #[test]
+    fn cpu_use_is_the_share_of_the_cores_this_process_used() {
+        let mut cpu = CpuUse::new();
+        let start = Instant::now();
+        assert_eq!(cpu.sample(start), 0.0, "nothing known before a period");
+        // Spin for two periods: this thread alone uses a core for part of them.
+        while start.elapsed() < 2 * CpuUse::PERIOD {
+            std::hint::black_box(start.elapsed());
+        }
+        let spinning = cpu.sample(Instant::now());
+        assert!(spinning > 0.05 && spinning <= 1.05, "{spinning}");
+        // Idle for two periods.
+        std::thread::sleep(2 * CpuUse::PERIOD);
+        let idle = cpu.sample(Instant::now());
+        assert!(idle < spinning, "{idle} after {spinning}");
     }
 
     /// The calling thread's scheduling policy (field 41 of /proc/thread-self/stat).
