@@ -226,18 +226,20 @@ impl CpuUse {
     /// The share over the last period that ended by `now`; unknown reads as saturated
     /// (the writer then behaves as it would under load).
     fn sample(&mut self, now: Instant) -> f64 {
+        if self
+            .last
+            .is_some_and(|(at, _)| now.duration_since(at) < Self::PERIOD)
+        {
+            return self.share;
+        }
         let Some(cpu) = process_cpu_time() else {
             return 1.0;
         };
-        match self.last {
-            Some((at, _)) if now.duration_since(at) < Self::PERIOD => {}
-            Some((at, used)) => {
-                let wall = now.duration_since(at).as_secs_f64() * self.cores;
-                self.share = cpu.saturating_sub(used).as_secs_f64() / wall;
-                self.last = Some((now, cpu));
-            }
-            None => self.last = Some((now, cpu)),
+        if let Some((at, used)) = self.last {
+            let wall = now.duration_since(at).as_secs_f64() * self.cores;
+            self.share = cpu.saturating_sub(used).as_secs_f64() / wall;
         }
+        self.last = Some((now, cpu));
         self.share
     }
 }
