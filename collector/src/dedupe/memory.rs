@@ -111,7 +111,8 @@ impl Table {
         self.slots[at] = slot;
     }
 
-    fn live(&self) -> impl Iterator<Item = &Slot> {
+    /// The slots in use, expired entries included.
+    fn occupied(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| s.key != EMPTY)
     }
 
@@ -122,7 +123,7 @@ impl Table {
             // Nothing to do, and an untouched table's pages stay untouched.
             return;
         }
-        let kept: Vec<Slot> = self.live().filter(|s| keep(s)).copied().collect();
+        let kept: Vec<Slot> = self.occupied().filter(|s| keep(s)).copied().collect();
         self.slots.fill(FREE);
         self.len = 0;
         let mask = self.slots.len() - 1;
@@ -357,7 +358,7 @@ impl MemoryStore {
         }
         if table.len >= self.max_per_shard {
             // Forget the eighth closest to expiry: those were seen longest ago.
-            let mut expiries: Vec<u64> = table.live().map(|s| s.expires).collect();
+            let mut expiries: Vec<u64> = table.occupied().map(|s| s.expires).collect();
             let nth = expiries.len() / 8;
             let (_, cutoff, _) = expiries.select_nth_unstable(nth);
             let cutoff = *cutoff;
@@ -540,7 +541,7 @@ mod tests {
                     let expected = model.get(&key).copied().filter(|(expires, _)| *expires > now);
                     proptest::prop_assert_eq!(live(&table, key, now), expected, "key {} at {}", k, now);
                 }
-                proptest::prop_assert!(table.len <= 12 && table.len == table.live().count());
+                proptest::prop_assert!(table.len <= 12 && table.len == table.occupied().count());
             }
         }
     }
