@@ -211,17 +211,17 @@ impl MemoryStore {
         let max_per_shard = (max_keys as usize).div_ceil(SHARDS).max(1);
         // Sized for the bound up front: growing a table of millions of keys means
         // rehashing all of them, on the request path. Untouched pages cost nothing.
-        let shards: Box<[Mutex<Shard>]> = (0..SHARDS)
-            .map(|_| {
+        let tables: Vec<Table> = (0..SHARDS).map(|_| Table::new(max_per_shard)).collect();
+        // A boxed slice's memory stays put when the box moves into its mutex.
+        let slot_addresses = tables.iter().map(|t| t.slots.as_ptr() as usize).collect();
+        let shards = tables
+            .into_iter()
+            .map(|table| {
                 Mutex::new(Shard {
-                    table: Table::new(max_per_shard),
+                    table,
                     next_sweep: 0,
                 })
             })
-            .collect();
-        let slot_addresses = shards
-            .iter()
-            .map(|s| s.lock().expect("new shard").table.slots.as_ptr() as usize)
             .collect();
         MemoryStore {
             shards,
@@ -491,6 +491,24 @@ mod tests {
         assert_eq!(table.slots.len(), 256);
         assert!(table.slots.iter().all(|s| *s == FREE));
         assert_eq!(table.len, 0);
+    }
+
+    #[test]
+    fn prefetched_addresses_stay_those_of_the_tables_across_sweeps() {
+        let s = store(64 * 16);
+        let addresses = |s: &MemoryStore| -> Vec<usize> {
+            s.shards
+                .iter()
+                .map(|m| m.lock().unwrap().table.slots.as_ptr() as usize)
+                .collect()
+        };
+        assert_eq!(addresses(&s), s.slot_addresses.to_vec());
+        // Fill past the bound (evictions) and far past the window (sweeps).
+        let all: Vec<String> = (0..5_000).map(|i| format!("src:{i}")).collect();
+        for (t, chunk) in all.chunks(100).enumerate() {
+            s.claim_at(chunk, "r", t as u64 * 100_000_000);
+        }
+        assert_eq!(addresses(&s), s.slot_addresses.to_vec());
     }
 
     /// What the table is asked, at `now`: the live entry for `key`, if any.
