@@ -35,6 +35,10 @@ pub struct LogConfig {
     /// never waits.
     #[serde(with = "humantime_serde")]
     pub commit_delay: Duration,
+    /// File sink: drop what each group commit wrote from the page cache once it is
+    /// synced. The collector never reads its log back; `false` keeps the pages for a
+    /// reader that follows the files within seconds (a shipper tailing them).
+    pub drop_page_cache: bool,
     /// Where records go: `file` (the local log above) or `kafka` (see `[log.kafka]`).
     pub sink: SinkKind,
     /// Settings of the `kafka` sink.
@@ -51,6 +55,7 @@ impl Default for LogConfig {
             queue_capacity: NonZeroUsize::new(1024).unwrap(),
             max_group_bytes: ByteSize::mib(8),
             commit_delay: Duration::from_millis(2),
+            drop_page_cache: true,
             sink: SinkKind::File,
             kafka: KafkaConfig::default(),
         }
