@@ -156,6 +156,7 @@ impl Pipeline {
         claim::mark_repeats(&mut slots);
         let claimed = self.claim(&mut slots, source, request.request_id).await?;
         let mut batch = self.serialize(rules, &slots, source, api, request);
+        slot::shed(&mut slots, self.labels.as_ref().map(|_| &rules.schemas));
         batch.shadow = request.shadow;
         self.write(batch, &slots, claimed, request.request_id)
             .await?;
