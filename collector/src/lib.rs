@@ -400,3 +400,9 @@ fn reload_on_sighup(reloader: Reloader, stop: CancellationToken) {
     #[cfg(not(unix))]
     let _ = (reloader, stop);
 }
+
+/// Unit tests run on the collector's allocator, as the binary does (the idempotency
+/// tables' untouched pages, for one, depend on it).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
