@@ -386,8 +386,8 @@ impl MemoryStore {
 /// do not each pay a page fault per key they claim: touching a page for the first time
 /// costs a fault, and on a virtual machine whose free memory goes back to its host, a
 /// fault to the host as well (on the benchmark VM, the first second of a load at half
-/// the maximum rate had a p99 of 190–570 ms in 3 of 11 runs without this, 21 ms at most
-/// with it). The memory is the bound's (`max_keys`) and
+/// the maximum rate had a p99 above 80 ms in 4 of 17 runs without this, up to 569 ms;
+/// with it in 2 of 22, up to 167 ms). The memory is the bound's (`max_keys`) and
 /// would be touched as keys arrive anyway. `MADV_POPULATE_WRITE` maps the pages
 /// without writing to them, so the request path may use the tables meanwhile.
 struct Prefault {
