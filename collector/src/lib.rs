@@ -29,6 +29,7 @@ pub mod dedupe;
 pub mod error;
 pub mod http;
 pub mod ingest;
+mod os;
 pub mod privacy;
 pub mod ratelimit;
 pub mod replay;

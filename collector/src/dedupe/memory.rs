@@ -440,8 +440,7 @@ impl Drop for Prefault {
 
 #[cfg(target_os = "linux")]
 fn populate(ranges: &[(usize, usize)], stop: &std::sync::atomic::AtomicBool) {
-    // SAFETY: sysconf reads no memory of ours.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page = crate::os::page_size();
     let started = Instant::now();
     for &(start, len) in ranges {
         let mut at = start.next_multiple_of(page);
@@ -592,7 +591,7 @@ mod tests {
     /// How many of the pages wholly inside `start..start + len` are resident.
     #[cfg(target_os = "linux")]
     fn resident(start: usize, len: usize) -> (usize, usize) {
-        let page = 4096;
+        let page = crate::os::page_size();
         let from = start.next_multiple_of(page);
         let end = (start + len) / page * page;
         let mut vec = vec![0u8; (end - from) / page];

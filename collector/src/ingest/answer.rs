@@ -11,7 +11,8 @@ use crate::telemetry::quality::{SegmentLabels, Segments};
 
 impl Pipeline {
     /// Data-quality metrics of a request's accepted and rejected events: segments,
-    /// missing key fields, lateness, clock skew.
+    /// missing key fields, lateness, clock skew. Runs after the log's wait, on events
+    /// [`super::slot::shed`] has trimmed: it may read only what that keeps.
     fn observe_quality<'a>(
         &self,
         schemas: &SchemaRegistry,

@@ -454,7 +454,7 @@ fn drop_cached(file: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // The kernel drops whole pages only: start at the page holding `offset`, which the
     // last call had to leave.
-    let start = offset - offset % page_size();
+    let start = offset - offset % crate::os::page_size() as u64;
     let (Ok(from), Ok(len)) = (
         libc::off_t::try_from(start),
         libc::off_t::try_from(offset + len - start),
@@ -464,17 +464,6 @@ fn drop_cached(file: &File, offset: u64, len: u64) {
     // SAFETY: `file` is an open descriptor for the duration of the call, which reads
     // no memory of ours. Advice only: a failure changes nothing that was written.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), from, len, libc::POSIX_FADV_DONTNEED) };
-}
-
-/// The system's memory page size (4 KiB on x86-64, up to 64 KiB on arm64).
-#[cfg(target_os = "linux")]
-fn page_size() -> u64 {
-    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    // SAFETY: sysconf reads no memory of ours.
-    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        size if size > 0 => size as u64,
-        _ => 4096,
-    })
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -816,7 +805,7 @@ mod tests {
         use std::os::fd::AsRawFd;
         let file = std::fs::File::open(path).unwrap();
         let len = usize::try_from(file.metadata().unwrap().len()).unwrap();
-        let pages = len.div_ceil(page_size() as usize);
+        let pages = len.div_ceil(crate::os::page_size());
         // SAFETY: a read-only shared mapping of a file we keep open; unmapped below.
         let map = unsafe {
             libc::mmap(
@@ -866,7 +855,7 @@ mod tests {
             let pages = std::fs::metadata(segment)
                 .unwrap()
                 .len()
-                .div_ceil(page_size());
+                .div_ceil(crate::os::page_size() as u64);
             let resident = resident_pages(segment) as u64;
             log.close().await;
             if drop_page_cache {
