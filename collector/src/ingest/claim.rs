@@ -220,20 +220,16 @@ impl Pipeline {
 /// Splits a request's claimed keys into those whose records a broker acknowledged
 /// (`delivered`, by position among the accepted records) and the rest.
 ///
-/// The claimed keys are in the order of the claimed valid slots, and the accepted
-/// records in the order of all valid slots, so one walk pairs them.
+/// `claimed_records` says, per accepted record, whether its id was claimed; the claimed
+/// keys are in the same order, so one walk pairs them.
 pub(super) fn split_delivered(
-    slots: &[Slot],
+    claimed_records: &[bool],
     claimed: Vec<String>,
     delivered: &[bool],
 ) -> (Vec<String>, Vec<String>) {
     let mut keys = claimed.into_iter();
     let (mut commit, mut release) = (Vec::new(), Vec::new());
-    let valid = slots.iter().filter_map(|slot| match slot {
-        Slot::Valid { claim, .. } => Some(claim.is_some()),
-        _ => None,
-    });
-    for (record, was_claimed) in valid.enumerate() {
+    for (record, was_claimed) in claimed_records.iter().enumerate() {
         if !was_claimed {
             continue;
         }

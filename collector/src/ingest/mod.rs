@@ -14,7 +14,8 @@
 //! 3. `write`: one log append (events and quarantine together, group-committed
 //!    with other requests), then one commit of the claims, or a release if the
 //!    append failed;
-//! 4. `answer`: one result per event, counted.
+//! 4. `answer`: one result per event, built (and the events freed) before the log's
+//!    wait, counted once the records are durable.
 
 mod admit;
 mod answer;
@@ -156,11 +157,11 @@ impl Pipeline {
         claim::mark_repeats(&mut slots);
         let claimed = self.claim(&mut slots, source, request.request_id).await?;
         let mut batch = self.serialize(rules, &slots, source, api, request);
-        slot::shed(&mut slots, self.labels.as_ref().map(|_| &rules.schemas));
         batch.shadow = request.shadow;
-        self.write(batch, &slots, claimed, request.request_id)
+        let settled = self.settle(&rules.schemas, slots);
+        self.write(batch, &settled.claimed_records, claimed, request.request_id)
             .await?;
-        Ok(self.outcome(&rules.schemas, slots, source, api))
+        Ok(self.count(settled, source, api))
     }
 
     /// What admission says of each event — accepted, or the error it would be

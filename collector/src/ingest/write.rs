@@ -24,7 +24,7 @@ impl Pipeline {
     pub(super) async fn write(
         &self,
         batch: AppendBatch,
-        slots: &[Slot],
+        claimed_records: &[bool],
         claimed: Vec<String>,
         request_id: &str,
     ) -> Result<(), ApiError> {
@@ -34,7 +34,7 @@ impl Pipeline {
             let (commit, release) = match &e {
                 LogError::Delivery {
                     delivered_events, ..
-                } => split_delivered(slots, claimed, delivered_events),
+                } => split_delivered(claimed_records, claimed, delivered_events),
                 _ => (Vec::new(), claimed),
             };
             self.commit(&commit, request_id, "for delivered records")

@@ -306,6 +306,14 @@ impl SchemaRegistry {
         self.events.contains_key(event_name)
     }
 
+    /// The registry's own copy of `event_name`, when it has a schema (a metric label
+    /// that outlives the event).
+    pub fn name(&self, event_name: &str) -> Option<&str> {
+        self.events
+            .get_key_value(event_name)
+            .map(|(name, _)| name.as_str())
+    }
+
     /// The required `*_id` properties of the newest version of `event_name`.
     pub fn required_ids(&self, event_name: &str) -> &[String] {
         self.events

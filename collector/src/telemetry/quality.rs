@@ -26,17 +26,23 @@ impl SegmentLabels {
         }
     }
 
-    pub fn platform<'a>(&self, platform: Option<&'a str>) -> &'a str {
+    /// The label of `platform`: the configured name it matches, `other` or `none`.
+    pub fn platform(&self, platform: Option<&str>) -> &str {
         match platform {
-            Some(p) if self.platforms.contains(p) => p,
-            Some(_) => "other",
+            Some(p) => self
+                .platforms
+                .names()
+                .iter()
+                .find(|name| *name == p)
+                .map_or("other", String::as_str),
             None => "none",
         }
     }
 }
 
-/// outcome, event_name, platform, app_version.
-type SegmentKey<'a> = (&'static str, &'a str, &'a str, Option<&'a str>);
+/// outcome, event_name, platform, app_version (owned: a request's events are freed
+/// before its segments are counted).
+type SegmentKey<'a> = (&'static str, &'a str, &'a str, Option<String>);
 
 /// Events of one request grouped by their labels, so that each group costs one counter
 /// update instead of one per event.
@@ -51,13 +57,29 @@ impl<'a> Segments<'a> {
         outcome: &'static str,
         event_name: &'a str,
         platform: &'a str,
-        app_version: Option<&'a str>,
+        app_version: Option<&str>,
     ) {
-        let key = (outcome, event_name, platform, app_version);
-        match self.groups.iter_mut().find(|(k, _)| *k == key) {
+        let same = |(o, e, p, v): &SegmentKey<'a>| {
+            (*o, *e, *p, v.as_deref()) == (outcome, event_name, platform, app_version)
+        };
+        match self.groups.iter_mut().find(|(k, _)| same(k)) {
             Some((_, n)) => *n += 1,
-            None => self.groups.push((key, 1)),
+            None => self.groups.push((
+                (
+                    outcome,
+                    event_name,
+                    platform,
+                    app_version.map(str::to_owned),
+                ),
+                1,
+            )),
         }
+    }
+
+    /// The groups so far: (key, events).
+    #[cfg(test)]
+    pub fn groups(&self) -> &[(SegmentKey<'a>, u64)] {
+        &self.groups
     }
 
     /// Adds every group to `counter`.
@@ -70,7 +92,10 @@ impl<'a> Segments<'a> {
                     KeyValue::new("outcome", outcome),
                     KeyValue::new("event_name", event_name.to_owned()),
                     KeyValue::new("platform", platform.to_owned()),
-                    KeyValue::new("app_version", labels.app_versions.label(version, n)),
+                    KeyValue::new(
+                        "app_version",
+                        labels.app_versions.label(version.as_deref(), n),
+                    ),
                 ],
             );
         }
