@@ -566,19 +566,21 @@ fn apply_ip(mode: IpMode, context: &mut Map<String, Value>) {
             context.remove("ip");
         }
         IpMode::Truncate => {
-            let truncated = context
-                .get("ip")
-                .and_then(Value::as_str)
-                .and_then(|ip| ip.trim().parse::<IpAddr>().ok())
-                .map(truncate_ip);
-            match truncated {
-                Some(ip) => {
-                    context.insert("ip".into(), Value::String(ip.to_string()));
-                }
-                // Not an address we can truncate: never keep it whole.
-                None => {
-                    context.remove("ip");
-                }
+            // Rewritten in place: no new string, no second lookup.
+            let truncated = match context.get_mut("ip") {
+                Some(Value::String(text)) => match text.trim().parse::<IpAddr>() {
+                    Ok(ip) => {
+                        write_ip(text, truncate_ip(ip));
+                        true
+                    }
+                    Err(_) => false,
+                },
+                Some(_) => false,
+                None => return,
+            };
+            // Not an address we can truncate: never keep it whole.
+            if !truncated {
+                context.remove("ip");
             }
         }
     }
@@ -632,6 +634,24 @@ pub fn truncate_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Replaces `out` with `ip` as text: an IPv4 address digit by digit (the formatting
+/// machinery cost more than the rest of the IP rule), IPv6 as `Display` writes it.
+fn write_ip(out: &mut String, ip: IpAddr) {
+    use std::fmt::Write;
+    out.clear();
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(itoa::Buffer::new().format(octet));
+            }
+        }
+        IpAddr::V6(v6) => write!(out, "{v6}").expect("writing to a String cannot fail"),
+    }
+}
+
 fn hex_mac(mac: &Hmac<Sha256>, value: &str) -> String {
     let mut mac = mac.clone();
     mac.update(value.as_bytes());
@@ -640,10 +660,51 @@ fn hex_mac(mac: &Hmac<Sha256>, value: &str) -> String {
 
 /// Lower-case hex of `digest`.
 pub(crate) fn hex(digest: &[u8]) -> String {
-    let mut out = String::with_capacity(digest.len() * 2);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(digest.len() * 2);
     for byte in digest {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
+        out.extend_from_slice(&[
+            DIGITS[usize::from(byte >> 4)],
+            DIGITS[usize::from(byte & 15)],
+        ]);
     }
-    out
+    String::from_utf8(out).expect("hex digits are ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    proptest::proptest! {
+        /// The hand-written address text is exactly what `Display` writes, whatever
+        /// the string held before.
+        #[test]
+        fn an_address_is_written_as_display_writes_it(ip: IpAddr, before in ".{0,40}") {
+            let mut text = before;
+            write_ip(&mut text, ip);
+            proptest::prop_assert_eq!(text, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn truncation_rewrites_an_address_and_removes_anything_else() {
+        let truncate = |ip: Value| {
+            let mut context = Map::from_iter([("ip".to_owned(), ip)]);
+            apply_ip(IpMode::Truncate, &mut context);
+            context.get("ip").cloned()
+        };
+        assert_eq!(
+            truncate(json!(" 203.0.113.77 ")),
+            Some(json!("203.0.113.0"))
+        );
+        assert_eq!(
+            truncate(json!("2001:db8:85a3:8d3:1319:8a2e:370:7348")),
+            Some(json!("2001:db8:85a3::"))
+        );
+        assert_eq!(truncate(json!("not an address")), None);
+        assert_eq!(truncate(json!(2130706433)), None);
+        assert_eq!(truncate(json!(["203.0.113.77"])), None);
+    }
 }
