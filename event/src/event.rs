@@ -208,7 +208,7 @@ pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize)
         session_id: optional_string(&mut map, "session_id")?,
         timestamp_event: match map.remove("timestamp_event") {
             None | Some(Value::Null) => return Err(EventError::missing("timestamp_event")),
-            Some(Value::String(s)) => s,
+            Some(Value::String(s)) => Cow::Owned(s),
             Some(_) => {
                 return Err(EventError::wrong_type(
                     "/timestamp_event",
@@ -272,14 +272,15 @@ pub fn parse_event(value: Value, platforms: &Platforms) -> Result<(Event, usize)
 }
 
 /// An event's fields once their JSON types are right, before the rules on values.
-struct Fields {
+struct Fields<'a> {
     event_id: String,
     event_name: String,
     schema_version: u64,
     user_id: Option<String>,
     device_id: Option<String>,
     session_id: Option<String>,
-    timestamp_event: String,
+    /// Only parsed, never kept: borrowed from the text where the fast path read it.
+    timestamp_event: Cow<'a, str>,
     surface: Option<String>,
     app_version: Option<String>,
     platform: String,
@@ -324,8 +325,8 @@ struct FastEvent<'a> {
     properties: Option<Map<String, Value>>,
 }
 
-impl FastEvent<'_> {
-    fn into_fields(self) -> Fields {
+impl<'a> FastEvent<'a> {
+    fn into_fields(self) -> Fields<'a> {
         let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
         Fields {
             event_id: self.event_id.into_owned(),
@@ -334,7 +335,7 @@ impl FastEvent<'_> {
             user_id: owned(self.user_id),
             device_id: owned(self.device_id),
             session_id: owned(self.session_id),
-            timestamp_event: self.timestamp_event.into_owned(),
+            timestamp_event: self.timestamp_event,
             surface: owned(self.surface),
             app_version: owned(self.app_version),
             platform: self.platform.into_owned(),
@@ -355,7 +356,7 @@ fn bad_schema_version() -> EventError {
 }
 
 /// The rules on values, shared by both parsers.
-fn finish(f: Fields, platforms: &Platforms) -> Result<Event, EventError> {
+fn finish(f: Fields<'_>, platforms: &Platforms) -> Result<Event, EventError> {
     check_id("event_id", &f.event_id, MIN_EVENT_ID_LEN)?;
     if !is_snake_case(&f.event_name) {
         return Err(EventError::new(

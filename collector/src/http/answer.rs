@@ -69,7 +69,11 @@ impl Shape {
     pub(super) fn body(self, outcome: &IngestOutcome) -> Vec<u8> {
         let answer = &outcome.answer;
         let body = match self {
-            Shape::Native => serde_json::to_vec(answer),
+            Shape::Native => {
+                let mut body = Vec::new();
+                answer.write_json(&mut body);
+                Ok(body)
+            }
             _ if answer.retry > 0 => serde_json::to_vec(&json!({"error": {
                 "code": "retry",
                 "message": "some events are being written by another request; resend the batch"

@@ -36,8 +36,9 @@ struct Quality<'a> {
     lateness: Vec<f64>,
     /// The first clock skew of the request, in milliseconds.
     skew: Option<i64>,
-    /// (event name label, field) of every empty key field.
-    missing: Vec<(&'a str, &'a str)>,
+    /// Empty key fields: (event name label, field) and how many events of the request
+    /// had that field empty (one counter update each, not one per event).
+    missing: Vec<((&'a str, &'a str), u64)>,
 }
 
 impl Pipeline {
@@ -159,9 +160,9 @@ impl Pipeline {
         for seconds in quality.lateness {
             self.metrics.lateness.record(seconds, &[]);
         }
-        for (name, field) in quality.missing {
+        for ((name, field), count) in quality.missing {
             self.metrics.fields_missing.add(
-                1,
+                count,
                 &[
                     KeyValue::new("event_name", name.to_owned()),
                     KeyValue::new("field", field.to_owned()),
@@ -199,13 +200,13 @@ impl<'a> Quality<'a> {
                     ("session_id", empty(event.session_id.as_deref())),
                 ] {
                     if missing {
-                        self.missing.push((name, field));
+                        self.add_missing(name, field);
                     }
                 }
                 for field in schemas.required_ids(&event.event_name) {
                     let value = event.properties.get(field);
                     if value.is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
-                        self.missing.push((name, field));
+                        self.add_missing(name, field);
                     }
                 }
             }
@@ -219,6 +220,17 @@ impl<'a> Quality<'a> {
                 );
             }
             _ => {}
+        }
+    }
+
+    fn add_missing(&mut self, name: &'a str, field: &'a str) {
+        match self
+            .missing
+            .iter_mut()
+            .find(|(key, _)| *key == (name, field))
+        {
+            Some((_, count)) => *count += 1,
+            None => self.missing.push(((name, field), 1)),
         }
     }
 }
@@ -293,13 +305,11 @@ mod tests {
         assert_eq!(
             quality.missing,
             [
-                ("item_view", "user_id"),
-                ("item_view", "session_id"),
-                ("item_view", "user_id"),
-                ("item_view", "session_id"),
-                ("item_view", "item_id"),
-                ("other", "user_id"),
-                ("other", "session_id"),
+                (("item_view", "user_id"), 2),
+                (("item_view", "session_id"), 2),
+                (("item_view", "item_id"), 1),
+                (("other", "user_id"), 1),
+                (("other", "session_id"), 1),
             ]
         );
         assert_eq!(quality.lateness, [2.5, 2.5, 2.5]);
