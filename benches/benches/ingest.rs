@@ -139,9 +139,11 @@ fn bench_stages(c: &mut Criterion) {
         b.iter_batched_ref(
             || batch.clone(),
             |events| {
+                // As a request applies it: pseudonyms made once per batch.
+                let mut made = tollgate_collector::privacy::Pseudonyms::default();
                 for event in events.iter_mut() {
                     let policy = privacy.policy_for(None, &event.context).clone();
-                    black_box(privacy.apply(&policy, event));
+                    black_box(privacy.apply_with(&policy, event, &mut made));
                 }
             },
             BatchSize::SmallInput,

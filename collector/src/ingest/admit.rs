@@ -9,7 +9,7 @@ use tollgate_event::{Api, Dedupe, ErrorCode, Event, EventError, Timing};
 
 use super::slot::Slot;
 use super::{Decoded, Item, Pipeline, Raw, ReplayItem, RequestInfo, Source};
-use crate::privacy::{Privacy, Verdict};
+use crate::privacy::{Privacy, Pseudonyms, Verdict};
 use crate::rules::Rules;
 use crate::schema::UnknownEvents;
 use crate::schema::candidate::{Candidate, Verdicts};
@@ -54,6 +54,7 @@ impl Pipeline {
         let schemas = &rules.schemas;
         let privacy = rules.privacy.as_ref();
         let mut ignored_fields = 0;
+        let mut pseudonyms = Pseudonyms::default();
         let mut slots: Vec<Slot> = decoded
             .items
             .into_iter()
@@ -106,7 +107,7 @@ impl Pipeline {
                                 Some(replay) => Judged::Before(&replay.items[index]),
                                 None => Judged::Now { edge_country },
                             };
-                            self.apply_privacy(privacy, event, admitted, judged)
+                            self.apply_privacy(privacy, event, admitted, judged, &mut pseudonyms)
                         }
                         Err(error) => Slot::Rejected {
                             raw: Raw::from_value(serde_json::to_value(&event).unwrap_or_default()),
@@ -213,6 +214,7 @@ impl Pipeline {
         mut event: Event,
         admitted: Admitted,
         judged: Judged<'_>,
+        pseudonyms: &mut Pseudonyms,
     ) -> Slot {
         let Admitted {
             sent_at,
@@ -223,7 +225,7 @@ impl Pipeline {
             (None, _) | (_, Judged::Before(ReplayItem { policy: None, .. })) => None,
             (Some(privacy), Judged::Now { edge_country }) => {
                 let policy = privacy.policy_for(edge_country, &event.context).clone();
-                let verdict = privacy.apply(&policy, &mut event);
+                let verdict = privacy.apply_with(&policy, &mut event, pseudonyms);
                 Some((policy, verdict))
             }
             (

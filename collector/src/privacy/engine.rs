@@ -81,6 +81,32 @@ pub enum Verdict {
     Reject(tollgate_event::EventError),
 }
 
+/// The pseudonyms one request has made with the current key. An SDK's batch is one
+/// device's, and usually one user's, so its events carry the same ids: each is keyed
+/// once (an HMAC-SHA-256 costs more than looking through a few strings).
+#[derive(Default)]
+pub struct Pseudonyms {
+    /// (value, pseudonym), the most recent last.
+    made: Vec<(String, String)>,
+}
+
+impl Pseudonyms {
+    /// How many distinct values are remembered.
+    const KEEP: usize = 4;
+
+    fn get(&mut self, mac: &Hmac<Sha256>, value: &str) -> String {
+        if let Some((_, pseudonym)) = self.made.iter().rev().find(|(v, _)| v == value) {
+            return pseudonym.clone();
+        }
+        let pseudonym = hex_mac(mac, value);
+        if self.made.len() == Self::KEEP {
+            self.made.remove(0);
+        }
+        self.made.push((value.to_owned(), pseudonym.clone()));
+        pseudonym
+    }
+}
+
 /// Every region's policy, and the keys.
 pub struct Privacy {
     by_country: HashMap<String, Arc<Policy>>,
@@ -224,6 +250,12 @@ impl Privacy {
 
     /// Applies `policy` to a valid event.
     pub fn apply(&self, policy: &Policy, event: &mut Event) -> Verdict {
+        self.apply_with(policy, event, &mut Pseudonyms::default())
+    }
+
+    /// [`apply`](Self::apply) for one event of a request, with the pseudonyms the
+    /// request's earlier events made.
+    pub fn apply_with(&self, policy: &Policy, event: &mut Event, made: &mut Pseudonyms) -> Verdict {
         if let Some(verdict) = self.gate(policy, event) {
             return verdict;
         }
@@ -245,7 +277,7 @@ impl Privacy {
                         map.insert(location.clone(), Value::String(hex_mac(mac, value)));
                     }
                 }
-                hex_mac(&self.keys.current.1, value)
+                made.get(&self.keys.current.1, value)
             };
             match path.root {
                 Root::Context => {
@@ -685,6 +717,18 @@ mod tests {
             let mut text = before;
             write_ip(&mut text, ip);
             proptest::prop_assert_eq!(text, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn remembered_pseudonyms_are_the_ones_the_key_makes() {
+        let mac = Hmac::<Sha256>::new_from_slice(&[7; 32]).unwrap();
+        let mut made = Pseudonyms::default();
+        for value in [
+            "device-1", "user-1", "device-1", "a", "b", "c", "d", "device-1", "user-1", "e", "a",
+        ] {
+            assert_eq!(made.get(&mac, value), hex_mac(&mac, value), "{value}");
+            assert!(made.made.len() <= Pseudonyms::KEEP);
         }
     }
 

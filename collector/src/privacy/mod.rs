@@ -16,7 +16,7 @@ mod path;
 pub mod settings;
 
 pub(crate) use engine::hex;
-pub use engine::{Keys, Policy, Privacy, Verdict, agent_family, truncate_ip};
+pub use engine::{Keys, Policy, Privacy, Pseudonyms, Verdict, agent_family, truncate_ip};
 pub use path::FieldPath;
 
 use std::io::Write;
