@@ -87,7 +87,12 @@ impl Platforms {
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.0.iter().any(|p| p == name)
+        self.get(name).is_some()
+    }
+
+    /// The configured name equal to `name` (a label that outlives `name`).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|p| *p == name).map(String::as_str)
     }
 
     pub fn names(&self) -> &[String] {

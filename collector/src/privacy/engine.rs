@@ -83,7 +83,9 @@ pub enum Verdict {
 
 /// The pseudonyms one request has made with the current key. An SDK's batch is one
 /// device's, and usually one user's, so its events carry the same ids: each is keyed
-/// once (an HMAC-SHA-256 costs more than looking through a few strings).
+/// once (an HMAC-SHA-256 costs more than looking through a few strings). Values are
+/// remembered without their key: one memo serves one request under one [`Privacy`]
+/// (a reload may change the key), which is how the pipeline uses it.
 #[derive(Default)]
 pub struct Pseudonyms {
     /// (value, pseudonym), the most recent last.

@@ -29,12 +29,7 @@ impl SegmentLabels {
     /// The label of `platform`: the configured name it matches, `other` or `none`.
     pub fn platform(&self, platform: Option<&str>) -> &str {
         match platform {
-            Some(p) => self
-                .platforms
-                .names()
-                .iter()
-                .find(|name| *name == p)
-                .map_or("other", String::as_str),
+            Some(p) => self.platforms.get(p).unwrap_or("other"),
             None => "none",
         }
     }
