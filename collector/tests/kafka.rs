@@ -584,3 +584,43 @@ async fn a_daily_audit_from_kafka_agrees_with_the_log_directory_and_says_how_it_
     use support::weeks::findings;
     assert_eq!(findings(&kafka), findings(&files));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_is_read_in_time_order_across_its_partitions() {
+    // Checks that keep a window over the log (duplicates within a day, a `to` within an
+    // hour of its `from`) need the partitions merged by time: read one after the other,
+    // a partition's messages can be hours of log time behind the other's.
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = KafkaBroker::start();
+    broker.create_topic("ordered", 2);
+    let address = broker.address();
+    let times = tokio::task::spawn_blocking(move || {
+        let producer: BaseProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &address)
+            .create()
+            .unwrap();
+        // Partition 0 holds the even seconds, partition 1 the odd ones.
+        for i in 0..600_i64 {
+            let t = 1_700_000_000_000 + i * 1000;
+            let payload = t.to_string();
+            let record = BaseRecord::<str, str>::to("ordered")
+                .partition((i % 2) as i32)
+                .payload(&payload)
+                .timestamp(t);
+            producer.send(record).map_err(|(e, _)| e).unwrap();
+            producer.poll(Duration::ZERO);
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+        let mut times = Vec::new();
+        for_each_message(&address, "ordered", IDLE, |message| {
+            times.push(message.timestamp().to_millis().unwrap());
+        })
+        .unwrap();
+        times
+    })
+    .await
+    .unwrap();
+    assert_eq!(times.len(), 600);
+    let disorder = times.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(disorder, 0, "{times:?}");
+}

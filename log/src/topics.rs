@@ -1,13 +1,18 @@
 //! Kafka topics a collector appended to, read from the beginning of every partition (or
 //! from a time, where the broker can find it) until no message arrived for a while. End
 //! offsets are never trusted: a broker may report them before every acknowledged message
-//! is readable.
+//! is readable. The partitions are merged by message time, so a reader sees the topic in
+//! the order it was written, as it would a log directory: the audit's windowed checks
+//! (duplicates within a day, a reference within an hour) depend on it.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message as _;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
@@ -135,8 +140,8 @@ pub enum Start {
     NoTimeIndex,
 }
 
-/// Calls `f` with every message of `topic`, from the beginning of each partition, until
-/// none arrived for `idle`, and returns how many it read.
+/// Calls `f` with every message of `topic`, from the beginning of each partition, oldest
+/// first across partitions, until none arrived for `idle`, and returns how many it read.
 ///
 /// # Errors
 /// The broker cannot be reached, the topic does not exist, or a read fails.
@@ -180,6 +185,8 @@ pub fn for_each_message_from(
         )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
+        // Tells the reader a partition has nothing more, so it need not wait for it.
+        .set("enable.partition.eof", "true")
         .create()
         .map_err(kafka)?;
     let metadata = consumer
@@ -211,16 +218,45 @@ pub fn for_each_message_from(
         }
     }
     consumer.assign(&assignment).map_err(kafka)?;
+    // One queue per partition (split after `assign`, which deactivates earlier splits),
+    // so the reader can take from whichever partition holds the oldest message.
+    let consumer = Arc::new(consumer);
+    let queues = (0..partitions)
+        .map(|p| consumer.split_partition_queue(topic, p as i32))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| TopicError::NoSuchTopic {
+            topic: topic.to_owned(),
+            brokers: brokers.to_owned(),
+        })?;
+    let mut lanes: Vec<Lane<'_>> = queues.iter().map(Lane::new).collect();
     let mut read = 0;
-    let mut last = Instant::now();
     // A broker that answers a search by time without honouring it (some answer with the
     // first offset) shows in the first message of a partition being older than asked.
-    let mut first_seen = std::collections::HashSet::new();
-    while last.elapsed() < idle {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(message)) => {
+    let mut first_seen = vec![false; partitions];
+    loop {
+        // Serves the consumer's own events; messages arrive on the partition queues.
+        if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+            return Err(kafka(e));
+        }
+        for lane in &mut lanes {
+            lane.fill(Duration::ZERO).map_err(kafka)?;
+        }
+        // The oldest message goes first, once every partition either holds its next
+        // message or has nothing more for now.
+        let owed = lanes.iter().position(|l| l.owed(idle));
+        let oldest = lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.head.is_some())
+            .min_by_key(|(_, l)| l.time())
+            .map(|(p, _)| p);
+        match (owed, oldest) {
+            (None, Some(p)) => {
+                let Some(message) = lanes[p].head.take() else {
+                    continue;
+                };
                 if let (Start::Timestamp, Some(from)) = (start, from)
-                    && first_seen.insert(message.partition())
+                    && !std::mem::replace(&mut first_seen[p], true)
                     && message.timestamp().to_millis().is_some_and(|t| t < from)
                 {
                     tracing::warn!(
@@ -231,13 +267,70 @@ pub fn for_each_message_from(
                 }
                 f(&message);
                 read += 1;
-                last = Instant::now();
             }
-            Some(Err(e)) => return Err(kafka(e)),
-            None => {}
+            (Some(p), _) => lanes[p].fill(POLL).map_err(kafka)?,
+            (None, None) if lanes.iter().all(|l| l.heard.elapsed() >= idle) => break,
+            (None, None) => std::thread::sleep(POLL),
         }
     }
     Ok((read, start))
+}
+
+/// How long the reader blocks on one partition before looking at the others again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// One partition's queue and the message it holds back until it is the oldest.
+struct Lane<'q> {
+    queue: &'q PartitionQueue<DefaultConsumerContext>,
+    head: Option<BorrowedMessage<'q>>,
+    /// The broker said the partition has no more messages (until new ones arrive).
+    at_end: bool,
+    /// When the partition last delivered a message or reached its end.
+    heard: Instant,
+}
+
+impl<'q> Lane<'q> {
+    fn new(queue: &'q PartitionQueue<DefaultConsumerContext>) -> Self {
+        Lane {
+            queue,
+            head: None,
+            at_end: false,
+            heard: Instant::now(),
+        }
+    }
+
+    /// Takes the partition's next message (or its end) when it holds none, waiting up
+    /// to `wait`.
+    fn fill(&mut self, wait: Duration) -> Result<(), KafkaError> {
+        if self.head.is_some() {
+            return Ok(());
+        }
+        match self.queue.poll(wait) {
+            Some(Ok(message)) => {
+                self.head = Some(message);
+                self.at_end = false;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => self.at_end = true,
+            Some(Err(e)) => return Err(e),
+            None => return Ok(()),
+        }
+        self.heard = Instant::now();
+        Ok(())
+    }
+
+    /// Whether the partition may still deliver a message older than the others' heads:
+    /// it holds none, has not reached its end and has not been quiet for `idle`.
+    fn owed(&self, idle: Duration) -> bool {
+        self.head.is_none() && !self.at_end && self.heard.elapsed() < idle
+    }
+
+    /// The held message's time (unix ms); messages without one go first.
+    fn time(&self) -> i64 {
+        self.head
+            .as_ref()
+            .and_then(|m| m.timestamp().to_millis())
+            .unwrap_or(i64::MIN)
+    }
 }
 
 /// Each partition's first offset at or after `from` (unix ms), or `None` when the broker
