@@ -206,9 +206,22 @@ impl<'a> Object<'a> {
 
     /// A timestamp field as the log writes them ([`crate::timefmt`]), or `null`.
     pub fn time(&mut self, key: &'static str, value: Option<time::OffsetDateTime>) {
+        let mut buf = [0; 30];
+        self.time_text(key, value.map(|t| crate::timefmt::format(t, &mut buf)));
+    }
+
+    /// A time already formatted by [`crate::timefmt`] (digits and separators only, so
+    /// nothing to escape).
+    pub fn time_text(&mut self, key: &'static str, text: Option<&str>) {
         let out = self.key(key);
-        match value {
-            Some(t) => write_str(out, crate::timefmt::format(t, &mut [0; 30])),
+        match text {
+            Some(text) => {
+                debug_assert!(next_escape(text.as_bytes(), 0).is_none());
+                out.reserve(text.len() + 2);
+                out.push(b'"');
+                out.extend_from_slice(text.as_bytes());
+                out.push(b'"');
+            }
             None => out.extend_from_slice(b"null"),
         }
     }

@@ -30,4 +30,4 @@ pub use error::{ErrorCode, EventError, json_error_message};
 pub use event::{
     Event, Platforms, TypedEvent, parse_event, parse_event_fast, parse_event_str, parse_event_text,
 };
-pub use record::{Api, Arrival, Dedupe, OutOfRange, QuarantineRecord, Record, Timing};
+pub use record::{Api, Arrival, Dedupe, OutOfRange, QuarantineRecord, Record, SharedTimes, Timing};

@@ -198,6 +198,12 @@ impl Record<'_> {
     /// routes every field through a generic map, and strings copied whole unless they
     /// need an escape).
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        self.write_json_with(out, &mut SharedTimes::default());
+    }
+
+    /// [`Record::write_json`] for one of several records of a request, which share
+    /// their server time and `sent_at`: `shared` formats each once.
+    pub fn write_json_with(&self, out: &mut Vec<u8>, shared: &mut SharedTimes) {
         use crate::json::{Object, write_array, write_map, write_str};
         // Every field named: a field added to `Record` (or `Event`) does not compile
         // here until it is written too.
@@ -261,8 +267,11 @@ impl Record<'_> {
         granted.close();
         write_map(o.key("context"), context);
         write_map(o.key("properties"), properties);
-        o.time("timestamp_server", Some(*timestamp_server));
-        o.time("sent_at", *sent_at);
+        o.time_text(
+            "timestamp_server",
+            Some(shared.server.format(*timestamp_server)),
+        );
+        o.time_text("sent_at", sent_at.map(|t| shared.sent_at.format(t)));
         o.int("clock_skew_ms", *clock_skew_ms);
         o.time("timestamp_derived", Some(*timestamp_derived));
         o.int("lateness_ms", Some(*lateness_ms));
@@ -289,6 +298,13 @@ impl Record<'_> {
         }
         o.close();
     }
+}
+
+/// The times a request's records share, each formatted once ([`Record::write_json_with`]).
+#[derive(Debug, Default)]
+pub struct SharedTimes {
+    server: crate::timefmt::Memo,
+    sent_at: crate::timefmt::Memo,
 }
 
 /// One rejected event as written to the quarantine log.
@@ -491,17 +507,31 @@ mod tests {
             .0;
         let mut previous = serde_json::Map::new();
         previous.insert("k0".into(), serde_json::json!({"user_id": "abc"}));
-        for (sent_at, previous, policy) in [
-            (None, None, None),
+        // One memo across records whose shared times change (as a replay's do), so a
+        // stale text would show.
+        let mut shared = SharedTimes::default();
+        let (first, later) = (
+            datetime!(2026-11-29 10:00:02.123456 UTC),
+            datetime!(2026-11-29 10:00:03 UTC),
+        );
+        for (server, sent_at, previous, policy) in [
+            (first, None, None, None),
             (
+                first,
                 Some(datetime!(2026-11-29 10:00:01 UTC)),
-                Some(previous),
+                Some(previous.clone()),
                 Some("uk_gdpr@1"),
+            ),
+            (
+                later,
+                Some(datetime!(2026-11-29 10:00:02 UTC)),
+                Some(previous),
+                None,
             ),
         ] {
             let record = Record {
                 event: Cow::Borrowed(&event),
-                timestamp_server: datetime!(2026-11-29 10:00:02.123456 UTC),
+                timestamp_server: server,
                 sent_at,
                 clock_skew_ms: sent_at.map(|_| 1_123),
                 timestamp_derived: datetime!(2026-11-29 10:00:01.373456 UTC),
@@ -521,7 +551,7 @@ mod tests {
                 replay_of: None,
             };
             let mut written = b"[before]".to_vec();
-            record.write_json(&mut written);
+            record.write_json_with(&mut written, &mut shared);
             let mut expected = b"[before]".to_vec();
             expected.extend(serde_json::to_vec(&record).unwrap());
             assert_eq!(

@@ -13,13 +13,17 @@ const MAX: usize = 30;
 /// Formats `t` (converted to UTC) into `buf`, returning the used part.
 pub fn format(t: OffsetDateTime, buf: &mut [u8; MAX]) -> &str {
     let t = t.to_offset(time::UtcOffset::UTC);
+    // One calendar computation and one clock split: `month()` and `day()` each
+    // recompute the month from the day of the year.
+    let (year, month, day) = t.to_calendar_date();
+    let (hour, minute, second, nanos) = t.to_hms_nano();
     let fields = [
-        (t.year().clamp(0, 9999) as u32, 4, b'-'),
-        (u32::from(u8::from(t.month())), 2, b'-'),
-        (u32::from(t.day()), 2, b'T'),
-        (u32::from(t.hour()), 2, b':'),
-        (u32::from(t.minute()), 2, b':'),
-        (u32::from(t.second()), 2, b'.'),
+        (year.clamp(0, 9999) as u32, 4, b'-'),
+        (u32::from(u8::from(month)), 2, b'-'),
+        (u32::from(day), 2, b'T'),
+        (u32::from(hour), 2, b':'),
+        (u32::from(minute), 2, b':'),
+        (u32::from(second), 2, b'.'),
     ];
     let mut at = 0;
     for (value, width, separator) in fields {
@@ -29,7 +33,6 @@ pub fn format(t: OffsetDateTime, buf: &mut [u8; MAX]) -> &str {
     }
     // `at` is now just past the '.' after the seconds.
     let mut end = at - 1;
-    let nanos = t.nanosecond();
     if nanos != 0 {
         let mut digits = [0u8; 9];
         write_digits(nanos, &mut digits);
@@ -39,6 +42,36 @@ pub fn format(t: OffsetDateTime, buf: &mut [u8; MAX]) -> &str {
     }
     buf[end] = b'Z';
     std::str::from_utf8(&buf[..=end]).expect("only ASCII digits and separators")
+}
+
+/// The last time formatted and its text: the records of one request share their
+/// server time and `sent_at`, so each is formatted once per request, not per record.
+#[derive(Debug, Clone, Copy)]
+pub struct Memo {
+    time: Option<OffsetDateTime>,
+    len: usize,
+    buf: [u8; MAX],
+}
+
+impl Default for Memo {
+    fn default() -> Self {
+        Memo {
+            time: None,
+            len: 0,
+            buf: [0; MAX],
+        }
+    }
+}
+
+impl Memo {
+    /// [`format()`], reusing the text when `t` is the time formatted last.
+    pub fn format(&mut self, t: OffsetDateTime) -> &str {
+        if self.time != Some(t) {
+            self.len = format(t, &mut self.buf).len();
+            self.time = Some(t);
+        }
+        std::str::from_utf8(&self.buf[..self.len]).expect("only ASCII digits and separators")
+    }
 }
 
 /// Writes `value` as exactly `out.len()` decimal digits, zero-padded.
@@ -96,6 +129,23 @@ mod tests {
         assert_eq!(
             format(datetime!(2026-11-29 12:00:00.000001 +02:00), &mut buf),
             "2026-11-29T10:00:00.000001Z"
+        );
+    }
+
+    #[test]
+    fn a_memo_formats_again_when_the_time_changes() {
+        let mut memo = Memo::default();
+        let (a, b) = (
+            datetime!(2026-11-29 12:00 UTC),
+            datetime!(2026-11-29 12:00:01 UTC),
+        );
+        assert_eq!(memo.format(a), "2026-11-29T12:00:00Z");
+        assert_eq!(memo.format(a), "2026-11-29T12:00:00Z");
+        assert_eq!(memo.format(b), "2026-11-29T12:00:01Z");
+        // The same instant at another offset is the same time, and the same text.
+        assert_eq!(
+            memo.format(datetime!(2026-11-29 14:00:01 +02:00)),
+            "2026-11-29T12:00:01Z"
         );
     }
 

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use tollgate_event::{Api, Event, QuarantineRecord, Record};
+use tollgate_event::{Api, Event, QuarantineRecord, Record, SharedTimes};
 
 use super::claim::split_delivered;
 use super::slot::Slot;
@@ -81,6 +81,7 @@ impl Pipeline {
             source: source.id.clone(),
             ..BatchMeta::default()
         });
+        let mut shared = SharedTimes::default();
         for (index, slot) in slots.iter().enumerate() {
             match slot {
                 Slot::Valid {
@@ -116,7 +117,7 @@ impl Pipeline {
                         replayed_at: replay.map(|r| r.at),
                         replay_of: replayed(index).map(|item| Cow::Borrowed(item.of.as_str())),
                     };
-                    record.write_json(&mut batch.events);
+                    record.write_json_with(&mut batch.events, &mut shared);
                     batch.events.push(b'\n');
                     if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
                         meta.events.push(RecordMeta {
