@@ -2,9 +2,9 @@
 //! store for every event that carries a client id; after the write, one commit (or a
 //! release when the write failed).
 
-use std::collections::HashSet;
 use std::time::Instant;
 
+use foldhash::{HashSet, HashSetExt};
 use opentelemetry::KeyValue;
 use tollgate_event::Dedupe;
 
@@ -18,6 +18,8 @@ use crate::error::ApiError;
 pub(super) fn mark_repeats(slots: &mut [Slot]) {
     let mut repeated = Vec::new();
     {
+        // foldhash (seeded per process): the ids are the client's, but one request's
+        // set is bounded by the batch limit, and SipHash was 0.5 % of a request.
         let mut seen = HashSet::with_capacity(slots.len());
         for (i, slot) in slots.iter().enumerate() {
             if let Slot::Valid {
@@ -38,7 +40,13 @@ pub(super) fn mark_repeats(slots: &mut [Slot]) {
 
 /// The idempotency key of an event: its source and its id.
 pub(crate) fn claim_key(source: &str, event_id: &str) -> String {
-    format!("{source}:{event_id}")
+    // Per event: pushed into one allocation of the right size, without `format!`'s
+    // machinery (1.4 % of a request's instructions).
+    let mut key = String::with_capacity(source.len() + 1 + event_id.len());
+    key.push_str(source);
+    key.push(':');
+    key.push_str(event_id);
+    key
 }
 
 impl Pipeline {
@@ -242,4 +250,16 @@ pub(super) fn split_delivered(
     }
     release.extend(keys);
     (commit, release)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_key;
+
+    #[test]
+    fn a_key_is_the_source_and_the_event_id() {
+        // Keys already in a shared store were written in this shape: it must not change.
+        assert_eq!(claim_key("web", "evt-00000001"), "web:evt-00000001");
+        assert_eq!(claim_key("", "ü:1"), ":ü:1");
+    }
 }

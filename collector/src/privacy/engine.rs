@@ -1,10 +1,10 @@
 //! Applying a region's policy to one event: consent, then drops, then pseudonyms, then
 //! the IP address. Runs once per event, before the log and before the quarantine.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Map, Value};
 use sha2::Sha256;

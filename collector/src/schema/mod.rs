@@ -12,9 +12,9 @@ pub mod check;
 pub mod config;
 pub mod promote;
 
-use std::collections::HashMap;
 use std::path::Path;
 
+use foldhash::{HashMap, HashMapExt};
 use serde_json::{Map, Value};
 use tollgate_event::event::is_snake_case;
 use tollgate_event::{ErrorCode, EventError};
