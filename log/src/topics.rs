@@ -234,8 +234,11 @@ pub fn for_each_message_from(
     // first offset) shows in the first message of a partition being older than asked.
     let mut first_seen = vec![false; partitions];
     loop {
-        // Serves the consumer's own events; messages arrive on the partition queues.
-        if let Some(Err(e)) = consumer.poll(Duration::ZERO) {
+        // Serves the consumer's own events; messages (and the ends of partitions) arrive
+        // on the partition queues.
+        if let Some(Err(e)) = consumer.poll(Duration::ZERO)
+            && !matches!(e, KafkaError::PartitionEOF(_))
+        {
             return Err(kafka(e));
         }
         for lane in &mut lanes {
