@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Instructions per ingest request: the collector (embedded defaults, shipped privacy
+# policy) under callgrind on one CPU, sent the same REQUESTS native batches of BATCH
+# events over one keep-alive connection. Instruction counts repeat to ~0.05 % run to run
+# where wall-clock throughput on a shared VM moves by tens of per cent, so a small step
+# can be compared between two builds:
+#
+#   scripts/bench-instructions.sh                     # builds and measures this tree
+#   COLLECTOR=/tmp/before/tollgate-collector scripts/bench-instructions.sh
+#   REQUESTS=300 BATCH=20 scripts/bench-instructions.sh
+#
+# Counts are instructions, not time: a change that saves cache misses (fewer allocations,
+# less memory in flight) can show no gain here and still be faster, and SHA-256 runs
+# without the CPU's SHA extensions under valgrind, which overstates the HMAC pseudonyms.
+# Loopback only; the collector's ports are fixed (18080, admin 19090).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NEED_WRK=0
+REQUESTS=${REQUESTS:-300}
+command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
+if [ -z "${COLLECTOR:-}" ]; then
+  cargo build --release -q -p tollgate-collector
+  COLLECTOR=${CARGO_TARGET_DIR:-target}/release/tollgate-collector
+fi
+. scripts/bench-lib.sh
+
+# One CPU: one runtime worker, so the work is not split by timing between threads.
+RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --separate-threads=yes \
+  --callgrind-out-file="$data/callgrind.out" "$COLLECTOR" \
+  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector" \
+  2> "$data/valgrind.log" & pids+=($!)
+for _ in $(seq 600); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.2; done
+
+python3 - "$REQUESTS" "$BATCH" <<'PY'
+import http.client, json, sys
+requests, batch = int(sys.argv[1]), int(sys.argv[2])
+# The shape of scripts/wrk/batch20.lua's events; ids fixed, so every run is the same.
+event = ('{"event_id":"ins-%06d-%04d","event_name":"item_view","schema_version":1,'
+  '"user_id":"user-%d","device_id":"5a1e0c8e-2d5b-4a7e-9f0b-6d8f1c2b3a4d",'
+  '"session_id":"s-8f7d6c5b","timestamp_event":"2026-11-29T10:00:00.250Z",'
+  '"surface":"home_feed","app_version":"5.12.0","platform":"ios",'
+  '"experiment_ids":["ranker_v7","feed_density_b"],"consent":{"analytics":true,"ads":false},'
+  '"context":{"locale":"en-GB","country":"GB","ip":"203.0.113.7",'
+  '"user_agent":"Tollgate/5.12.0 (iPhone; iOS 19.1)"},'
+  '"properties":{"item_id":"item-%d","position":%d,"dwell_ms":1234}}')
+conn = http.client.HTTPConnection("127.0.0.1", 18080)
+accepted = 0
+for r in range(requests):
+    events = ",".join(event % (r, i, (r * 7 + i) % 100000, i, i) for i in range(1, batch + 1))
+    body = '{"sent_at":"2026-11-29T10:00:01.000Z","events":[' + events + ']}'
+    conn.request("POST", "/v1/events", body,
+                 {"Content-Type": "application/json", "Authorization": "Basic ZGV2Og=="})
+    answer = conn.getresponse()
+    text = answer.read()
+    if answer.status == 200:
+        accepted += json.loads(text)["accepted"]
+print(f"== {requests} requests of {batch} events, {accepted} accepted")
+if accepted != requests * batch:
+    sys.exit("not every event was accepted: the count would measure another path")
+PY
+
+kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
+# Thread 1 is the main thread (start-up and shutdown); the others serve the requests
+# (the runtime worker, the log writer, ...).
+total=0
+for f in "$data"/callgrind.out-*; do
+  [ "${f##*-}" = 01 ] && continue
+  n=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); n = $1} END {print n + 0}')
+  total=$((total + n))
+done
+echo "== instructions in the serving threads: $total"
+echo "== per request: $((total / REQUESTS))"
