@@ -46,21 +46,11 @@ pub fn format(t: OffsetDateTime, buf: &mut [u8; MAX]) -> &str {
 
 /// The last time formatted and its text: the records of one request share their
 /// server time and `sent_at`, so each is formatted once per request, not per record.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Default)]
 pub struct Memo {
     time: Option<OffsetDateTime>,
     len: usize,
     buf: [u8; MAX],
-}
-
-impl Default for Memo {
-    fn default() -> Self {
-        Memo {
-            time: None,
-            len: 0,
-            buf: [0; MAX],
-        }
-    }
 }
 
 impl Memo {
@@ -70,6 +60,7 @@ impl Memo {
             self.len = format(t, &mut self.buf).len();
             self.time = Some(t);
         }
+        // The buffer only ever holds `format`'s ASCII output (or nothing yet).
         std::str::from_utf8(&self.buf[..self.len]).expect("only ASCII digits and separators")
     }
 }
