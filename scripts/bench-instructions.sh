@@ -8,32 +8,38 @@
 #   scripts/bench-instructions.sh                     # builds and measures this tree
 #   COLLECTOR=/tmp/before/tollgate-collector scripts/bench-instructions.sh
 #   REQUESTS=300 BATCH=20 scripts/bench-instructions.sh
+#   BASELINE=1 scripts/bench-instructions.sh          # also the parse-only baseline,
+#                                                     # and collector ÷ baseline
 #
 # Counts are instructions, not time: a change that saves cache misses (fewer allocations,
 # less memory in flight) can show no gain here and still be faster, and SHA-256 runs
 # without the CPU's SHA extensions under valgrind, which overstates the HMAC pseudonyms.
-# Loopback only; the collector's ports are fixed (18080, admin 19090).
+# Only user-space instructions are counted: the kernel's share (TCP, the log's writes
+# and fsyncs) is not, so the baseline ratio here is not the events/s ratio of
+# scripts/bench-http.sh.
+# Loopback only; the ports are fixed (18080, admin 19090).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NEED_WRK=0
 REQUESTS=${REQUESTS:-300}
+BASELINE=${BASELINE:-0}
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 if [ -z "${COLLECTOR:-}" ]; then
   cargo build --release -q -p tollgate-collector
   COLLECTOR=${CARGO_TARGET_DIR:-target}/release/tollgate-collector
 fi
+if [ "$BASELINE" = 1 ]; then
+  cargo build --release -q -p tollgate-benches --bin parse-only-baseline
+fi
 . scripts/bench-lib.sh
 
-# One CPU: one runtime worker, so the work is not split by timing between threads.
-RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --separate-threads=yes \
-  --callgrind-out-file="$data/callgrind.out" "$COLLECTOR" \
-  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector" \
-  2> "$data/valgrind.log" & pids+=($!)
-for _ in $(seq 600); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.2; done
-
-python3 - "$REQUESTS" "$BATCH" <<'PY'
+# Sends the requests to 127.0.0.1:18080; with `count`, checks that the collector
+# accepted every event (an id shorter than eight characters, say, would send the events
+# to the quarantine and measure that path instead).
+send() {
+  python3 - "$REQUESTS" "$BATCH" "$1" <<'PY'
 import http.client, json, sys
-requests, batch = int(sys.argv[1]), int(sys.argv[2])
+requests, batch, check = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "count"
 # The shape of scripts/wrk/batch20.lua's events; ids fixed, so every run is the same.
 event = ('{"event_id":"ins-%06d-%04d","event_name":"item_view","schema_version":1,'
   '"user_id":"user-%d","device_id":"5a1e0c8e-2d5b-4a7e-9f0b-6d8f1c2b3a4d",'
@@ -52,21 +58,50 @@ for r in range(requests):
                  {"Content-Type": "application/json", "Authorization": "Basic ZGV2Og=="})
     answer = conn.getresponse()
     text = answer.read()
-    if answer.status == 200:
+    if answer.status == 200 and check:
         accepted += json.loads(text)["accepted"]
-print(f"== {requests} requests of {batch} events, {accepted} accepted")
-if accepted != requests * batch:
-    sys.exit("not every event was accepted: the count would measure another path")
+if check:
+    print(f"== {requests} requests of {batch} events, {accepted} accepted")
+    if accepted != requests * batch:
+        sys.exit("not every event was accepted: the count would measure another path")
 PY
+}
 
-kill -INT "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-# Thread 1 is the main thread (start-up and shutdown); the others serve the requests
-# (the runtime worker, the log writer, ...).
-total=0
-for f in "$data"/callgrind.out-*; do
-  [ "${f##*-}" = 01 ] && continue
-  n=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); n = $1} END {print n + 0}')
-  total=$((total + n))
-done
-echo "== instructions in the serving threads: $total"
-echo "== per request: $((total / REQUESTS))"
+# Runs `$@` under callgrind on CPU 0 until the requests are sent, then prints the
+# instructions per request of its serving threads. Thread 1 is the main thread
+# (start-up and shutdown); the others serve the requests (the runtime worker, the log
+# writer, ...).
+measure() {
+  local name=$1 check=$2 out="$data/$1"; shift 2
+  mkdir -p "$out"
+  # One CPU: one runtime worker, so the work is not split by timing between threads.
+  RUST_LOG=warn taskset -c 0 valgrind --tool=callgrind --separate-threads=yes \
+    --callgrind-out-file="$out/callgrind.out" "$@" 2> "$out/valgrind.log" &
+  local pid=$!
+  pids+=("$pid")
+  for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/18080) 2>/dev/null && break; sleep 0.2; done
+  if [ "$check" = count ]; then
+    for _ in $(seq 600); do curl -sf http://127.0.0.1:19090/readyz >/dev/null && break; sleep 0.2; done
+  fi
+  send "$check"
+  # TERM, not INT: a background job of a script ignores SIGINT unless it handles it
+  # (the baseline does not); callgrind writes its counts either way.
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  local total=0 n f
+  for f in "$out"/callgrind.out-*; do
+    [ "${f##*-}" = 01 ] && continue
+    n=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ && !n {gsub(",", "", $1); n = $1} END {print n + 0}')
+    total=$((total + n))
+  done
+  echo "== $name: instructions in the serving threads: $total"
+  echo "== $name: per request: $((total / REQUESTS))"
+  eval "per_request_$name=$((total / REQUESTS))"
+}
+
+measure collector count "$COLLECTOR" \
+  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector/data"
+if [ "$BASELINE" = 1 ]; then
+  measure baseline none "$target/parse-only-baseline" 127.0.0.1:18080
+  awk -v c="$per_request_collector" -v b="$per_request_baseline" \
+    'BEGIN { printf "== baseline ÷ collector (instructions per request): %.3f\n", b / c }'
+fi
