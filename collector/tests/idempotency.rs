@@ -136,6 +136,27 @@ async fn redis_store_keeps_the_contract() {
 }
 
 #[tokio::test]
+async fn a_redis_claim_retried_after_its_reply_was_lost_is_still_ours() {
+    let server = RedisServer::start();
+    let store = redis_store(&server, Duration::from_secs(60));
+    let k = keys(&["lost-reply", "other"]);
+    store.claim(&k[..1], "r1").await.unwrap();
+    // The retry carries the same token: the key it finds is its own claim.
+    assert_eq!(
+        store.claim(&k, "r1").await.unwrap(),
+        [ClaimOutcome::Claimed; 2]
+    );
+    assert_eq!(
+        server.command("GET test:src:lost-reply").trim_end(),
+        "$4\r\np:r1"
+    );
+    assert_eq!(
+        store.claim(&k, "r2").await.unwrap(),
+        [ClaimOutcome::InFlight; 2]
+    );
+}
+
+#[tokio::test]
 async fn redis_store_over_tls_with_a_private_ca() {
     let (server, ca) = RedisServer::start_tls();
     let store = RedisStore::new(RedisOptions {
