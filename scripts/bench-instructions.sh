@@ -10,6 +10,8 @@
 #   REQUESTS=300 BATCH=20 scripts/bench-instructions.sh
 #   BASELINE=1 scripts/bench-instructions.sh          # also the parse-only baseline,
 #                                                     # and collector ÷ baseline
+#   REDIS=1 scripts/bench-instructions.sh             # idempotency in a redis-server of
+#                                                     # its own (port 16379, CPU 1)
 #
 # Counts are instructions, not time: a change that saves cache misses (fewer allocations,
 # less memory in flight) can show no gain here and still be faster, and SHA-256 runs
@@ -17,12 +19,13 @@
 # Only user-space instructions are counted: the kernel's share (TCP, the log's writes
 # and fsyncs) is not, so the baseline ratio here is not the events/s ratio of
 # scripts/bench-http.sh.
-# Loopback only; the ports are fixed (18080, admin 19090).
+# Loopback only; the ports are fixed (18080, admin 19090, Redis 16379).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NEED_WRK=0
 REQUESTS=${REQUESTS:-300}
 BASELINE=${BASELINE:-0}
+REDIS=${REDIS:-0}
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 if [ -z "${COLLECTOR:-}" ]; then
   cargo build --release -q -p tollgate-collector
@@ -98,6 +101,19 @@ measure() {
   eval "per_request_$name=$((total / REQUESTS))"
 }
 
+if [ "$REDIS" = 1 ]; then
+  command -v redis-server >/dev/null || { echo "REDIS=1 needs redis-server" >&2; exit 1; }
+  # Empty at every run (nothing saved), so the fixed ids are never duplicates.
+  "${load_cpu[@]}" redis-server --bind 127.0.0.1 --port 16379 --save "" --appendonly no \
+    --dir "$data" --logfile "$data/redis.log" &
+  pids+=($!)
+  wait_port 16379
+  # valgrind slows the collector, not Redis; the claims' timeout still has to allow
+  # for the collector's own share of a round trip.
+  export TOLLGATE_IDEMPOTENCY__BACKEND=redis \
+    TOLLGATE_IDEMPOTENCY__REDIS__URL=redis://127.0.0.1:16379 \
+    TOLLGATE_IDEMPOTENCY__REDIS__COMMAND_TIMEOUT=5s
+fi
 measure collector count "$COLLECTOR" \
   --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector/data"
 if [ "$BASELINE" = 1 ]; then
