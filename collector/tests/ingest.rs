@@ -983,3 +983,35 @@ async fn data_quality_metrics_count_segments_missing_fields_and_lateness_with_bo
     has("tollgate_clock_skew_seconds_count 1");
     assert!(metrics.contains("tollgate_log_queue_depth"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_resent_batch_adds_nothing_to_the_data_quality_metrics() {
+    let c = TestCollector::start().await;
+    let mut no_session = event("dq-resent-01");
+    no_session["session_id"] = Value::Null;
+    let body = json!({"sent_at": "2026-11-29T10:00:00Z",
+                      "events": [event("dq-resent-00"), no_session]});
+    for (expected_accepted, expected_duplicate) in [(2, 0), (0, 2)] {
+        let (status, answer) = c.post_events(&body).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            (answer["accepted"].as_u64(), answer["duplicate"].as_u64()),
+            (Some(expected_accepted), Some(expected_duplicate))
+        );
+    }
+    // The second copy's events are duplicates found by the idempotency store: what the
+    // quality metrics count of them is what they counted of the first copy, once.
+    let metrics = c.metrics().await;
+    let has = |line: &str| {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line:?} in\n{metrics}"
+        );
+    };
+    has(
+        "tollgate_events_by_segment_total{app_version=\"5.1.0\",event_name=\"item_view\",outcome=\"accepted\",platform=\"ios\"} 2",
+    );
+    has("tollgate_event_fields_missing_total{event_name=\"item_view\",field=\"session_id\"} 1");
+    has("tollgate_event_lateness_seconds_count 2");
+    has("tollgate_clock_skew_seconds_count 1");
+}
