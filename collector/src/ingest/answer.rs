@@ -1,19 +1,22 @@
 //! Stage 4, the answer: one result per event in request order, counted in metrics,
 //! with the data-quality view of the request.
 //!
-//! The answer is built in two steps around the log's wait. [`Pipeline::settle`] runs
-//! right after the records are serialised, while the request's events are still in
-//! cache: it takes from each event what the answer and the metrics need and frees the
-//! rest (with many requests in flight, an event kept across the wait has left the
-//! caches by the time it is read or freed again). [`Pipeline::count`] runs once the
-//! records are durable: it counts what `settle` kept and returns the answer. A request
-//! whose write fails is answered with an error and counts nothing.
+//! The answer is built in two steps around the claim's and the log's waits.
+//! [`Pipeline::settle`] runs right after the records are serialised, while the
+//! request's events are still in cache, as if every claim will hold: it takes from
+//! each event what the answer and the metrics need and frees the rest (with many
+//! requests in flight, an event kept across a wait has left the caches by the time it
+//! is read or freed again); [`Settled::unclaim`] corrects it for claims that did not
+//! hold. [`Pipeline::count`] runs once the records are durable: it counts what
+//! `settle` kept and returns the answer. A request whose write fails is answered with
+//! an error and counts nothing.
 
 use opentelemetry::KeyValue;
-use tollgate_event::{Api, Arrival};
+use tollgate_event::{Api, Arrival, Event, Timing};
 
 use super::slot::Slot;
-use super::{Answer, EventResult, IngestOutcome, Pipeline, Source, Status};
+use super::{Answer, EventResult, IngestOutcome, Pipeline, Raw, Source, Status};
+use crate::dedupe::ClaimOutcome;
 use crate::schema::SchemaRegistry;
 use crate::telemetry::quality::{SegmentLabels, Segments};
 
@@ -23,9 +26,57 @@ pub(super) struct Settled<'a> {
     /// Per record of an accepted event, in order: whether its id was claimed (which
     /// claims a partial delivery commits).
     pub(super) claimed_records: Vec<bool>,
+    /// Per claimed event, in claim order: its slot, its record, its arrival; for
+    /// [`Settled::unclaim`].
+    claims: Vec<(usize, usize, Arrival)>,
     /// Accepted events by [`Arrival`].
     arrivals: [u64; 3],
     quality: Option<Quality<'a>>,
+}
+
+impl Settled<'_> {
+    /// Adds to the quality view the accepted events whose claims held: right after
+    /// the claim, while they are still in cache (not after the log's wait).
+    pub(super) fn fold(&mut self) {
+        if let Some(quality) = &mut self.quality {
+            quality.fold();
+        }
+    }
+
+    /// Turns the accepted events whose claim did not hold into `duplicate` (already
+    /// logged) or `retry` (another request is writing them): their results, counts and
+    /// quality facts. Returns, per record, whether it must be dropped from the batch.
+    pub(super) fn unclaim(&mut self, outcomes: &[ClaimOutcome]) -> Vec<bool> {
+        let mut dropped = vec![false; self.claimed_records.len()];
+        for (&(slot, record, arrival), outcome) in self.claims.iter().zip(outcomes) {
+            let answer = &mut self.outcome.answer;
+            let status = match outcome {
+                ClaimOutcome::Claimed => continue,
+                ClaimOutcome::Duplicate => {
+                    answer.duplicate += 1;
+                    Status::Duplicate
+                }
+                ClaimOutcome::InFlight => {
+                    answer.retry += 1;
+                    Status::Retry
+                }
+            };
+            answer.accepted -= 1;
+            answer.results[slot].status = status;
+            self.outcome.policies[slot] = None;
+            self.arrivals[arrival as usize] -= 1;
+            if let Some(quality) = &mut self.quality {
+                quality.accepted[record] = None;
+            }
+            dropped[record] = true;
+        }
+        let mut record = 0;
+        self.claimed_records.retain(|_| {
+            record += 1;
+            !dropped[record - 1]
+        });
+        dropped
+    }
 }
 
 /// The data-quality view of a request, with labels that outlive its events.
@@ -39,7 +90,32 @@ struct Quality<'a> {
     /// Empty key fields: (event name label, field) and how many events of the request
     /// had that field empty (one counter update each, not one per event).
     missing: Vec<((&'a str, &'a str), u64)>,
+    /// What each accepted event will add, in record order, folded in by
+    /// [`Quality::fold`] once the claim has said which events stay accepted (`None`:
+    /// it did not).
+    accepted: Vec<Option<Accepted<'a>>>,
 }
+
+/// The event name's label: the registry's own name, or `other`.
+fn known<'a>(schemas: &'a SchemaRegistry, name: Option<&str>) -> &'a str {
+    name.and_then(|n| schemas.name(n)).unwrap_or("other")
+}
+
+/// What the metrics will count of one accepted event.
+struct Accepted<'a> {
+    name: &'a str,
+    platform: &'a str,
+    app_version: Option<String>,
+    skew: Option<i64>,
+    lateness_ms: i64,
+    /// Key fields it left empty: `user_id`, `device_id`, `session_id`, then its
+    /// schema's required ids (`required`), one bit each (a schema's ids past the
+    /// 61st are not tracked).
+    missing: u64,
+    required: &'a [String],
+}
+
+const KEY_FIELDS: [&str; 3] = ["user_id", "device_id", "session_id"];
 
 impl Pipeline {
     /// Builds the answer from the request's slots and frees them; counts nothing.
@@ -57,31 +133,42 @@ impl Pipeline {
                 policies: Vec::with_capacity(slots.len()),
             },
             claimed_records: Vec::with_capacity(slots.len()),
+            claims: Vec::new(),
             arrivals: [0; 3],
-            quality: self.labels.as_ref().map(|_| Quality::default()),
+            quality: self.labels.as_ref().map(|_| Quality {
+                accepted: Vec::with_capacity(slots.len()),
+                ..Quality::default()
+            }),
         };
         let result = |event_id, status, error| EventResult {
             event_id,
             status,
             error,
         };
-        for slot in slots {
-            if let (Some(quality), Some(labels)) = (&mut settled.quality, &self.labels) {
-                quality.observe(schemas, labels, &slot);
-            }
+        for (index, slot) in slots.into_iter().enumerate() {
             let (result, policy) = match slot {
                 Slot::Valid {
-                    event,
+                    mut event,
                     timing,
                     policy,
                     claim,
                     ..
                 } => {
+                    if let (Some(quality), Some(labels)) = (&mut settled.quality, &self.labels) {
+                        quality.accept(schemas, labels, &mut event, &timing);
+                    }
                     settled.arrivals[timing.arrival as usize] += 1;
+                    if claim.is_some() {
+                        let record = settled.claimed_records.len();
+                        settled.claims.push((index, record, timing.arrival));
+                    }
                     settled.claimed_records.push(claim.is_some());
                     (result(Some(event.event_id), Status::Accepted, None), policy)
                 }
                 Slot::Rejected { error, raw, .. } => {
+                    if let (Some(quality), Some(labels)) = (&mut settled.quality, &self.labels) {
+                        quality.reject(schemas, labels, &raw);
+                    }
                     let id = raw.text("event_id").map(str::to_owned);
                     (result(id, Status::Rejected, Some(error)), None)
                 }
@@ -89,7 +176,6 @@ impl Pipeline {
                     (result(Some(event_id), Status::Rejected, Some(error)), None)
                 }
                 Slot::Duplicate(id) => (result(Some(id), Status::Duplicate, None), None),
-                Slot::Retry(id) => (result(Some(id), Status::Retry, None), None),
             };
             let answer = &mut settled.outcome.answer;
             match result.status {
@@ -178,48 +264,75 @@ impl Pipeline {
 }
 
 impl<'a> Quality<'a> {
-    /// Notes what the metrics will count of one slot.
-    fn observe(&mut self, schemas: &'a SchemaRegistry, labels: &'a SegmentLabels, slot: &Slot) {
-        let known = |name: Option<&str>| name.and_then(|n| schemas.name(n)).unwrap_or("other");
-        match slot {
-            Slot::Valid { event, timing, .. } => {
-                let name = known(Some(&event.event_name));
-                self.segments.add(
-                    "accepted",
-                    name,
-                    labels.platform(Some(&event.platform)),
-                    event.app_version.as_deref(),
-                );
-                self.skew = self.skew.or(timing.clock_skew_ms);
-                self.lateness
-                    .push(timing.lateness_ms.max(0) as f64 / 1000.0);
-                let empty = |v: Option<&str>| v.is_none_or(str::is_empty);
-                for (field, missing) in [
-                    ("user_id", empty(event.user_id.as_deref())),
-                    ("device_id", empty(event.device_id.as_deref())),
-                    ("session_id", empty(event.session_id.as_deref())),
-                ] {
-                    if missing {
-                        self.add_missing(name, field);
-                    }
-                }
-                for field in schemas.required_ids(&event.event_name) {
-                    let value = event.properties.get(field);
-                    if value.is_none_or(|v| v.is_null() || v.as_str() == Some("")) {
-                        self.add_missing(name, field);
-                    }
+    /// Notes what the metrics will count of an accepted event, unless its claim fails
+    /// (the event keeps its `event_id`; its app version is moved here).
+    fn accept(
+        &mut self,
+        schemas: &'a SchemaRegistry,
+        labels: &'a SegmentLabels,
+        event: &mut Event,
+        timing: &Timing,
+    ) {
+        let name = known(schemas, Some(&event.event_name));
+        let empty = |v: Option<&str>| v.is_none_or(str::is_empty);
+        let mut missing = 0u64;
+        for (bit, absent) in [
+            empty(event.user_id.as_deref()),
+            empty(event.device_id.as_deref()),
+            empty(event.session_id.as_deref()),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            missing |= u64::from(absent) << bit;
+        }
+        let required = schemas.required_ids(&event.event_name);
+        for (bit, field) in required.iter().take(61).enumerate() {
+            let value = event.properties.get(field);
+            let absent = value.is_none_or(|v| v.is_null() || v.as_str() == Some(""));
+            missing |= u64::from(absent) << (KEY_FIELDS.len() + bit);
+        }
+        self.accepted.push(Some(Accepted {
+            name,
+            platform: labels.platform(Some(&event.platform)),
+            app_version: event.app_version.take(),
+            skew: timing.clock_skew_ms,
+            lateness_ms: timing.lateness_ms,
+            missing,
+            required,
+        }));
+    }
+
+    /// Notes what the metrics will count of a rejected event.
+    fn reject(&mut self, schemas: &'a SchemaRegistry, labels: &'a SegmentLabels, raw: &Raw) {
+        let text = |key: &str| raw.text(key);
+        self.segments.add(
+            "rejected",
+            known(schemas, text("event_name")),
+            labels.platform(text("platform")),
+            text("app_version"),
+        );
+    }
+
+    /// Adds the accepted events whose claims held.
+    fn fold(&mut self) {
+        for event in std::mem::take(&mut self.accepted).into_iter().flatten() {
+            self.segments.add(
+                "accepted",
+                event.name,
+                event.platform,
+                event.app_version.as_deref(),
+            );
+            self.skew = self.skew.or(event.skew);
+            self.lateness.push(event.lateness_ms.max(0) as f64 / 1000.0);
+            let fields = KEY_FIELDS
+                .into_iter()
+                .chain(event.required.iter().map(String::as_str));
+            for (bit, field) in fields.enumerate().take(64) {
+                if event.missing & (1 << bit) != 0 {
+                    self.add_missing(event.name, field);
                 }
             }
-            Slot::Rejected { raw, .. } => {
-                let text = |key: &str| raw.text(key);
-                self.segments.add(
-                    "rejected",
-                    known(text("event_name")),
-                    labels.platform(text("platform")),
-                    text("app_version"),
-                );
-            }
-            _ => {}
         }
     }
 
@@ -278,15 +391,21 @@ mod tests {
             ("item_view", "ios", ""),
             ("not_registered", "web", "item-2"),
         ] {
-            let event = slot(json!({
+            let Slot::Valid {
+                mut event, timing, ..
+            } = slot(json!({
                 "event_id": format!("quality-{item_id}-{name}"), "event_name": name,
                 "schema_version": 1, "device_id": "d-1", "platform": platform,
                 "timestamp_event": "2026-12-01T10:00:00Z", "app_version": "5.12.0",
                 "properties": {"item_id": item_id, "ranking_request_id": "r-1", "position": 3}
-            }));
-            quality.observe(&schemas, &labels, &event);
+            }))
+            else {
+                unreachable!()
+            };
+            quality.accept(&schemas, &labels, &mut event, &timing);
             drop(event);
         }
+        quality.fold();
         let groups: Vec<_> = quality
             .segments
             .groups()

@@ -1,14 +1,16 @@
-//! Stage 2, idempotency: duplicates inside the batch, then one claim in the
-//! store for every event that carries a client id; after the write, one commit (or a
-//! release when the write failed).
+//! Idempotency: duplicates inside the batch, then one claim in the store for every
+//! event that carries a client id — made once the request is settled, and correcting
+//! it where a claim did not hold; after the write, one commit (or a release when the
+//! write failed).
 
 use std::time::Instant;
 
 use foldhash::{HashSet, HashSetExt};
 use opentelemetry::KeyValue;
-use tollgate_event::Dedupe;
 
+use super::answer::Settled;
 use super::slot::Slot;
+use super::write::{Records, Rewrite};
 use super::{Pipeline, Source};
 use crate::config::FailurePolicy;
 use crate::dedupe::{ClaimOutcome, StoreError};
@@ -49,33 +51,42 @@ pub(crate) fn claim_key(source: &str, event_id: &str) -> String {
     key
 }
 
+/// The keys of every checkable event, in slot order; each such slot learns its key's
+/// index.
+pub(super) fn claim_keys(slots: &mut [Slot], source: &Source) -> Vec<String> {
+    let mut keys = Vec::new();
+    for slot in slots.iter_mut() {
+        if let Slot::Valid {
+            event,
+            check: true,
+            claim,
+            ..
+        } = slot
+        {
+            *claim = Some(keys.len());
+            keys.push(claim_key(&source.id, &event.event_id));
+        }
+    }
+    keys
+}
+
 impl Pipeline {
-    /// Claims every checkable event's key in one store call. Events already logged
-    /// become `Duplicate`, events another request is writing become `Retry`. Returns
-    /// the keys this request now holds, in slot order.
+    /// Claims `keys` in one store call, for a request already settled as if every
+    /// claim held (its records written, its answer built, its events freed: work done
+    /// before the round trip, while the request is in cache). Events already logged
+    /// become `duplicate`, events another request is writing `retry`: their results,
+    /// records and counts are corrected here. Returns the keys this request now holds.
     ///
     /// # Errors
     /// `idempotency_unavailable` when the store fails under `fail_closed`. Under
     /// `fail_open` the events are logged `unchecked` instead.
     pub(super) async fn claim(
         &self,
-        slots: &mut [Slot],
-        source: &Source,
+        keys: Vec<String>,
+        settled: &mut Settled<'_>,
+        records: &mut Records,
         request_id: &str,
     ) -> Result<Vec<String>, ApiError> {
-        let mut keys = Vec::new();
-        for slot in slots.iter_mut() {
-            if let Slot::Valid {
-                event,
-                check: true,
-                claim,
-                ..
-            } = slot
-            {
-                *claim = Some(keys.len());
-                keys.push(claim_key(&source.id, &event.event_id));
-            }
-        }
         if keys.is_empty() {
             return Ok(keys);
         }
@@ -84,7 +95,7 @@ impl Pipeline {
             .await
         {
             Ok(outcomes) => outcomes,
-            Err(e) => return self.claim_failed(slots, keys, e),
+            Err(e) => return self.claim_failed(settled, records, keys, e),
         };
         let mut counts = [0u64; 3];
         for outcome in &outcomes {
@@ -96,40 +107,32 @@ impl Pipeline {
         {
             self.count_keys(result, count);
         }
-        for slot in slots.iter_mut() {
-            let Slot::Valid {
-                event,
-                claim: Some(i),
-                ..
-            } = slot
-            else {
-                continue;
-            };
-            match outcomes[*i] {
-                ClaimOutcome::Claimed => {}
-                ClaimOutcome::Duplicate => {
-                    *slot = Slot::Duplicate(std::mem::take(&mut event.event_id))
-                }
-                ClaimOutcome::InFlight => *slot = Slot::Retry(std::mem::take(&mut event.event_id)),
-            }
+        // Usually every key was claimed: the request stands as settled.
+        if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
+            return Ok(keys);
         }
-        // Usually every key was claimed: hand the keys over without copying.
-        Ok(if outcomes.iter().all(|o| *o == ClaimOutcome::Claimed) {
-            keys
-        } else {
-            keys.into_iter()
-                .zip(&outcomes)
-                .filter(|(_, o)| **o == ClaimOutcome::Claimed)
-                .map(|(k, _)| k)
-                .collect()
-        })
+        let dropped = settled.unclaim(&outcomes);
+        records.rewrite(|record| {
+            if dropped[record] {
+                Rewrite::Drop
+            } else {
+                Rewrite::Keep
+            }
+        });
+        Ok(keys
+            .into_iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == ClaimOutcome::Claimed)
+            .map(|(k, _)| k)
+            .collect())
     }
 
     /// The store failed the claim: refuse the request (`fail_closed`) or log the
     /// events unchecked (`fail_open`).
     fn claim_failed(
         &self,
-        slots: &mut [Slot],
+        settled: &Settled<'_>,
+        records: &mut Records,
         keys: Vec<String>,
         e: StoreError,
     ) -> Result<Vec<String>, ApiError> {
@@ -140,16 +143,18 @@ impl Pipeline {
             }
             FailurePolicy::FailOpen => {
                 tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
-                for slot in slots.iter_mut() {
-                    if let Slot::Valid { dedupe, claim, .. } = slot
-                        && claim.is_some()
-                    {
-                        *dedupe = Dedupe::Unchecked;
-                        self.metrics
-                            .unchecked
-                            .add(1, &[KeyValue::new("reason", "store_unavailable")]);
+                let claimed = &settled.claimed_records;
+                records.rewrite(|record| {
+                    if claimed.get(record).copied().unwrap_or(false) {
+                        Rewrite::Unchecked
+                    } else {
+                        Rewrite::Keep
                     }
-                }
+                });
+                self.metrics.unchecked.add(
+                    keys.len() as u64,
+                    &[KeyValue::new("reason", "store_unavailable")],
+                );
                 // A claim that timed out may have landed all the same: the keys are
                 // then ours, pending. They are committed after the write (or released
                 // if it fails), best effort, so that retries are not refused as in

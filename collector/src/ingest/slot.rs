@@ -8,9 +8,10 @@ use tollgate_event::{Dedupe, Event, EventError, Timing};
 use super::Raw;
 use crate::privacy::Policy;
 
-/// An event between stages. Admission makes it `Valid`, `Rejected` or `Dropped`; the
-/// claim may turn a `Valid` one into `Duplicate` or `Retry`; the writer logs `Valid`
-/// and `Rejected` ones; the answer has one result per slot, in request order.
+/// An event between stages. Admission makes it `Valid`, `Rejected` or `Dropped`; a
+/// repeat inside the request becomes `Duplicate`; the writer logs `Valid` and
+/// `Rejected` ones; the answer has one result per slot, in request order, and the
+/// claim corrects the answer for `Valid` events whose claim did not hold.
 // The large variant is the common one (a valid event); boxing it would cost an
 // allocation per event on the hot path.
 #[allow(clippy::large_enum_variant)]
@@ -36,10 +37,7 @@ pub(super) enum Slot {
         policy: Option<Arc<Policy>>,
     },
     /// Removed by the privacy policy: answered, counted, never written.
-    Dropped {
-        event_id: String,
-        error: EventError,
-    },
+    Dropped { event_id: String, error: EventError },
+    /// A repeat of an earlier event of the same request.
     Duplicate(String),
-    Retry(String),
 }

@@ -62,7 +62,7 @@ impl Pipeline {
         source: &Source,
         api: Api,
         request: RequestInfo<'_>,
-    ) -> AppendBatch {
+    ) -> Records {
         let RequestInfo {
             received_at,
             request_id,
@@ -71,6 +71,7 @@ impl Pipeline {
         } = request;
         let replayed = |index: usize| replay.map(|r| &r.items[index]);
         let mut batch = AppendBatch::default();
+        let mut ends = Vec::with_capacity(slots.len());
         // A record is the event plus ~450 bytes the server adds, about 1 KiB for a
         // typical event: reserved at once, the buffer is not copied over and over as it
         // grows (that was 1–2 % of the collector's CPU at saturation).
@@ -119,6 +120,7 @@ impl Pipeline {
                     };
                     record.write_json_with(&mut batch.events, &mut shared);
                     batch.events.push(b'\n');
+                    ends.push(batch.events.len());
                     if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
                         meta.events.push(RecordMeta {
                             end: batch.events.len(),
@@ -171,11 +173,80 @@ impl Pipeline {
                         });
                     }
                 }
-                Slot::Duplicate(_) | Slot::Retry(_) | Slot::Dropped { .. } => {}
+                Slot::Duplicate(_) | Slot::Dropped { .. } => {}
             }
         }
         batch.meta = meta;
-        batch
+        Records { batch, ends }
+    }
+}
+
+/// A request's batch, with where each accepted event's record ends, so that the claim
+/// can correct records written before its answer.
+pub(super) struct Records {
+    pub(super) batch: AppendBatch,
+    ends: Vec<usize>,
+}
+
+/// What becomes of one accepted event's record.
+pub(super) enum Rewrite {
+    Keep,
+    /// Its claim did not hold: not logged.
+    Drop,
+    /// Its claim could not be checked (`fail_open`): `dedupe` reads `unchecked`.
+    Unchecked,
+}
+
+impl Records {
+    /// Rebuilds the accepted records, each as `action` says (by its position among
+    /// them), with their routing facts. Rare: only when a claim did not hold.
+    pub(super) fn rewrite(&mut self, action: impl Fn(usize) -> Rewrite) {
+        let old = std::mem::take(&mut self.batch.events);
+        let mut meta = self
+            .batch
+            .meta
+            .as_mut()
+            .map(|m| std::mem::take(&mut m.events).into_iter());
+        let (mut events, mut ends, mut kept) =
+            (Vec::with_capacity(old.len()), Vec::new(), Vec::new());
+        let mut start = 0;
+        for (index, &end) in self.ends.iter().enumerate() {
+            let record = &old[start..end];
+            start = end;
+            let routing = meta.as_mut().and_then(Iterator::next);
+            match action(index) {
+                Rewrite::Drop => continue,
+                Rewrite::Keep => events.extend_from_slice(record),
+                Rewrite::Unchecked => unchecked(record, &mut events),
+            }
+            ends.push(events.len());
+            if let Some(mut routing) = routing {
+                routing.end = events.len();
+                kept.push(routing);
+            }
+        }
+        self.batch.events = events;
+        self.ends = ends;
+        if let Some(meta) = &mut self.batch.meta {
+            meta.events = kept;
+        }
+    }
+}
+
+/// Copies `record` into `out` with its `dedupe` field reading `unchecked`. The field
+/// is the last `"dedupe":` of the record written as JSON structure: the only fields
+/// after it are the server's own (API, request id, versions, replay), and a string
+/// value cannot hold the sequence (its quotes are escaped), while `context` or
+/// `properties`, before it, may hold a key of that name.
+fn unchecked(record: &[u8], out: &mut Vec<u8>) {
+    const CHECKED: &[u8] = b"\"dedupe\":\"checked\"";
+    match record.windows(CHECKED.len()).rposition(|w| w == CHECKED) {
+        Some(at) => {
+            out.extend_from_slice(&record[..at]);
+            out.extend_from_slice(b"\"dedupe\":\"unchecked\"");
+            out.extend_from_slice(&record[at + CHECKED.len()..]);
+        }
+        None => out.extend_from_slice(record),
     }
 }
 
@@ -200,5 +271,96 @@ fn partition_key(event: &Event, key: PartitionKey) -> Option<&str> {
         PartitionKey::DeviceId => event.device_id.as_deref(),
         PartitionKey::SessionId => event.session_id.as_deref(),
         PartitionKey::EventId => Some(&event.event_id),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three records as `serialize` writes them, routing facts included; the second
+    /// carries a `dedupe` key of its own inside `properties`.
+    fn records() -> Records {
+        let lines = [
+            r#"{"event_id":"a","properties":{},"dedupe":"checked","api":"native"}"#,
+            r#"{"event_id":"b","properties":{"dedupe":"checked"},"dedupe":"checked","api":"native"}"#,
+            r#"{"event_id":"c","properties":{},"dedupe":"checked","api":"native"}"#,
+        ];
+        let mut batch = AppendBatch::default();
+        let mut meta = BatchMeta::default();
+        let mut ends = Vec::new();
+        for (line, key) in lines.iter().zip(["a", "b", "c"]) {
+            batch.events.extend_from_slice(line.as_bytes());
+            batch.events.push(b'\n');
+            ends.push(batch.events.len());
+            meta.events.push(RecordMeta {
+                end: batch.events.len(),
+                key: Some(key.into()),
+                ..RecordMeta::default()
+            });
+        }
+        batch.quarantine = b"{\"q\":1}\n".to_vec();
+        batch.meta = Some(meta);
+        Records { batch, ends }
+    }
+
+    fn lines(records: &Records) -> Vec<serde_json::Value> {
+        records
+            .batch
+            .events
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect()
+    }
+
+    /// Every routing fact ends where its record does.
+    fn assert_routing_matches(records: &Records) {
+        let meta = records.batch.meta.as_ref().unwrap();
+        assert_eq!(
+            meta.events.iter().map(|m| m.end).collect::<Vec<_>>(),
+            records.ends
+        );
+        let mut start = 0;
+        for (m, line) in meta.events.iter().zip(lines(records)) {
+            assert_eq!(line["event_id"].as_str(), m.key.as_deref());
+            assert_eq!(records.batch.events[m.end - 1], b'\n');
+            start = m.end;
+        }
+        assert_eq!(start, records.batch.events.len());
+    }
+
+    #[test]
+    fn a_record_whose_claim_did_not_hold_is_dropped_with_its_routing() {
+        let mut records = records();
+        records.rewrite(|i| if i == 1 { Rewrite::Drop } else { Rewrite::Keep });
+        let ids: Vec<_> = lines(&records)
+            .iter()
+            .map(|l| l["event_id"].clone())
+            .collect();
+        assert_eq!(ids, ["a", "c"]);
+        assert_routing_matches(&records);
+        assert_eq!(
+            records.batch.quarantine, b"{\"q\":1}\n",
+            "quarantine untouched"
+        );
+    }
+
+    #[test]
+    fn unchecked_records_read_unchecked_at_the_top_level_only() {
+        let mut records = records();
+        records.rewrite(|i| {
+            if i == 2 {
+                Rewrite::Keep
+            } else {
+                Rewrite::Unchecked
+            }
+        });
+        let lines = lines(&records);
+        let dedupe: Vec<_> = lines.iter().map(|l| l["dedupe"].clone()).collect();
+        assert_eq!(dedupe, ["unchecked", "unchecked", "checked"]);
+        // The event's own property of that name is the client's: left as it was.
+        assert_eq!(lines[1]["properties"]["dedupe"], "checked");
+        assert_routing_matches(&records);
     }
 }
