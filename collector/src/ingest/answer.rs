@@ -274,16 +274,11 @@ impl<'a> Quality<'a> {
         timing: &Timing,
     ) {
         let name = known(schemas, Some(&event.event_name));
-        let empty = |v: Option<&str>| v.is_none_or(str::is_empty);
         let mut missing = 0u64;
-        for (bit, absent) in [
-            empty(event.user_id.as_deref()),
-            empty(event.device_id.as_deref()),
-            empty(event.session_id.as_deref()),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        // In the order of KEY_FIELDS.
+        let key_fields = [&event.user_id, &event.device_id, &event.session_id];
+        for (bit, value) in key_fields.into_iter().enumerate() {
+            let absent = value.as_deref().is_none_or(str::is_empty);
             missing |= u64::from(absent) << bit;
         }
         let required = schemas.required_ids(&event.event_name);

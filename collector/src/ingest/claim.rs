@@ -10,11 +10,12 @@ use opentelemetry::KeyValue;
 
 use super::answer::Settled;
 use super::slot::Slot;
-use super::write::{Records, Rewrite};
+use super::write::{Rewrite, rewrite_records};
 use super::{Pipeline, Source};
 use crate::config::FailurePolicy;
 use crate::dedupe::{ClaimOutcome, StoreError};
 use crate::error::ApiError;
+use crate::sink::AppendBatch;
 
 /// A repeated `event_id` inside one batch is a duplicate of its first occurrence.
 pub(super) fn mark_repeats(slots: &mut [Slot]) {
@@ -84,7 +85,7 @@ impl Pipeline {
         &self,
         keys: Vec<String>,
         settled: &mut Settled<'_>,
-        records: &mut Records,
+        batch: &mut AppendBatch,
         request_id: &str,
     ) -> Result<Vec<String>, ApiError> {
         if keys.is_empty() {
@@ -95,7 +96,7 @@ impl Pipeline {
             .await
         {
             Ok(outcomes) => outcomes,
-            Err(e) => return self.claim_failed(settled, records, keys, e),
+            Err(e) => return self.claim_failed(settled, batch, keys, e),
         };
         let mut counts = [0u64; 3];
         for outcome in &outcomes {
@@ -112,7 +113,7 @@ impl Pipeline {
             return Ok(keys);
         }
         let dropped = settled.unclaim(&outcomes);
-        records.rewrite(|record| {
+        rewrite_records(batch, |record| {
             if dropped[record] {
                 Rewrite::Drop
             } else {
@@ -132,7 +133,7 @@ impl Pipeline {
     fn claim_failed(
         &self,
         settled: &Settled<'_>,
-        records: &mut Records,
+        batch: &mut AppendBatch,
         keys: Vec<String>,
         e: StoreError,
     ) -> Result<Vec<String>, ApiError> {
@@ -144,7 +145,7 @@ impl Pipeline {
             FailurePolicy::FailOpen => {
                 tracing::warn!(error = %e, "idempotency store unavailable; logging unchecked (fail_open)");
                 let claimed = &settled.claimed_records;
-                records.rewrite(|record| {
+                rewrite_records(batch, |record| {
                     if claimed.get(record).copied().unwrap_or(false) {
                         Rewrite::Unchecked
                     } else {

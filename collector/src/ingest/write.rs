@@ -62,7 +62,7 @@ impl Pipeline {
         source: &Source,
         api: Api,
         request: RequestInfo<'_>,
-    ) -> Records {
+    ) -> AppendBatch {
         let RequestInfo {
             received_at,
             request_id,
@@ -71,7 +71,6 @@ impl Pipeline {
         } = request;
         let replayed = |index: usize| replay.map(|r| &r.items[index]);
         let mut batch = AppendBatch::default();
-        let mut ends = Vec::with_capacity(slots.len());
         // A record is the event plus ~450 bytes the server adds, about 1 KiB for a
         // typical event: reserved at once, the buffer is not copied over and over as it
         // grows (that was 1–2 % of the collector's CPU at saturation).
@@ -120,7 +119,6 @@ impl Pipeline {
                     };
                     record.write_json_with(&mut batch.events, &mut shared);
                     batch.events.push(b'\n');
-                    ends.push(batch.events.len());
                     if let (Some(meta), Some(key_field)) = (&mut meta, key_field) {
                         meta.events.push(RecordMeta {
                             end: batch.events.len(),
@@ -177,15 +175,8 @@ impl Pipeline {
             }
         }
         batch.meta = meta;
-        Records { batch, ends }
+        batch
     }
-}
-
-/// A request's batch, with where each accepted event's record ends, so that the claim
-/// can correct records written before its answer.
-pub(super) struct Records {
-    pub(super) batch: AppendBatch,
-    ends: Vec<usize>,
 }
 
 /// What becomes of one accepted event's record.
@@ -197,39 +188,31 @@ pub(super) enum Rewrite {
     Unchecked,
 }
 
-impl Records {
-    /// Rebuilds the accepted records, each as `action` says (by its position among
-    /// them), with their routing facts. Rare: only when a claim did not hold.
-    pub(super) fn rewrite(&mut self, action: impl Fn(usize) -> Rewrite) {
-        let old = std::mem::take(&mut self.batch.events);
-        let mut meta = self
-            .batch
-            .meta
-            .as_mut()
-            .map(|m| std::mem::take(&mut m.events).into_iter());
-        let (mut events, mut ends, mut kept) =
-            (Vec::with_capacity(old.len()), Vec::new(), Vec::new());
-        let mut start = 0;
-        for (index, &end) in self.ends.iter().enumerate() {
-            let record = &old[start..end];
-            start = end;
-            let routing = meta.as_mut().and_then(Iterator::next);
-            match action(index) {
-                Rewrite::Drop => continue,
-                Rewrite::Keep => events.extend_from_slice(record),
-                Rewrite::Unchecked => unchecked(record, &mut events),
-            }
-            ends.push(events.len());
-            if let Some(mut routing) = routing {
-                routing.end = events.len();
-                kept.push(routing);
-            }
+/// Rebuilds a batch's accepted records, each as `action` says (by its position among
+/// them), with their routing facts. Rare: only when a claim did not hold. A record is
+/// one line: JSON strings carry newlines escaped.
+pub(super) fn rewrite_records(batch: &mut AppendBatch, action: impl Fn(usize) -> Rewrite) {
+    let old = std::mem::take(&mut batch.events);
+    let mut meta = batch
+        .meta
+        .as_mut()
+        .map(|m| std::mem::take(&mut m.events).into_iter());
+    let (mut events, mut kept) = (Vec::with_capacity(old.len()), Vec::new());
+    for (index, record) in old.split_inclusive(|b| *b == b'\n').enumerate() {
+        let routing = meta.as_mut().and_then(Iterator::next);
+        match action(index) {
+            Rewrite::Drop => continue,
+            Rewrite::Keep => events.extend_from_slice(record),
+            Rewrite::Unchecked => unchecked(record, &mut events),
         }
-        self.batch.events = events;
-        self.ends = ends;
-        if let Some(meta) = &mut self.batch.meta {
-            meta.events = kept;
+        if let Some(mut routing) = routing {
+            routing.end = events.len();
+            kept.push(routing);
         }
+    }
+    batch.events = events;
+    if let Some(meta) = &mut batch.meta {
+        meta.events = kept;
     }
 }
 
@@ -246,7 +229,10 @@ fn unchecked(record: &[u8], out: &mut Vec<u8>) {
             out.extend_from_slice(b"\"dedupe\":\"unchecked\"");
             out.extend_from_slice(&record[at + CHECKED.len()..]);
         }
-        None => out.extend_from_slice(record),
+        None => {
+            debug_assert!(false, "a record without its dedupe field");
+            out.extend_from_slice(record);
+        }
     }
 }
 
@@ -280,7 +266,7 @@ mod tests {
 
     /// Three records as `serialize` writes them, routing facts included; the second
     /// carries a `dedupe` key of its own inside `properties`.
-    fn records() -> Records {
+    fn records() -> AppendBatch {
         let lines = [
             r#"{"event_id":"a","properties":{},"dedupe":"checked","api":"native"}"#,
             r#"{"event_id":"b","properties":{"dedupe":"checked"},"dedupe":"checked","api":"native"}"#,
@@ -288,11 +274,9 @@ mod tests {
         ];
         let mut batch = AppendBatch::default();
         let mut meta = BatchMeta::default();
-        let mut ends = Vec::new();
         for (line, key) in lines.iter().zip(["a", "b", "c"]) {
             batch.events.extend_from_slice(line.as_bytes());
             batch.events.push(b'\n');
-            ends.push(batch.events.len());
             meta.events.push(RecordMeta {
                 end: batch.events.len(),
                 key: Some(key.into()),
@@ -301,12 +285,11 @@ mod tests {
         }
         batch.quarantine = b"{\"q\":1}\n".to_vec();
         batch.meta = Some(meta);
-        Records { batch, ends }
+        batch
     }
 
-    fn lines(records: &Records) -> Vec<serde_json::Value> {
-        records
-            .batch
+    fn lines(batch: &AppendBatch) -> Vec<serde_json::Value> {
+        batch
             .events
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
@@ -315,41 +298,40 @@ mod tests {
     }
 
     /// Every routing fact ends where its record does.
-    fn assert_routing_matches(records: &Records) {
-        let meta = records.batch.meta.as_ref().unwrap();
-        assert_eq!(
-            meta.events.iter().map(|m| m.end).collect::<Vec<_>>(),
-            records.ends
-        );
+    fn assert_routing_matches(batch: &AppendBatch) {
+        let meta = batch.meta.as_ref().unwrap();
+        let lines = lines(batch);
+        assert_eq!(meta.events.len(), lines.len());
         let mut start = 0;
-        for (m, line) in meta.events.iter().zip(lines(records)) {
+        for (m, line) in meta.events.iter().zip(lines) {
             assert_eq!(line["event_id"].as_str(), m.key.as_deref());
-            assert_eq!(records.batch.events[m.end - 1], b'\n');
+            let text: serde_json::Value =
+                serde_json::from_slice(&batch.events[start..m.end]).unwrap();
+            assert_eq!(text, line, "the routing fact ends where its record does");
             start = m.end;
         }
-        assert_eq!(start, records.batch.events.len());
+        assert_eq!(start, batch.events.len());
     }
 
     #[test]
     fn a_record_whose_claim_did_not_hold_is_dropped_with_its_routing() {
         let mut records = records();
-        records.rewrite(|i| if i == 1 { Rewrite::Drop } else { Rewrite::Keep });
+        rewrite_records(&mut records, |i| {
+            if i == 1 { Rewrite::Drop } else { Rewrite::Keep }
+        });
         let ids: Vec<_> = lines(&records)
             .iter()
             .map(|l| l["event_id"].clone())
             .collect();
         assert_eq!(ids, ["a", "c"]);
         assert_routing_matches(&records);
-        assert_eq!(
-            records.batch.quarantine, b"{\"q\":1}\n",
-            "quarantine untouched"
-        );
+        assert_eq!(records.quarantine, b"{\"q\":1}\n", "quarantine untouched");
     }
 
     #[test]
     fn unchecked_records_read_unchecked_at_the_top_level_only() {
         let mut records = records();
-        records.rewrite(|i| {
+        rewrite_records(&mut records, |i| {
             if i == 2 {
                 Rewrite::Keep
             } else {
