@@ -280,7 +280,9 @@ fn bench_pipeline(c: &mut Criterion) {
         region: "default".into(),
         metrics,
         labels: Some(SegmentLabels::new(platforms.clone(), 20)),
+        tasks: Default::default(),
     };
+    let pipeline = Arc::new(pipeline);
     let source = Source::new("bench", false);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()

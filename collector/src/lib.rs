@@ -217,6 +217,7 @@ impl Collector {
                 }
             });
         }
+        let tasks = TaskTracker::new();
         let pipeline = Arc::new(Pipeline {
             store,
             log,
@@ -231,6 +232,7 @@ impl Collector {
                     config.telemetry.app_version_labels,
                 )
             }),
+            tasks: tasks.clone(),
         });
         let limits = &config.limits;
         let app = Arc::new(App {
@@ -251,7 +253,7 @@ impl Collector {
             request_timeout: config.server.request_timeout,
             answer_ttl: idem.dedupe_window,
             shadow_proxies: config.server.shadow_proxies.clone(),
-            tasks: TaskTracker::new(),
+            tasks,
         });
         let reloader = Reloader::new(rules, app.metrics.clone(), limit_clock, config.clone());
         Ok(Collector {

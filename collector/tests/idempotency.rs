@@ -636,3 +636,63 @@ async fn a_claim_that_timed_out_under_fail_open_does_not_block_retries() {
     );
     assert_eq!(count_id(&c.events(), "slow-claim-0001"), 1);
 }
+
+#[tokio::test]
+async fn an_answer_does_not_wait_for_the_commit_and_a_shutdown_does() {
+    let server = RedisServer::start_with(&["--enable-debug-command", "yes"]);
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let log = FaultyLog::new(file_log(dir.path(), metrics.clone()));
+    let overrides = Overrides {
+        log: Some(log.clone()),
+        metrics: Some(metrics.clone()),
+        ..Overrides::default()
+    };
+    let mut c = TestCollector::start_in(
+        dir.path(),
+        |c| {
+            use_redis(c, &server, FailurePolicy::FailClosed);
+            // Long enough to outlast the sleep below: the commit succeeds late.
+            c.idempotency.redis.command_timeout = Duration::from_secs(20);
+            c.server.request_timeout = Duration::from_secs(30);
+        },
+        overrides,
+    )
+    .await;
+    let (status, _) = c.post_events(&batch(&["commit-warm-up-01"])).await;
+    assert_eq!(status, 200);
+
+    // The request claims its key, then its append is held.
+    let gate = log.hold();
+    let (client, url) = (c.client.clone(), c.url("/v1/events"));
+    let sent = tokio::spawn(async move {
+        into_parts(send(&client, &url, &batch(&["late-commit-0001"])).await).await
+    });
+    while log.appends.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Redis stops answering for 4 s; then the append completes.
+    let port = server.url().rsplit(':').next().unwrap().to_owned();
+    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 4\r\n").unwrap();
+    assert!(!server.ping(), "Redis is asleep");
+    log.release(&gate);
+    let (status, answer) = sent.await.unwrap();
+    assert_eq!(
+        (status, answer["accepted"].as_u64()),
+        (200, Some(1)),
+        "{answer}"
+    );
+    // Answered while the commit waits for Redis.
+    assert!(!server.ping(), "the answer waited for the commit");
+
+    // A shutdown waits for commits still in flight: once it returns, both are counted.
+    c.stop().await;
+    let committed = "tollgate_idempotency_keys_total{result=\"committed\",store=\"redis\"} 2";
+    let rendered = metrics.render();
+    assert!(rendered.contains(committed), "{rendered}");
+    assert_eq!(
+        server.command("GET tollgate:dev:late-commit-0001"),
+        "$1\r\nd\r\n"
+    );
+}

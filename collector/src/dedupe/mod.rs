@@ -155,4 +155,11 @@ pub trait IdempotencyStore: Send + Sync + 'static {
 
     /// Short name for logs and `/readyz`.
     fn name(&self) -> &'static str;
+
+    /// Whether a call waits for another process (a network round trip), rather than
+    /// being done in place: the pipeline then answers a request without waiting for
+    /// its commit.
+    fn is_remote(&self) -> bool {
+        false
+    }
 }

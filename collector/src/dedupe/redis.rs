@@ -402,4 +402,8 @@ impl IdempotencyStore for RedisStore {
             Connection::Cluster(..) => "redis_cluster",
         }
     }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
 }

@@ -17,7 +17,8 @@
 //!    the answer for events already logged or being written by another request;
 //! 5. `write`: one log append (events and quarantine together, group-committed with
 //!    other requests), then one commit of the claims, or a release if the append
-//!    failed; `answer` counts the request once its records are durable.
+//!    failed; `answer` counts the request once its records are durable. A remote
+//!    store's commit is not waited for: the answer does not depend on it.
 //!
 //! Stage 3 comes before the claim because the claim may wait for a round trip to
 //! Redis: with many requests in flight, what a request still had to read and free
@@ -142,6 +143,9 @@ pub struct Pipeline {
     pub metrics: Arc<Metrics>,
     /// Bounded labels of the data-quality metrics; `None` turns them off.
     pub labels: Option<SegmentLabels>,
+    /// Commits that finish after their request was answered (a remote store's), so
+    /// that a shutdown waits for them.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl Pipeline {
@@ -153,7 +157,7 @@ impl Pipeline {
     /// `log_unavailable`: in each case nothing of the request was acknowledged and the
     /// claims it took were released.
     pub async fn process(
-        &self,
+        self: &Arc<Self>,
         rules: &Rules,
         source: &Source,
         api: Api,

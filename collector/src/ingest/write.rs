@@ -3,6 +3,7 @@
 //! claims of what is durable are committed, the others released.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use tollgate_event::{Api, Event, QuarantineRecord, Record, SharedTimes};
 
@@ -25,7 +26,7 @@ impl Pipeline {
     /// claims of records a broker acknowledged all the same are committed (the
     /// client's retry then logs only the rest), every other claim is released.
     pub(super) async fn write(
-        &self,
+        self: &Arc<Self>,
         batch: AppendBatch,
         claimed_records: &[bool],
         claimed: Vec<String>,
@@ -49,8 +50,26 @@ impl Pipeline {
                 LogError::Io(_) | LogError::Delivery { .. } => ApiError::LogUnavailable,
             });
         }
-        self.commit(&claimed, request_id, "after a durable write")
-            .await;
+        if self.store.is_remote() {
+            // The answer does not depend on the commit (a failed one is only logged), so
+            // it does not wait for the commit's round trip. Polled once here, the commit
+            // is queued on the store's connection before the answer leaves (unless the
+            // task's scheduling budget is spent), so a resend after the answer reaches
+            // the store behind it and finds the keys done.
+            let pipeline = self.clone();
+            let request_id = request_id.to_owned();
+            let mut commit = Box::pin(self.tasks.track_future(async move {
+                pipeline
+                    .commit(&claimed, &request_id, "after a durable write")
+                    .await;
+            }));
+            if futures_util::poll!(&mut commit).is_pending() {
+                tokio::spawn(commit);
+            }
+        } else {
+            self.commit(&claimed, request_id, "after a durable write")
+                .await;
+        }
         Ok(())
     }
 
