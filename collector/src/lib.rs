@@ -269,9 +269,11 @@ impl Collector {
         &self.config
     }
 
-    /// Flushes and closes the log (for tools that build a collector without serving:
-    /// `replay`).
+    /// Waits for the idempotency commits still in flight, then flushes and closes the
+    /// log (for tools that build a collector without serving: `replay`).
     pub async fn close(&self) {
+        self.app.tasks.close();
+        self.app.tasks.wait().await;
         self.app.pipeline.log.close().await;
     }
 

@@ -7,10 +7,14 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tollgate_collector::config::{Config, IdempotencyBackend};
 use tollgate_collector::replay::{QuarantineInput, ReplayOptions, ReplayReport};
+use tollgate_collector::telemetry::Metrics;
 use tollgate_collector::{Collector, Overrides};
 
 use support::redis_server::RedisServer;
@@ -278,6 +282,60 @@ async fn a_replay_interrupted_after_an_append_logs_nothing_twice_and_loses_nothi
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 6, "each event once");
+}
+
+#[tokio::test]
+async fn a_replay_records_a_batch_done_only_once_its_claims_are_committed() {
+    let mut s = Setup::new(false);
+    s.redis = Some(RedisServer::start_with(&["--enable-debug-command", "yes"]));
+    let mut c = s.collector().await;
+    let body = json!({"events": [order("commit-wait-00001", json!(-1))]});
+    assert_eq!(
+        c.post("/v1/events", STRICT_KEY, &body).await.1["rejected"],
+        1
+    );
+    c.stop().await;
+    install(&s.schemas, false);
+
+    // The replay's collector, its append held until Redis is asleep.
+    let metrics = Arc::new(Metrics::new());
+    let log = FaultyLog::new(file_log(&s.data, metrics.clone()));
+    let gate = log.hold();
+    let mut config = s.config();
+    // Longer than the sleep below: the commit succeeds late, it does not time out.
+    config.idempotency.redis.command_timeout = Duration::from_secs(20);
+    config.server.request_timeout = Duration::from_secs(30);
+    let overrides = Overrides {
+        log: Some(log.clone()),
+        metrics: Some(metrics),
+        ..Overrides::default()
+    };
+    let collector = Collector::build_with(config, overrides).unwrap();
+    let options = s.options();
+    let (done, report) = tokio::sync::oneshot::channel();
+    let replay = tokio::spawn(async move {
+        let _ = done.send(collector.replay(&options).await);
+        collector.close().await;
+    });
+    while log.appends.load(Ordering::SeqCst) < 1 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let redis = s.redis.as_ref().unwrap();
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 4\r\n").unwrap();
+    assert!(!redis.ping(), "Redis is asleep");
+    log.release(&gate);
+    let report = report.await.unwrap().unwrap();
+    assert_eq!(report.totals.accepted, 1, "{report:?}");
+    // The run recorded the batch done only after the commit's answer, which Redis gave
+    // once awake: a rerun that lost its ledger finds the claim committed.
+    assert!(redis.ping(), "the replay did not wait for its commit");
+    assert_eq!(
+        redis.command("GET tollgate:strict_app:commit-wait-00001"),
+        "$1\r\nd\r\n"
+    );
+    replay.await.unwrap();
 }
 
 #[tokio::test]

@@ -18,7 +18,8 @@
 //! 5. `write`: one log append (events and quarantine together, group-committed with
 //!    other requests), then one commit of the claims, or a release if the append
 //!    failed; `answer` counts the request once its records are durable. A remote
-//!    store's commit is not waited for: the answer does not depend on it.
+//!    store's commit is not waited for (the answer does not depend on it), except by
+//!    a replay, whose ledger records a batch done once this returns.
 //!
 //! Stage 3 comes before the claim because the claim may wait for a round trip to
 //! Redis: with many requests in flight, what a request still had to read and free
@@ -178,8 +179,21 @@ impl Pipeline {
             .claim(keys, &mut settled, &mut batch, request.request_id)
             .await?;
         settled.fold();
-        self.write(batch, &settled.claimed_records, claimed, request.request_id)
-            .await?;
+        // A replay records a batch as done once this returns, and its recovery counts
+        // on the claims being committed by then: it waits for the commit.
+        let commit = if request.replay.is_some() {
+            write::Commit::Await
+        } else {
+            write::Commit::BeforeAnswer
+        };
+        self.write(
+            batch,
+            &settled.claimed_records,
+            claimed,
+            request.request_id,
+            commit,
+        )
+        .await?;
         Ok(self.count(settled, source, api))
     }
 

@@ -18,6 +18,16 @@ use crate::sink::{AppendBatch, BatchMeta, LogError, PartitionKey, RecordMeta};
 /// The bytes reserved per event for a request's records.
 const RECORD_BYTES: usize = 1024;
 
+/// When a request's commit must have landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Commit {
+    /// Before the request is answered.
+    Await,
+    /// Queued on the store's connection before the answer, landing after it when the
+    /// store is remote (the answer does not depend on it).
+    BeforeAnswer,
+}
+
 impl Pipeline {
     /// Appends the request's records and settles its claims.
     ///
@@ -31,6 +41,7 @@ impl Pipeline {
         claimed_records: &[bool],
         claimed: Vec<String>,
         request_id: &str,
+        commit: Commit,
     ) -> Result<(), ApiError> {
         if !batch.is_empty()
             && let Err(e) = self.log.append(batch).await
@@ -50,7 +61,7 @@ impl Pipeline {
                 LogError::Io(_) | LogError::Delivery { .. } => ApiError::LogUnavailable,
             });
         }
-        if self.store.is_remote() {
+        if commit == Commit::BeforeAnswer && self.store.is_remote() {
             // The answer does not depend on the commit (a failed one is only logged), so
             // it does not wait for the commit's round trip. Polled once here, the commit
             // is queued on the store's connection before the answer leaves (unless the
