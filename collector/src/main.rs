@@ -12,7 +12,9 @@ use tollgate_collector::config::Config;
 
 /// The collector allocates many small, short-lived objects per event (JSON trees,
 /// strings); mimalloc serves that pattern markedly faster than the system allocator
-/// (measured with scripts/bench-http.sh; see docs/benchmarks.md).
+/// (measured with scripts/bench-http.sh; see docs/benchmarks.md). The crate's
+/// `override` feature makes it the process's `malloc` as well, so the C code linked in
+/// (librdkafka, whose producer allocates per message) uses it too.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
