@@ -269,11 +269,9 @@ impl Collector {
         &self.config
     }
 
-    /// Waits for the idempotency commits still in flight, then flushes and closes the
-    /// log (for tools that build a collector without serving: `replay`).
+    /// Flushes and closes the log (for tools that build a collector without serving:
+    /// `replay`, whose requests wait for their own commits).
     pub async fn close(&self) {
-        self.app.tasks.close();
-        self.app.tasks.wait().await;
         self.app.pipeline.log.close().await;
     }
 

@@ -611,10 +611,7 @@ async fn a_claim_that_timed_out_under_fail_open_does_not_block_retries() {
     let (status, _) = c.post_events(&batch(&["warm-up-00001"])).await;
     assert_eq!(status, 200);
     // Redis stops answering for 3 s; commands sent meanwhile run afterwards.
-    let port = server.url().rsplit(':').next().unwrap().to_owned();
-    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 3\r\n").unwrap();
-    assert!(!server.ping(), "Redis is asleep");
+    server.sleep(3);
     let body = batch(&["slow-claim-0001"]);
     let (status, answer) = c.post_events(&body).await;
     assert_eq!(
@@ -672,10 +669,7 @@ async fn an_answer_does_not_wait_for_the_commit_and_a_shutdown_does() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Redis stops answering for 4 s; then the append completes.
-    let port = server.url().rsplit(':').next().unwrap().to_owned();
-    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 4\r\n").unwrap();
-    assert!(!server.ping(), "Redis is asleep");
+    server.sleep(4);
     log.release(&gate);
     let (status, answer) = sent.await.unwrap();
     assert_eq!(

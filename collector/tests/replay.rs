@@ -321,10 +321,7 @@ async fn a_replay_records_a_batch_done_only_once_its_claims_are_committed() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let redis = s.redis.as_ref().unwrap();
-    let port = redis.url().rsplit(':').next().unwrap().to_owned();
-    let mut blocker = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
-    std::io::Write::write_all(&mut blocker, b"DEBUG SLEEP 4\r\n").unwrap();
-    assert!(!redis.ping(), "Redis is asleep");
+    redis.sleep(4);
     log.release(&gate);
     let report = report.await.unwrap().unwrap();
     assert_eq!(report.totals.accepted, 1, "{report:?}");

@@ -179,12 +179,13 @@ impl Pipeline {
             .claim(keys, &mut settled, &mut batch, request.request_id)
             .await?;
         settled.fold();
-        // A replay records a batch as done once this returns, and its recovery counts
-        // on the claims being committed by then: it waits for the commit.
-        let commit = if request.replay.is_some() {
-            write::Commit::Await
+        // A remote store's commit is not waited for: the answer does not depend on it.
+        // A replay does wait: it records a batch as done once this returns, and its
+        // recovery counts on the claims being committed by then.
+        let commit = if self.store.is_remote() && request.replay.is_none() {
+            write::Commit::InBackground
         } else {
-            write::Commit::BeforeAnswer
+            write::Commit::Await
         };
         self.write(
             batch,

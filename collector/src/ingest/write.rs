@@ -23,9 +23,9 @@ const RECORD_BYTES: usize = 1024;
 pub(super) enum Commit {
     /// Before the request is answered.
     Await,
-    /// Queued on the store's connection before the answer, landing after it when the
-    /// store is remote (the answer does not depend on it).
-    BeforeAnswer,
+    /// Queued on the store's connection before the request is answered, landing after
+    /// it; tracked, so that a shutdown waits for it.
+    InBackground,
 }
 
 impl Pipeline {
@@ -61,7 +61,7 @@ impl Pipeline {
                 LogError::Io(_) | LogError::Delivery { .. } => ApiError::LogUnavailable,
             });
         }
-        if commit == Commit::BeforeAnswer && self.store.is_remote() {
+        if commit == Commit::InBackground {
             // The answer does not depend on the commit (a failed one is only logged), so
             // it does not wait for the commit's round trip. Polled once here, the commit
             // is queued on the store's connection before the answer leaves (unless the

@@ -165,6 +165,22 @@ impl RedisServer {
         stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
     }
 
+    /// Makes the server stop answering for `seconds` (`DEBUG SLEEP`; the server must
+    /// run with `--enable-debug-command yes`) and returns once it no longer answers.
+    /// Commands sent meanwhile run when it wakes.
+    pub fn sleep(&self, seconds: u32) {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .write_all(format!("DEBUG SLEEP {seconds}\r\n").as_bytes())
+            .unwrap();
+        // Held open until the reply, so the sleep is not cut short by a closed client.
+        std::thread::spawn(move || {
+            let mut reply = [0u8; 5];
+            let _ = stream.read_exact(&mut reply);
+        });
+        assert!(!self.ping(), "Redis is asleep");
+    }
+
     /// Kills the server (SIGKILL): an outage, not a shutdown.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
