@@ -12,6 +12,9 @@
 #                                                     # and collector ÷ baseline
 #   REDIS=1 scripts/bench-instructions.sh             # idempotency in a redis-server of
 #                                                     # its own (port 16379, CPU 1)
+#   KAFKA=1 scripts/bench-instructions.sh             # the log on the Kafka test broker
+#                                                     # (tansu, port 19092, CPU 1); the
+#                                                     # count includes librdkafka's threads
 #
 # Counts are instructions, not time: a change that saves cache misses (fewer allocations,
 # less memory in flight) can show no gain here and still be faster, and SHA-256 runs
@@ -26,6 +29,7 @@ NEED_WRK=0
 REQUESTS=${REQUESTS:-300}
 BASELINE=${BASELINE:-0}
 REDIS=${REDIS:-0}
+KAFKA=${KAFKA:-0}
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install valgrind" >&2; exit 1; }
 if [ -z "${COLLECTOR:-}" ]; then
   cargo build --release -q -p tollgate-collector
@@ -114,8 +118,23 @@ if [ "$REDIS" = 1 ]; then
     TOLLGATE_IDEMPOTENCY__REDIS__URL=redis://127.0.0.1:16379 \
     TOLLGATE_IDEMPOTENCY__REDIS__COMMAND_TIMEOUT=5s
 fi
+sink=()
+if [ "$KAFKA" = 1 ]; then
+  tansu=${TANSU:-${HOME:-/root}/.cache/tollgate/tansu/bin/tansu}
+  [ -x "$tansu" ] || { echo "KAFKA=1 needs the test broker: scripts/test-deps.sh installs it" >&2; exit 1; }
+  mkdir -p "$data/tansu"
+  (cd "$data/tansu" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL \
+    "${load_cpu[@]}" "$tansu" broker --listener-url tcp://127.0.0.1:19092 \
+    --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ --silent) &
+  pids+=($!)
+  wait_port 19092
+  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 3 tollgate.events >/dev/null
+  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 1 tollgate.quarantine >/dev/null
+  sink=(--kafka 127.0.0.1:19092)
+fi
 measure collector count "$COLLECTOR" \
-  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector/data"
+  --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090 --data-dir "$data/collector/data" \
+  "${sink[@]}"
 if [ "$BASELINE" = 1 ]; then
   measure baseline none "$target/parse-only-baseline" 127.0.0.1:18080
   awk -v c="$per_request_collector" -v b="$per_request_baseline" \
