@@ -80,16 +80,9 @@ if [ -f "$data/redis.txt" ]; then
   echo "== events logged with Redis: $(cat "$data"/collector-redis/events/*.ndjson | wc -l)"
 fi
 
-tansu=${TANSU:-${HOME:-/root}/.cache/tollgate/tansu/bin/tansu}
-if [ "${KAFKA:-1}" = 1 ] && [ -x "$tansu" ]; then
+if [ "${KAFKA:-1}" = 1 ] && [ -n "$tansu" ]; then
   kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
-  mkdir -p "$data/tansu"
-  (cd "$data/tansu" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL \
-    "${load_cpu[@]}" "$tansu" broker --listener-url tcp://127.0.0.1:19092 \
-    --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ --silent) & pids+=($!)
-  wait_port 19092
-  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 3 tollgate.events >/dev/null
-  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 1 tollgate.quarantine >/dev/null
+  start_kafka_broker
   RUST_LOG=warn "${server_cpu[@]}" "$target/tollgate-collector" --listen 127.0.0.1:18082 \
     --admin-listen 127.0.0.1:19093 --data-dir "$data/collector-kafka" \
     --kafka 127.0.0.1:19092 & pids+=($!)

@@ -120,16 +120,8 @@ if [ "$REDIS" = 1 ]; then
 fi
 sink=()
 if [ "$KAFKA" = 1 ]; then
-  tansu=${TANSU:-${HOME:-/root}/.cache/tollgate/tansu/bin/tansu}
-  [ -x "$tansu" ] || { echo "KAFKA=1 needs the test broker: scripts/test-deps.sh installs it" >&2; exit 1; }
-  mkdir -p "$data/tansu"
-  (cd "$data/tansu" && env -u STORAGE_ENGINE -u LISTENER_URL -u ADVERTISED_LISTENER_URL \
-    "${load_cpu[@]}" "$tansu" broker --listener-url tcp://127.0.0.1:19092 \
-    --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/ --silent) &
-  pids+=($!)
-  wait_port 19092
-  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 3 tollgate.events >/dev/null
-  "$tansu" topic create --broker tcp://127.0.0.1:19092 --partitions 1 tollgate.quarantine >/dev/null
+  [ -n "$tansu" ] || { echo "KAFKA=1 needs the test broker: scripts/test-deps.sh installs it" >&2; exit 1; }
+  start_kafka_broker
   sink=(--kafka 127.0.0.1:19092)
 fi
 measure collector count "$COLLECTOR" \
