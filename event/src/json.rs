@@ -41,29 +41,46 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8], mut at: usize) {
 
 /// The index of the first byte at or after `from` that JSON requires escaped: `"`,
 /// `\` or a control character below 0x20.
+///
+/// Eight bytes at a time; a string's last bytes are read as the eight that end it
+/// (overlapping bytes already found clean), so only strings shorter than eight bytes
+/// are looked at byte by byte.
 #[inline]
 fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Nonzero when some byte of `word` is below `n` (n ≤ 0x80): the borrow of the
-    // subtraction reaches a byte's high bit only through a byte below `n`, and bytes
-    // that already had it (≥ 0x80) are masked out.
-    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
-    let mut at = from;
-    while let Some(chunk) = bytes.get(at..at + 8) {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
-        let special = below(word, 0x20)
-            | below(word ^ (ONES * u64::from(b'"')), 1)
-            | below(word ^ (ONES * u64::from(b'\\')), 1);
-        if special != 0 {
-            break;
+    let rest = &bytes[from..];
+    if rest.len() < 8 {
+        return rest.iter().position(|b| needs_escape(*b)).map(|i| from + i);
+    }
+    let mut at = 0;
+    while let Some(chunk) = rest.get(at..at + 8) {
+        if let Some(i) = first_special(chunk) {
+            return Some(from + at + i);
         }
         at += 8;
     }
-    bytes[at..]
-        .iter()
-        .position(|b| needs_escape(*b))
-        .map(|i| at + i)
+    if at == rest.len() {
+        return None;
+    }
+    let last = rest.len() - 8;
+    first_special(&rest[last..]).map(|i| from + last + i)
+}
+
+/// The index of the first byte of `chunk` (eight bytes) that needs an escape.
+#[inline]
+fn first_special(chunk: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // The high bit of a byte of `below(word, n)` is set when that byte is below `n`
+    // (n ≤ 0x80): the borrow of the subtraction reaches a byte's high bit only through
+    // a byte below `n`, and bytes that already had it (≥ 0x80) are masked out. A borrow
+    // runs on into later bytes, so only the first flagged byte is certain: the first in
+    // memory is the least significant of a little-endian word.
+    let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
+    let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+    let special = below(word, 0x20)
+        | below(word ^ (ONES * u64::from(b'"')), 1)
+        | below(word ^ (ONES * u64::from(b'\\')), 1);
+    (special != 0).then(|| special.trailing_zeros() as usize / 8)
 }
 
 fn needs_escape(byte: u8) -> bool {
@@ -278,14 +295,43 @@ mod tests {
     }
 
     #[test]
-    fn every_byte_that_needs_an_escape_is_found_at_every_position() {
+    fn every_byte_that_needs_an_escape_is_found_at_every_position_of_every_length() {
         for byte in 0u8..0x80 {
-            for at in 0..20 {
-                let mut s = "a".repeat(20);
-                s.replace_range(at..=at, std::str::from_utf8(&[byte]).unwrap());
-                let mut ours = Vec::new();
-                write_str(&mut ours, &s);
-                assert_eq!(ours, serde_json::to_vec(&s).unwrap(), "{byte:#x} at {at}");
+            for len in 1..=26 {
+                for at in 0..len {
+                    let mut s = "a".repeat(len);
+                    s.replace_range(at..=at, std::str::from_utf8(&[byte]).unwrap());
+                    let mut ours = Vec::new();
+                    write_str(&mut ours, &s);
+                    assert_eq!(
+                        ours,
+                        serde_json::to_vec(&s).unwrap(),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_later_escape_is_found_after_an_earlier_one_in_the_same_word() {
+        // Two specials eight bytes apart and side by side, across the last (overlapping)
+        // word: each must be escaped, none twice.
+        for len in 8..=26 {
+            for first in 0..len {
+                for second in first + 1..len {
+                    let mut s = "a".repeat(len).into_bytes();
+                    s[first] = b'"';
+                    s[second] = b'\\';
+                    let s = String::from_utf8(s).unwrap();
+                    let mut ours = Vec::new();
+                    write_str(&mut ours, &s);
+                    assert_eq!(
+                        ours,
+                        serde_json::to_vec(&s).unwrap(),
+                        "{first}, {second} of {len}"
+                    );
+                }
             }
         }
     }
