@@ -301,13 +301,7 @@ mod tests {
                 for at in 0..len {
                     let mut s = "a".repeat(len);
                     s.replace_range(at..=at, std::str::from_utf8(&[byte]).unwrap());
-                    let mut ours = Vec::new();
-                    write_str(&mut ours, &s);
-                    assert_eq!(
-                        ours,
-                        serde_json::to_vec(&s).unwrap(),
-                        "{byte:#x} at {at} of {len}"
-                    );
+                    assert_written_as_serde_writes(&s, format_args!("{byte:#x} at {at} of {len}"));
                 }
             }
         }
@@ -315,8 +309,8 @@ mod tests {
 
     #[test]
     fn a_later_escape_is_found_after_an_earlier_one_in_the_same_word() {
-        // Two specials eight bytes apart and side by side, across the last (overlapping)
-        // word: each must be escaped, none twice.
+        // Every pair of positions, in one word or two, whole or the last (overlapping)
+        // one: each escaped, none twice.
         for len in 8..=26 {
             for first in 0..len {
                 for second in first + 1..len {
@@ -324,15 +318,15 @@ mod tests {
                     s[first] = b'"';
                     s[second] = b'\\';
                     let s = String::from_utf8(s).unwrap();
-                    let mut ours = Vec::new();
-                    write_str(&mut ours, &s);
-                    assert_eq!(
-                        ours,
-                        serde_json::to_vec(&s).unwrap(),
-                        "{first}, {second} of {len}"
-                    );
+                    assert_written_as_serde_writes(&s, format_args!("{first}, {second} of {len}"));
                 }
             }
         }
+    }
+
+    fn assert_written_as_serde_writes(s: &str, case: std::fmt::Arguments<'_>) {
+        let mut ours = Vec::new();
+        write_str(&mut ours, s);
+        assert_eq!(ours, serde_json::to_vec(s).unwrap(), "{case}");
     }
 }
