@@ -51,23 +51,22 @@ fn next_escape(bytes: &[u8], from: usize) -> Option<usize> {
     if rest.len() < 8 {
         return rest.iter().position(|b| needs_escape(*b)).map(|i| from + i);
     }
-    let mut at = 0;
-    while let Some(chunk) = rest.get(at..at + 8) {
-        if let Some(i) = first_special(chunk) {
-            return Some(from + at + i);
+    let (words, tail) = rest.as_chunks::<8>();
+    for (k, word) in words.iter().enumerate() {
+        if let Some(i) = first_special(word) {
+            return Some(from + 8 * k + i);
         }
-        at += 8;
     }
-    if at == rest.len() {
+    if tail.is_empty() {
         return None;
     }
-    let last = rest.len() - 8;
-    first_special(&rest[last..]).map(|i| from + last + i)
+    let last = rest.last_chunk::<8>()?;
+    first_special(last).map(|i| from + rest.len() - 8 + i)
 }
 
-/// The index of the first byte of `chunk` (eight bytes) that needs an escape.
+/// The index of the first byte of `word` that needs an escape.
 #[inline]
-fn first_special(chunk: &[u8]) -> Option<usize> {
+fn first_special(word: &[u8; 8]) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
     // The high bit of a byte of `below(word, n)` is set when that byte is below `n`
@@ -76,7 +75,7 @@ fn first_special(chunk: &[u8]) -> Option<usize> {
     // runs on into later bytes, so only the first flagged byte is certain: the first in
     // memory is the least significant of a little-endian word.
     let below = |word: u64, n: u8| word.wrapping_sub(ONES * u64::from(n)) & !word & HIGHS;
-    let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+    let word = u64::from_le_bytes(*word);
     let special = below(word, 0x20)
         | below(word ^ (ONES * u64::from(b'"')), 1)
         | below(word ^ (ONES * u64::from(b'\\')), 1);
